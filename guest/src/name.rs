@@ -1,0 +1,188 @@
+//! The mapping from an agent id to the name of its entry file.
+//!
+//! The mapping is injective and every result is one safe path component:
+//! - characters older registry versions kept unchanged (Unicode letters and
+//!   digits, `-`, `_`) stay as they are, so such ids keep their historical
+//!   `{agent_id}.json` name and old and new instances read each other's entries;
+//! - every other character becomes `%XX` for each of its UTF-8 bytes. `%` is
+//!   itself escaped, so the escaped form decodes uniquely, and any id that
+//!   needed escaping contains a `%`, which no plain id's name does.
+//!
+//! Names therefore never contain `/`, `\`, NUL, `.` before the suffix, or a
+//! control character, and never start with `.` (temporary files do).
+
+use std::fmt::Write as _;
+
+/// The suffix of every entry file.
+pub const ENTRY_SUFFIX: &str = ".json";
+
+/// The longest file name most file systems accept, in bytes.
+pub const MAX_FILE_NAME_BYTES: usize = 255;
+
+/// Why an agent id cannot name an entry file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdError {
+    /// The id is the empty string.
+    Empty,
+    /// The id's file name would be `bytes` long, over [`MAX_FILE_NAME_BYTES`].
+    TooLong {
+        /// Length the file name would have had.
+        bytes: usize,
+    },
+}
+
+impl std::fmt::Display for IdError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IdError::Empty => f.write_str("agent id is empty"),
+            IdError::TooLong { bytes } => write!(
+                f,
+                "agent id is too long: its entry file name would be {bytes} bytes, \
+                 over the limit of {MAX_FILE_NAME_BYTES}"
+            ),
+        }
+    }
+}
+
+/// Whether a character is written into file names unchanged.
+fn is_plain(c: char) -> bool {
+    c.is_alphanumeric() || c == '-' || c == '_'
+}
+
+/// The entry file name of `agent_id`.
+pub fn entry_file_name(agent_id: &str) -> Result<String, IdError> {
+    if agent_id.is_empty() {
+        return Err(IdError::Empty);
+    }
+    let mut name = String::with_capacity(agent_id.len() + ENTRY_SUFFIX.len());
+    let mut utf8 = [0u8; 4];
+    for c in agent_id.chars() {
+        if is_plain(c) {
+            name.push(c);
+        } else {
+            for byte in c.encode_utf8(&mut utf8).bytes() {
+                // Writing to a String cannot fail.
+                let _ = write!(name, "%{byte:02X}");
+            }
+        }
+        if name.len() + ENTRY_SUFFIX.len() > MAX_FILE_NAME_BYTES {
+            // Stop early: a 10 MB id must not build a 30 MB name first.
+            return Err(IdError::TooLong {
+                bytes: name.len() + ENTRY_SUFFIX.len(),
+            });
+        }
+    }
+    name.push_str(ENTRY_SUFFIX);
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Inverse of the mapping, used only to prove injectivity.
+    fn decode(name: &str) -> Option<String> {
+        let stem = name.strip_suffix(ENTRY_SUFFIX)?;
+        let mut bytes = Vec::new();
+        let mut rest = stem;
+        while let Some(c) = rest.chars().next() {
+            if c == '%' {
+                let hex = rest.get(1..3)?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &rest[3..];
+            } else {
+                let mut buf = [0u8; 4];
+                bytes.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+        String::from_utf8(bytes).ok()
+    }
+
+    #[test]
+    fn plain_ids_keep_their_historical_name() {
+        assert_eq!(entry_file_name("agent-1_x").unwrap(), "agent-1_x.json");
+        assert_eq!(entry_file_name("Ünïcødé7").unwrap(), "Ünïcødé7.json");
+        assert_eq!(entry_file_name("代理").unwrap(), "代理.json");
+    }
+
+    #[test]
+    fn ids_that_used_to_collide_get_distinct_names() {
+        assert_eq!(entry_file_name("a_b").unwrap(), "a_b.json");
+        assert_eq!(entry_file_name("a.b").unwrap(), "a%2Eb.json");
+        assert_eq!(entry_file_name("a%2Eb").unwrap(), "a%252Eb.json");
+    }
+
+    #[test]
+    fn hostile_ids_become_one_component() {
+        assert_eq!(entry_file_name("..").unwrap(), "%2E%2E.json");
+        assert_eq!(entry_file_name("../x").unwrap(), "%2E%2E%2Fx.json");
+        assert_eq!(
+            entry_file_name("/etc/passwd").unwrap(),
+            "%2Fetc%2Fpasswd.json"
+        );
+        assert_eq!(entry_file_name("a\\b").unwrap(), "a%5Cb.json");
+        assert_eq!(entry_file_name("\0").unwrap(), "%00.json");
+    }
+
+    #[test]
+    fn empty_and_oversized_ids_are_refused() {
+        assert_eq!(entry_file_name(""), Err(IdError::Empty));
+        let longest_plain = "a".repeat(MAX_FILE_NAME_BYTES - ENTRY_SUFFIX.len());
+        assert_eq!(
+            entry_file_name(&longest_plain).unwrap().len(),
+            MAX_FILE_NAME_BYTES
+        );
+        assert!(matches!(
+            entry_file_name(&format!("{longest_plain}a")),
+            Err(IdError::TooLong { .. })
+        ));
+        assert!(matches!(
+            entry_file_name(&".".repeat(10_000)),
+            Err(IdError::TooLong { .. })
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn mapping_is_injective(a in any::<String>(), b in any::<String>()) {
+            if let (Ok(na), Ok(nb)) = (entry_file_name(&a), entry_file_name(&b)) {
+                prop_assert_eq!(na == nb, a == b);
+            }
+        }
+
+        #[test]
+        fn mapping_round_trips(id in any::<String>()) {
+            if let Ok(name) = entry_file_name(&id) {
+                prop_assert_eq!(decode(&name), Some(id));
+            }
+        }
+
+        #[test]
+        fn names_are_one_valid_component(id in any::<String>()) {
+            match entry_file_name(&id) {
+                Ok(name) => {
+                    prop_assert!(name.len() <= MAX_FILE_NAME_BYTES);
+                    prop_assert!(name.ends_with(ENTRY_SUFFIX));
+                    prop_assert!(!name.starts_with('.'));
+                    prop_assert!(name != "." && name != "..");
+                    prop_assert!(!name.chars().any(|c| c == '/' || c == '\\' || c == '\0' || c.is_control()));
+                    prop_assert_eq!(name[..name.len() - ENTRY_SUFFIX.len()].contains('.'), false);
+                }
+                Err(IdError::Empty) => prop_assert!(id.is_empty()),
+                Err(IdError::TooLong { bytes }) => prop_assert!(bytes > MAX_FILE_NAME_BYTES),
+            }
+        }
+
+        #[test]
+        fn plain_ids_map_to_themselves(id in "[\\p{Alphabetic}\\p{Nd}_-]{1,40}") {
+            // Only ids whose every char the seed keeps; the regex classes are close to
+            // char::is_alphanumeric, so filter on the real predicate.
+            prop_assume!(id.chars().all(is_plain));
+            prop_assert_eq!(entry_file_name(&id).unwrap(), format!("{id}.json"));
+        }
+    }
+}

@@ -1,0 +1,365 @@
+//! Registry operations on the agents directory, through `wasi:filesystem`.
+//!
+//! Rules every operation follows:
+//! - Nothing is ever followed: every `*_at` call passes no `symlink-follow`.
+//! - A name is an entry only if it is a regular file with exactly one link, of
+//!   at most [`MAX_ENTRY_FILE_BYTES`]; it is `stat`ed before it is opened (so
+//!   a FIFO is never opened) and `stat`ed again through the opened descriptor
+//!   (so what is read is what was checked).
+//! - Entries are never written in place: a write goes to a fresh temporary
+//!   file that is renamed over the entry, so readers see the old entry or the
+//!   new one, never a partial one, and a hard link planted at an entry's name
+//!   is replaced rather than written through.
+//! - A removal that depends on what an entry holds (sweeping, compare-and-
+//!   remove) first renames the entry to a private name, then checks that it
+//!   grabbed the very file it judged; if a writer replaced it in between, the
+//!   newer entry is put back, never deleted.
+
+use std::cell::OnceCell;
+
+use wasi::filesystem::types::{
+    Descriptor, DescriptorFlags, DescriptorStat, DescriptorType, ErrorCode, MetadataHashValue,
+    OpenFlags, PathFlags,
+};
+
+use crate::entry::{check_fields, file_name_of, Entry, Error, MAX_ENTRY_FILE_BYTES};
+use crate::name::ENTRY_SUFFIX;
+
+/// Prefix of temporary files. Entry names never start with `.`.
+const TEMP_PREFIX: &str = ".tmp-";
+/// Age after which a temporary file is debris from an interrupted write.
+const TEMP_MAX_AGE_MS: u64 = 60_000;
+
+thread_local! {
+    static AGENTS_DIR: OnceCell<Descriptor> = const { OnceCell::new() };
+}
+
+/// Runs `f` with the agents directory: the first (and only) preopen, whatever
+/// its guest name.
+fn with_dir<T>(f: impl FnOnce(&Descriptor) -> Result<T, Error>) -> Result<T, Error> {
+    AGENTS_DIR.with(|cell| {
+        if cell.get().is_none() {
+            let dir = wasi::filesystem::preopens::get_directories()
+                .into_iter()
+                .next()
+                .map(|(dir, _guest_name)| dir)
+                .ok_or_else(|| {
+                    Error::Io(
+                        "no directory was preopened: the host must grant the agents directory"
+                            .into(),
+                    )
+                })?;
+            let _ = cell.set(dir);
+        }
+        f(cell.get().expect("set above"))
+    })
+}
+
+fn io(op: &str, name: &str, code: ErrorCode) -> Error {
+    Error::Io(format!("{op} {name:?}: {}", code.message()))
+}
+
+fn now_ms() -> u64 {
+    let t = wasi::clocks::wall_clock::now();
+    t.seconds
+        .saturating_mul(1000)
+        .saturating_add(u64::from(t.nanoseconds / 1_000_000))
+}
+
+/// What a name in the agents directory holds.
+enum Slot {
+    /// Nothing by that name.
+    Missing,
+    /// Something other than a regular single-link file.
+    NotAnEntry(DescriptorType),
+    /// A regular file that is not a valid entry; `file` is it, opened.
+    Malformed { file: Descriptor },
+    /// A valid entry; `file` is the file it was read from.
+    Entry { entry: Entry, file: Descriptor },
+}
+
+fn is_single_regular(stat: &DescriptorStat) -> bool {
+    stat.type_ == DescriptorType::RegularFile && stat.link_count == 1
+}
+
+fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
+    let stat = match dir.stat_at(PathFlags::empty(), name) {
+        Ok(stat) => stat,
+        Err(ErrorCode::NoEntry) => return Ok(Slot::Missing),
+        Err(code) => return Err(io("stat", name, code)),
+    };
+    if !is_single_regular(&stat) {
+        return Ok(Slot::NotAnEntry(stat.type_));
+    }
+    let file = match dir.open_at(
+        PathFlags::empty(),
+        name,
+        OpenFlags::empty(),
+        DescriptorFlags::READ,
+    ) {
+        Ok(file) => file,
+        Err(ErrorCode::NoEntry) => return Ok(Slot::Missing),
+        // Replaced by a symlink since the stat.
+        Err(ErrorCode::Loop) => return Ok(Slot::NotAnEntry(DescriptorType::SymbolicLink)),
+        Err(code) => return Err(io("open", name, code)),
+    };
+    let stat = file.stat().map_err(|code| io("stat", name, code))?;
+    if !is_single_regular(&stat) {
+        return Ok(Slot::NotAnEntry(stat.type_));
+    }
+    if stat.size > MAX_ENTRY_FILE_BYTES {
+        return Ok(Slot::Malformed { file });
+    }
+    let mut bytes = Vec::with_capacity(stat.size as usize);
+    loop {
+        let want = MAX_ENTRY_FILE_BYTES + 1 - bytes.len() as u64;
+        let (chunk, end) = file
+            .read(want, bytes.len() as u64)
+            .map_err(|code| io("read", name, code))?;
+        let done = end || chunk.is_empty();
+        bytes.extend_from_slice(&chunk);
+        if done || bytes.len() as u64 > MAX_ENTRY_FILE_BYTES {
+            break;
+        }
+    }
+    if bytes.len() as u64 > MAX_ENTRY_FILE_BYTES {
+        return Ok(Slot::Malformed { file });
+    }
+    Ok(match Entry::parse(&bytes) {
+        Some(entry) => Slot::Entry { entry, file },
+        None => Slot::Malformed { file },
+    })
+}
+
+fn temp_name() -> String {
+    format!(
+        "{TEMP_PREFIX}{:016x}",
+        wasi::random::random::get_random_u64()
+    )
+}
+
+/// Creates a new temporary file holding `bytes`; returns its name.
+fn write_temp(dir: &Descriptor, bytes: &[u8]) -> Result<String, Error> {
+    let mut attempts = 0;
+    let (name, file) = loop {
+        let name = temp_name();
+        match dir.open_at(
+            PathFlags::empty(),
+            &name,
+            OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+            DescriptorFlags::WRITE,
+        ) {
+            Ok(file) => break (name, file),
+            Err(ErrorCode::Exist) if attempts < 8 => attempts += 1,
+            Err(code) => return Err(io("create", &name, code)),
+        }
+    };
+    let mut written = 0usize;
+    while written < bytes.len() {
+        match file.write(&bytes[written..], written as u64) {
+            Ok(0) => {
+                let _ = dir.unlink_file_at(&name);
+                return Err(Error::Io(format!("write {name:?}: no progress")));
+            }
+            Ok(n) => written += n as usize,
+            Err(code) => {
+                let _ = dir.unlink_file_at(&name);
+                return Err(io("write", &name, code));
+            }
+        }
+    }
+    Ok(name)
+}
+
+/// Puts a grabbed file back at `name` unless something newer is there now.
+fn restore(dir: &Descriptor, grabbed: &str, name: &str) {
+    match dir.link_at(PathFlags::empty(), grabbed, dir, name) {
+        Ok(()) | Err(ErrorCode::Exist) => {
+            let _ = dir.unlink_file_at(grabbed);
+        }
+        // A file system without hard links: rename back, which may replace a
+        // newer entry written in the last microseconds.
+        Err(_) => {
+            let _ = dir.rename_at(grabbed, dir, name);
+        }
+    }
+}
+
+/// Removes `name` only if it is still the file `judged` (by identity); true
+/// when removed.
+fn remove_if_same(dir: &Descriptor, name: &str, judged: &Descriptor) -> Result<bool, Error> {
+    let judged_hash: MetadataHashValue = judged
+        .metadata_hash()
+        .map_err(|code| io("identify", name, code))?;
+    let grabbed = temp_name();
+    match dir.rename_at(name, dir, &grabbed) {
+        Ok(()) => {}
+        Err(ErrorCode::NoEntry) => return Ok(false),
+        Err(code) => return Err(io("rename", name, code)),
+    }
+    match dir.metadata_hash_at(PathFlags::empty(), &grabbed) {
+        Ok(hash) if (hash.lower, hash.upper) == (judged_hash.lower, judged_hash.upper) => {
+            dir.unlink_file_at(&grabbed)
+                .map_err(|code| io("unlink", &grabbed, code))?;
+            Ok(true)
+        }
+        _ => {
+            restore(dir, &grabbed, name);
+            Ok(false)
+        }
+    }
+}
+
+pub fn write(
+    agent_id: &str,
+    local_url: &str,
+    block_id: &str,
+    pid: u32,
+    auth_key: &str,
+) -> Result<Entry, Error> {
+    let name = file_name_of(agent_id)?;
+    check_fields(local_url, block_id, auth_key)?;
+    with_dir(|dir| {
+        if let Slot::Entry { entry, .. } = inspect(dir, &name)? {
+            if entry.agent_id != agent_id {
+                return Err(Error::Conflict(format!(
+                    "entry file {name:?} holds the entry of agent {:?}, not {agent_id:?}",
+                    entry.agent_id
+                )));
+            }
+        }
+        let entry = Entry {
+            agent_id: agent_id.to_owned(),
+            local_url: local_url.to_owned(),
+            block_id: block_id.to_owned(),
+            pid,
+            updated_at: now_ms(),
+            auth_key: auth_key.to_owned(),
+        };
+        let temp = write_temp(dir, &entry.to_json())?;
+        if let Err(code) = dir.rename_at(&temp, dir, &name) {
+            let _ = dir.unlink_file_at(&temp);
+            return Err(io("rename into", &name, code));
+        }
+        Ok(entry)
+    })
+}
+
+pub fn remove(agent_id: &str) -> Result<bool, Error> {
+    let name = file_name_of(agent_id)?;
+    with_dir(|dir| {
+        match inspect(dir, &name)? {
+            Slot::Missing | Slot::NotAnEntry(DescriptorType::Directory) => return Ok(false),
+            Slot::Entry { entry, .. } if entry.agent_id != agent_id => return Ok(false),
+            _ => {}
+        }
+        match dir.unlink_file_at(&name) {
+            Ok(()) => Ok(true),
+            Err(ErrorCode::NoEntry) => Ok(false),
+            Err(code) => Err(io("unlink", &name, code)),
+        }
+    })
+}
+
+pub fn remove_owned(agent_id: &str, pid: u32, auth_key: &str) -> Result<bool, Error> {
+    let name = file_name_of(agent_id)?;
+    with_dir(|dir| match inspect(dir, &name)? {
+        Slot::Entry { entry, file } if entry.is_owned_by(agent_id, pid, auth_key) => {
+            remove_if_same(dir, &name, &file)
+        }
+        _ => Ok(false),
+    })
+}
+
+pub fn lookup(agent_id: &str) -> Result<Option<Entry>, Error> {
+    let name = file_name_of(agent_id)?;
+    with_dir(|dir| match inspect(dir, &name)? {
+        Slot::Entry { entry, .. } if entry.agent_id == agent_id => Ok(Some(entry)),
+        _ => Ok(None),
+    })
+}
+
+/// Names in the agents directory. Names the host cannot report (not UTF-8)
+/// are skipped: they cannot be entries.
+fn names(dir: &Descriptor) -> Result<Vec<String>, Error> {
+    let stream = dir
+        .read_directory()
+        .map_err(|code| io("read directory", ".", code))?;
+    let mut names = Vec::new();
+    loop {
+        match stream.read_directory_entry() {
+            Ok(Some(entry)) => names.push(entry.name),
+            Ok(None) => return Ok(names),
+            Err(ErrorCode::IllegalByteSequence) => continue,
+            Err(code) => return Err(io("read directory", ".", code)),
+        }
+    }
+}
+
+fn is_entry_name(name: &str) -> bool {
+    name.ends_with(ENTRY_SUFFIX) && !name.starts_with('.')
+}
+
+pub fn list() -> Result<Vec<Entry>, Error> {
+    with_dir(|dir| {
+        let mut entries = Vec::new();
+        for name in names(dir)?.into_iter().filter(|n| is_entry_name(n)) {
+            // One unreadable file must not hide every other agent.
+            if let Ok(Slot::Entry { entry, .. }) = inspect(dir, &name) {
+                if file_name_of(&entry.agent_id).as_deref() == Ok(name.as_str()) {
+                    entries.push(entry);
+                }
+            }
+        }
+        entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Ok(entries)
+    })
+}
+
+pub fn cleanup_stale(max_age_ms: u64) -> Result<u32, Error> {
+    with_dir(|dir| {
+        let now = now_ms();
+        let cutoff = now.saturating_sub(max_age_ms);
+        let mut removed = 0u32;
+        for name in names(dir)? {
+            // Per-name failures are skipped: another instance may be sweeping
+            // or rewriting the same names right now.
+            let gone = if name.starts_with(TEMP_PREFIX) {
+                sweep_temp(dir, &name, now)
+            } else if is_entry_name(&name) {
+                sweep_entry(dir, &name, cutoff).unwrap_or(false)
+            } else {
+                false
+            };
+            removed += u32::from(gone);
+        }
+        Ok(removed)
+    })
+}
+
+fn sweep_temp(dir: &Descriptor, name: &str, now: u64) -> bool {
+    let Ok(stat) = dir.stat_at(PathFlags::empty(), name) else {
+        return false;
+    };
+    let Some(modified) = stat.data_modification_timestamp else {
+        return false;
+    };
+    let modified_ms = modified.seconds.saturating_mul(1000);
+    stat.type_ != DescriptorType::Directory
+        && now.saturating_sub(modified_ms) > TEMP_MAX_AGE_MS
+        && dir.unlink_file_at(name).is_ok()
+}
+
+fn sweep_entry(dir: &Descriptor, name: &str, cutoff: u64) -> Result<bool, Error> {
+    match inspect(dir, name)? {
+        Slot::Missing | Slot::NotAnEntry(DescriptorType::Directory) => Ok(false),
+        // Unlinking a symlink, hard link, FIFO, socket or device removes the
+        // name only; it never opens or follows what the name points at.
+        Slot::NotAnEntry(_) => Ok(dir.unlink_file_at(name).is_ok()),
+        Slot::Malformed { file } => remove_if_same(dir, name, &file),
+        Slot::Entry { entry, file } if entry.updated_at < cutoff => {
+            remove_if_same(dir, name, &file)
+        }
+        Slot::Entry { .. } => Ok(false),
+    }
+}

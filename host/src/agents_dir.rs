@@ -1,0 +1,219 @@
+//! The agents directory as a capability: created private, checked, and handed
+//! to the component as its only preopen. Everything the host itself does in
+//! the directory goes through the `cap_std` handle, never through path joins.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use cap_fs_ext::{DirExt, FollowSymlinks, OpenOptionsFollowExt};
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+
+use crate::Error;
+
+/// The name of the agents directory inside the data dir.
+pub(crate) const AGENTS: &str = "agents";
+
+/// An open, checked agents directory.
+pub(crate) struct AgentsDir {
+    /// `{data_dir}/agents`, for messages.
+    path: PathBuf,
+    /// The data dir, through which `agents` is re-checked.
+    data: Dir,
+    /// The agents directory itself.
+    dir: Dir,
+}
+
+impl AgentsDir {
+    /// Opens `{data_dir}/agents`, creating the data dir and the agents
+    /// directory (mode 0700) when missing.
+    ///
+    /// Refused: an agents directory that is a symlink or not a directory, one
+    /// owned by another user, or one that is group- or world-writable. One
+    /// that is merely group- or world-readable is tightened to 0700.
+    pub(crate) fn open(data_dir: &Path) -> Result<AgentsDir, Error> {
+        let path = data_dir.join(AGENTS);
+        let dir_error = |source: io::Error| Error::Directory {
+            path: path.clone(),
+            source,
+        };
+        create_private_dir_all(data_dir).map_err(|source| Error::Directory {
+            path: data_dir.to_path_buf(),
+            source,
+        })?;
+        let data = Dir::open_ambient_dir(data_dir, ambient_authority()).map_err(|source| {
+            Error::Directory {
+                path: data_dir.to_path_buf(),
+                source,
+            }
+        })?;
+        match create_private_dir(&data, AGENTS) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(dir_error(e)),
+        }
+        let meta = data.symlink_metadata(AGENTS).map_err(dir_error)?;
+        if meta.file_type().is_symlink() {
+            return Err(insecure(&path, "it is a symbolic link"));
+        }
+        if !meta.is_dir() {
+            return Err(insecure(&path, "it is not a directory"));
+        }
+        let dir = data.open_dir_nofollow(AGENTS).map_err(dir_error)?;
+        check_private(&dir, &path)?;
+        Ok(AgentsDir { path, data, dir })
+    }
+
+    /// `{data_dir}/agents`.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A path that names exactly the directory this handle has open, for the
+    /// component's preopen: on Linux the handle's `/proc/self/fd` link, so a
+    /// rename between the checks above and the preopen cannot swap in another
+    /// directory; elsewhere the directory's path.
+    pub(crate) fn preopen_path(&self) -> PathBuf {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let link = PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
+            if link.exists() {
+                return link;
+            }
+        }
+        self.path.clone()
+    }
+
+    /// Whether `{data_dir}/agents` is still the directory this handle has
+    /// open. False after it was deleted, or deleted and recreated.
+    pub(crate) fn is_current(&self) -> bool {
+        #[cfg(unix)]
+        {
+            use cap_std::fs::MetadataExt;
+            match (self.data.symlink_metadata(AGENTS), self.dir.dir_metadata()) {
+                (Ok(named), Ok(open)) => named.dev() == open.dev() && named.ino() == open.ino(),
+                _ => false,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            self.data.symlink_metadata(AGENTS).is_ok()
+        }
+    }
+
+    /// Makes the entry file `name` readable and writable by its owner only,
+    /// if it is a regular single-link file. WASI cannot set permission bits,
+    /// so files the component creates get the process umask's mode.
+    pub(crate) fn restrict_entry(&self, name: &str) -> Result<(), Error> {
+        #[cfg(unix)]
+        {
+            use cap_std::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+            let mut options = OpenOptions::new();
+            options.read(true).follow(FollowSymlinks::No);
+            // Never block opening a FIFO that was swapped in.
+            options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+            let file = match self.dir.open_with(name, &options) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(source) => {
+                    return Err(Error::Directory {
+                        path: self.path.join(name),
+                        source,
+                    })
+                }
+            };
+            let meta = file.metadata().map_err(|source| Error::Directory {
+                path: self.path.join(name),
+                source,
+            })?;
+            if meta.is_file() && meta.nlink() == 1 && meta.mode() & 0o077 != 0 {
+                file.set_permissions(cap_std::fs::Permissions::from_mode(0o600))
+                    .map_err(|source| Error::Directory {
+                        path: self.path.join(name),
+                        source,
+                    })?;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+        Ok(())
+    }
+}
+
+fn insecure(path: &Path, reason: &str) -> Error {
+    Error::InsecureDirectory {
+        path: path.to_path_buf(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(unix)]
+fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir_all(path: &Path) -> io::Result<()> {
+    std::fs::create_dir_all(path)
+}
+
+fn create_private_dir(parent: &Dir, name: &str) -> io::Result<()> {
+    let mut builder = cap_std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    {
+        use cap_std::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    parent.create_dir_with(name, &builder)
+}
+
+/// Refuses a directory other users control; tightens one they can only read.
+fn check_private(dir: &Dir, path: &Path) -> Result<(), Error> {
+    #[cfg(unix)]
+    {
+        use cap_std::fs::MetadataExt;
+        let meta = dir.dir_metadata().map_err(|source| Error::Directory {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(insecure(
+                path,
+                &format!(
+                    "it is owned by uid {}, not by this user (uid {me})",
+                    meta.uid()
+                ),
+            ));
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(insecure(
+                path,
+                &format!(
+                    "it is writable by other users (mode {mode:04o}); \
+                     check its contents, then run `chmod 700 {}`",
+                    path.display()
+                ),
+            ));
+        }
+        if mode & 0o077 != 0 {
+            // Ours and writable only by us: nobody else can have planted
+            // anything, so closing it is safe.
+            rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| {
+                Error::Directory {
+                    path: path.to_path_buf(),
+                    source: e.into(),
+                }
+            })?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (dir, path);
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! A synchronous [`Registry`] for code that is not async.
+//!
+//! Each call drives the async call to completion on the calling thread. It
+//! never starts or enters a tokio runtime, so it also works from inside one
+//! (for example in an axum handler), where it blocks that worker for the
+//! duration of the call, as a file read would.
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::Thread;
+use std::time::Duration;
+
+use crate::{AgentEntry, Error, Options};
+
+/// The synchronous twin of [`crate::Registry`]; see there for each method.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    inner: crate::Registry,
+}
+
+impl Registry {
+    /// Opens the registry of `data_dir`; see [`crate::Registry::open`].
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Registry, Error> {
+        crate::Registry::open(data_dir).map(Registry::from)
+    }
+
+    /// Opens the registry of `data_dir` with `options`.
+    pub fn open_with(data_dir: impl AsRef<Path>, options: Options) -> Result<Registry, Error> {
+        crate::Registry::open_with(data_dir, options).map(Registry::from)
+    }
+
+    /// The async registry this wraps.
+    pub fn as_async(&self) -> &crate::Registry {
+        &self.inner
+    }
+
+    /// See [`crate::Registry::write`].
+    pub fn write(
+        &self,
+        agent_id: &str,
+        local_url: &str,
+        block_id: &str,
+        pid: u32,
+        auth_key: &str,
+    ) -> Result<AgentEntry, Error> {
+        block_on(
+            self.inner
+                .write(agent_id, local_url, block_id, pid, auth_key),
+        )
+    }
+
+    /// See [`crate::Registry::remove`].
+    pub fn remove(&self, agent_id: &str) -> Result<bool, Error> {
+        block_on(self.inner.remove(agent_id))
+    }
+
+    /// See [`crate::Registry::remove_owned`].
+    pub fn remove_owned(&self, agent_id: &str, pid: u32, auth_key: &str) -> Result<bool, Error> {
+        block_on(self.inner.remove_owned(agent_id, pid, auth_key))
+    }
+
+    /// See [`crate::Registry::lookup`].
+    pub fn lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
+        block_on(self.inner.lookup(agent_id))
+    }
+
+    /// See [`crate::Registry::list`].
+    pub fn list(&self) -> Result<Vec<AgentEntry>, Error> {
+        block_on(self.inner.list())
+    }
+
+    /// See [`crate::Registry::cleanup_stale`].
+    pub fn cleanup_stale(&self, max_age: Duration) -> Result<u32, Error> {
+        block_on(self.inner.cleanup_stale(max_age))
+    }
+
+    /// See [`crate::Registry::entry_file_name`].
+    pub fn entry_file_name(&self, agent_id: &str) -> Result<String, Error> {
+        block_on(self.inner.entry_file_name(agent_id))
+    }
+}
+
+impl From<crate::Registry> for Registry {
+    fn from(inner: crate::Registry) -> Self {
+        Registry { inner }
+    }
+}
+
+/// Wakes the blocked thread.
+struct Unpark(Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `future` to completion on this thread, parking while it is pending.
+/// Registry calls normally complete on the first poll (file calls run inline);
+/// a pending poll is woken by whichever thread finishes the awaited work.
+fn block_on<F: Future>(future: F) -> F::Output {
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}

@@ -1,0 +1,95 @@
+//! The function-style API of agentmux-srv's original in-process registry
+//! module, so its call sites compile unchanged against this crate:
+//! replace `use crate::backend::reactive::registry` with
+//! `use agentmux_registry::compat as registry`.
+//!
+//! Like the original, these functions return nothing on failure (a lookup
+//! returns `None`); unlike it, every failure is reported through
+//! `tracing::warn!` instead of vanishing. They block the calling thread for
+//! the duration of one file operation, and may be called from async handlers.
+//! Use [`crate::Registry`] for errors you can act on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use crate::blocking::Registry;
+
+pub use crate::AgentEntry;
+
+static LOCAL_AUTH_KEY: OnceLock<String> = OnceLock::new();
+
+/// Sets this process's auth key, stored in every entry [`write`] makes.
+/// The first call wins; later calls are ignored.
+pub fn init_local_auth_key(key: impl Into<String>) {
+    let _ = LOCAL_AUTH_KEY.set(key.into());
+}
+
+fn local_auth_key() -> &'static str {
+    LOCAL_AUTH_KEY.get().map(String::as_str).unwrap_or("")
+}
+
+/// The registry of `data_dir`, opened once per process and data dir.
+fn registry(data_dir: &Path) -> Option<Registry> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Registry>>> = OnceLock::new();
+    let mut open = OPEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(registry) = open.get(data_dir) {
+        return Some(registry.clone());
+    }
+    match Registry::open(data_dir) {
+        Ok(registry) => {
+            open.insert(data_dir.to_path_buf(), registry.clone());
+            Some(registry)
+        }
+        Err(e) => {
+            tracing::warn!(data_dir = %data_dir.display(), "agent registry unavailable: {e}");
+            None
+        }
+    }
+}
+
+fn warn_on_error<T>(op: &str, agent_id: &str, result: Result<T, crate::Error>) -> Option<T> {
+    result
+        .map_err(|e| tracing::warn!(agent_id, "agent registry {op} failed: {e}"))
+        .ok()
+}
+
+/// Creates or replaces the entry of `agent_id`, owned by this process (its pid
+/// and the key given to [`init_local_auth_key`]).
+pub fn write(data_dir: &Path, agent_id: &str, local_url: &str, block_id: &str) {
+    if let Some(registry) = registry(data_dir) {
+        let result = registry.write(
+            agent_id,
+            local_url,
+            block_id,
+            std::process::id(),
+            local_auth_key(),
+        );
+        warn_on_error("write", agent_id, result);
+    }
+}
+
+/// Removes the entry of `agent_id`, if any.
+pub fn remove(data_dir: &Path, agent_id: &str) {
+    if let Some(registry) = registry(data_dir) {
+        warn_on_error("remove", agent_id, registry.remove(agent_id));
+    }
+}
+
+/// The entry of `agent_id`; `None` when missing, malformed, or on error.
+pub fn lookup(data_dir: &Path, agent_id: &str) -> Option<AgentEntry> {
+    let registry = registry(data_dir)?;
+    warn_on_error("lookup", agent_id, registry.lookup(agent_id)).flatten()
+}
+
+/// Removes entries older than `max_age_ms`, and malformed ones.
+pub fn cleanup_stale(data_dir: &Path, max_age_ms: u64) {
+    if let Some(registry) = registry(data_dir) {
+        let result = registry.cleanup_stale(Duration::from_millis(max_age_ms));
+        warn_on_error("cleanup", "*", result);
+    }
+}

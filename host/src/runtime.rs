@@ -1,0 +1,161 @@
+//! The one place that configures wasmtime: engine, linker, store limits and the
+//! WASI context the component gets. Nothing else in the crate touches raw
+//! wasmtime settings.
+
+use std::path::Path;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::bindings::{AgentRegistry, AgentRegistryPre};
+use crate::Error;
+
+/// The registry component built from `guest/`, embedded at build time.
+pub(crate) static COMPONENT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/agentmux_registry.wasm"));
+
+/// How often the epoch advances; call deadlines are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// Per-store state: the WASI context and the resource limits.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// A compiled, linked component ready to instantiate.
+pub(crate) struct Runtime {
+    engine: Engine,
+    pre: AgentRegistryPre<HostState>,
+}
+
+/// One instance of the component with its store.
+pub(crate) struct Instance {
+    pub(crate) store: Store<HostState>,
+    pub(crate) bindings: AgentRegistry,
+}
+
+/// The process-wide engine. Its epoch is advanced by one background thread.
+fn engine() -> Result<&'static Engine, Error> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut config = Config::new();
+            config.epoch_interruption(true);
+            let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+            let ticker = engine.weak();
+            std::thread::Builder::new()
+                .name("agentmux-registry-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = ticker.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(EPOCH_TICK);
+                    }
+                })
+                .map_err(|e| format!("starting the epoch thread: {e}"))?;
+            Ok(engine)
+        })
+        .as_ref()
+        .map_err(|e| Error::Component(format!("creating the wasmtime engine: {e}")))
+}
+
+impl Runtime {
+    /// The runtime for the embedded component, compiled once per process.
+    pub(crate) fn embedded() -> Result<Arc<Runtime>, Error> {
+        static EMBEDDED: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
+        EMBEDDED
+            .get_or_init(|| {
+                Runtime::new(COMPONENT)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(Error::Component)
+    }
+
+    /// Compiles and links a component that must export the registry world.
+    pub(crate) fn new(component: &[u8]) -> Result<Runtime, Error> {
+        let engine = engine()?.clone();
+        let component = Component::new(&engine, component)
+            .map_err(|e| Error::Component(format!("compiling the component: {e:#}")))?;
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| Error::Component(format!("linking WASI: {e:#}")))?;
+        let pre = linker
+            .instantiate_pre(&component)
+            .and_then(AgentRegistryPre::new)
+            .map_err(|e| Error::Component(format!("linking the component: {e:#}")))?;
+        Ok(Runtime { engine, pre })
+    }
+
+    /// A new instance whose only capability is `agents_dir`, preopened as `/`:
+    /// no environment, arguments, network or other directories.
+    pub(crate) async fn instantiate(
+        &self,
+        agents_dir: &Path,
+        memory_limit: usize,
+    ) -> Result<Instance, Error> {
+        let mut wasi = WasiCtxBuilder::new();
+        // Must come before the preopen, which captures it. File calls then run
+        // inline instead of on a background thread.
+        wasi.allow_blocking_current_thread(true);
+        wasi.preopened_dir(agents_dir, "/", FsPerms::ReadWrite)
+            .map_err(|e| Error::Component(format!("preopening the agents directory: {e:#}")))?;
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(memory_limit)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.epoch_deadline_trap();
+        // Instantiation runs no guest code that could loop, but give it a bound too.
+        store.set_epoch_deadline(ticks(Duration::from_secs(5)));
+        let bindings = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| Error::Component(format!("instantiating the component: {e:#}")))?;
+        Ok(Instance { store, bindings })
+    }
+}
+
+impl Instance {
+    /// Arms the deadline for the next call.
+    pub(crate) fn arm(&mut self, timeout: Duration) {
+        self.store.set_epoch_deadline(ticks(timeout));
+    }
+}
+
+fn ticks(timeout: Duration) -> u64 {
+    (timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+}
+
+/// Turns a trap into the error a caller can act on.
+pub(crate) fn trap_error(err: wasmtime::Error, timeout: Duration, memory_limit: usize) -> Error {
+    match err.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => Error::Timeout(timeout),
+        _ if format!("{err:#}").contains("memory growth") => Error::MemoryLimit(memory_limit),
+        _ => Error::Component(format!("the registry component trapped: {err:#}")),
+    }
+}

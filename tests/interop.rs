@@ -1,0 +1,89 @@
+//! The component and the original in-process registry read each other's files.
+
+use agentmux_registry_tests::{now_ms, Fixture, SeedEntry};
+
+#[test]
+fn entries_in_the_seed_format_are_read_by_the_component() {
+    let fx = Fixture::new();
+    let seed = SeedEntry::new("agent-7", now_ms());
+    fx.write_raw("agent-7.json", seed.to_json());
+
+    let entry = fx.registry.lookup("agent-7").unwrap().unwrap();
+    assert_eq!(
+        SeedEntry {
+            agent_id: entry.agent_id,
+            local_url: entry.local_url,
+            block_id: entry.block_id,
+            pid: entry.pid,
+            updated_at: entry.updated_at,
+            auth_key: entry.auth_key,
+        },
+        seed
+    );
+    assert_eq!(fx.registry.list().unwrap().len(), 1);
+}
+
+#[test]
+fn entries_written_by_the_component_are_the_seed_format_byte_for_byte() {
+    let fx = Fixture::new();
+    let entry = fx
+        .registry
+        .write(
+            "Agent_ü-9",
+            "http://127.0.0.1:4100",
+            "block \"q\"",
+            77,
+            "k/ey",
+        )
+        .unwrap();
+
+    let raw = fx.read_raw("Agent_ü-9.json");
+    let value: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let keys: Vec<&str> = value
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [
+            "agent_id",
+            "auth_key",
+            "block_id",
+            "local_url",
+            "pid",
+            "updated_at"
+        ]
+    );
+
+    let seed = SeedEntry {
+        agent_id: "Agent_ü-9".into(),
+        local_url: "http://127.0.0.1:4100".into(),
+        block_id: "block \"q\"".into(),
+        pid: 77,
+        updated_at: entry.updated_at,
+        auth_key: "k/ey".into(),
+    };
+    assert_eq!(
+        raw,
+        seed.to_json(),
+        "same bytes as the original's serde_json::to_string"
+    );
+}
+
+#[test]
+fn plain_ids_use_the_seed_file_name_and_others_do_not_collide() {
+    let fx = Fixture::new();
+    fx.registry
+        .write("a_b", "http://127.0.0.1:1", "b", 1, "k1")
+        .unwrap();
+    fx.registry
+        .write("a.b", "http://127.0.0.1:2", "b", 2, "k2")
+        .unwrap();
+    assert_eq!(fx.names(), ["a%2Eb.json", "a_b.json"]);
+    assert_eq!(fx.registry.lookup("a_b").unwrap().unwrap().auth_key, "k1");
+    assert_eq!(fx.registry.lookup("a.b").unwrap().unwrap().auth_key, "k2");
+}

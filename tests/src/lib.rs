@@ -1,0 +1,127 @@
+//! Shared fixtures for the tests that drive the registry component.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agentmux_registry::blocking::Registry;
+use serde::{Deserialize, Serialize};
+
+/// The on-disk record exactly as the original in-process registry declared
+/// it, used to produce and check files in its format.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedEntry {
+    pub agent_id: String,
+    pub local_url: String,
+    pub block_id: String,
+    pub pid: u32,
+    pub updated_at: u64,
+    #[serde(default)]
+    pub auth_key: String,
+}
+
+impl SeedEntry {
+    pub fn new(agent_id: &str, updated_at: u64) -> SeedEntry {
+        SeedEntry {
+            agent_id: agent_id.into(),
+            local_url: "http://127.0.0.1:4100".into(),
+            block_id: format!("block-{agent_id}"),
+            pid: 4242,
+            updated_at,
+            auth_key: format!("key-{agent_id}"),
+        }
+    }
+
+    /// The bytes the original registry wrote for this entry.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap()
+    }
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A temp dir holding a data dir (`data/`, with `data/agents/`) and files
+/// outside it that the component must never reach.
+pub struct Fixture {
+    pub tmp: tempfile::TempDir,
+    pub registry: Registry,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("outside.txt"), "outside").unwrap();
+        let registry = Registry::open(tmp.path().join("data")).unwrap();
+        Fixture { tmp, registry }
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.tmp.path().join("data")
+    }
+
+    pub fn agents(&self) -> PathBuf {
+        self.data_dir().join("agents")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.agents().join(name)
+    }
+
+    pub fn write_raw(&self, name: &str, content: impl AsRef<[u8]>) {
+        std::fs::write(self.path(name), content).unwrap();
+    }
+
+    pub fn read_raw(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap()
+    }
+
+    /// Names in the agents directory.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.agents())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Every path under the temp dir except the agents directory, with its
+    /// content (files) or a marker (directories, links): what must not change.
+    pub fn outside_snapshot(&self) -> BTreeMap<PathBuf, String> {
+        let mut snap = BTreeMap::new();
+        walk(self.tmp.path(), &self.agents(), &mut snap);
+        snap
+    }
+}
+
+impl Default for Fixture {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn walk(dir: &Path, skip: &Path, out: &mut BTreeMap<PathBuf, String>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path == skip {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.insert(path.clone(), "<dir>".into());
+            walk(&path, skip, out);
+        } else if meta.is_file() {
+            out.insert(
+                path.clone(),
+                std::fs::read_to_string(&path).unwrap_or_default(),
+            );
+        } else {
+            out.insert(path, format!("<{:?}>", meta.file_type()));
+        }
+    }
+}
