@@ -5,7 +5,9 @@
 //! - A name is an entry only if it is a regular file with exactly one link, of
 //!   at most [`MAX_ENTRY_FILE_BYTES`]; it is `stat`ed before it is opened (so
 //!   a FIFO is never opened) and `stat`ed again through the opened descriptor
-//!   (so what is read is what was checked).
+//!   (so what is read is what was checked; a link count of zero there means
+//!   the file was replaced after it was opened, and what was read is the
+//!   complete previous version).
 //! - Entries are never written in place: a write goes to a fresh temporary
 //!   file that is renamed over the entry, so readers see the old entry or the
 //!   new one, never a partial one, and a hard link planted at an entry's name
@@ -25,10 +27,12 @@ use wasi::filesystem::types::{
 use crate::entry::{check_fields, file_name_of, Entry, Error, MAX_ENTRY_FILE_BYTES};
 use crate::name::ENTRY_SUFFIX;
 
-/// Prefix of temporary files. Entry names never start with `.`.
+/// Prefix of a new entry being written. Entry names never start with `.`.
 const TEMP_PREFIX: &str = ".tmp-";
-/// Age after which a temporary file is debris from an interrupted write.
-const TEMP_MAX_AGE_MS: u64 = 60_000;
+/// Prefix of an entry taken aside by a removal that checks what it removes.
+const GRAB_PREFIX: &str = ".grab-";
+/// Age after which either is debris of an interrupted call.
+const DEBRIS_MAX_AGE_MS: u64 = 60_000;
 
 thread_local! {
     static AGENTS_DIR: OnceCell<Descriptor> = const { OnceCell::new() };
@@ -70,26 +74,45 @@ fn now_ms() -> u64 {
 enum Slot {
     /// Nothing by that name.
     Missing,
-    /// Something other than a regular single-link file.
-    NotAnEntry(DescriptorType),
-    /// A regular file that is not a valid entry; `file` is it, opened.
-    Malformed { file: Descriptor },
-    /// A valid entry; `file` is the file it was read from.
-    Entry { entry: Entry, file: Descriptor },
+    /// Not a regular file: a symlink, FIFO, socket, device or directory.
+    Special(DescriptorType),
+    /// A regular file with more than one link: planted, or a restore in
+    /// progress (see [`restore`]). Never read, never swept.
+    Linked,
+    /// A regular file, opened and read; `entry` is `None` when it is not a
+    /// valid entry. `current` is false when it was replaced or removed after
+    /// it was opened: what was read is then a complete but superseded version.
+    File {
+        file: Descriptor,
+        entry: Option<Entry>,
+        current: bool,
+    },
 }
 
-fn is_single_regular(stat: &DescriptorStat) -> bool {
-    stat.type_ == DescriptorType::RegularFile && stat.link_count == 1
+impl Slot {
+    /// The entry read, if it is `agent_id`'s.
+    fn entry_of(self, agent_id: &str) -> Option<Entry> {
+        match self {
+            Slot::File {
+                entry: Some(entry), ..
+            } if entry.agent_id == agent_id => Some(entry),
+            _ => None,
+        }
+    }
 }
 
 fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
+    // Look before opening: opening a FIFO would block.
     let stat = match dir.stat_at(PathFlags::empty(), name) {
         Ok(stat) => stat,
         Err(ErrorCode::NoEntry) => return Ok(Slot::Missing),
         Err(code) => return Err(io("stat", name, code)),
     };
-    if !is_single_regular(&stat) {
-        return Ok(Slot::NotAnEntry(stat.type_));
+    if stat.type_ != DescriptorType::RegularFile {
+        return Ok(Slot::Special(stat.type_));
+    }
+    if stat.link_count > 1 {
+        return Ok(Slot::Linked);
     }
     let file = match dir.open_at(
         PathFlags::empty(),
@@ -100,17 +123,33 @@ fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
         Ok(file) => file,
         Err(ErrorCode::NoEntry) => return Ok(Slot::Missing),
         // Replaced by a symlink since the stat.
-        Err(ErrorCode::Loop) => return Ok(Slot::NotAnEntry(DescriptorType::SymbolicLink)),
+        Err(ErrorCode::Loop) => return Ok(Slot::Special(DescriptorType::SymbolicLink)),
         Err(code) => return Err(io("open", name, code)),
     };
+    // Check what was actually opened: the name may have changed hands.
     let stat = file.stat().map_err(|code| io("stat", name, code))?;
-    if !is_single_regular(&stat) {
-        return Ok(Slot::NotAnEntry(stat.type_));
+    if stat.type_ != DescriptorType::RegularFile {
+        return Ok(Slot::Special(stat.type_));
     }
-    if stat.size > MAX_ENTRY_FILE_BYTES {
-        return Ok(Slot::Malformed { file });
+    if stat.link_count > 1 {
+        return Ok(Slot::Linked);
     }
-    let mut bytes = Vec::with_capacity(stat.size as usize);
+    let current = stat.link_count == 1;
+    let entry = if stat.size > MAX_ENTRY_FILE_BYTES {
+        None
+    } else {
+        read_capped(&file, name)?.and_then(|bytes| Entry::parse(&bytes))
+    };
+    Ok(Slot::File {
+        file,
+        entry,
+        current,
+    })
+}
+
+/// The whole file, or `None` if it is longer than [`MAX_ENTRY_FILE_BYTES`].
+fn read_capped(file: &Descriptor, name: &str) -> Result<Option<Vec<u8>>, Error> {
+    let mut bytes = Vec::new();
     loop {
         let want = MAX_ENTRY_FILE_BYTES + 1 - bytes.len() as u64;
         let (chunk, end) = file
@@ -118,31 +157,24 @@ fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
             .map_err(|code| io("read", name, code))?;
         let done = end || chunk.is_empty();
         bytes.extend_from_slice(&chunk);
-        if done || bytes.len() as u64 > MAX_ENTRY_FILE_BYTES {
-            break;
+        if bytes.len() as u64 > MAX_ENTRY_FILE_BYTES {
+            return Ok(None);
+        }
+        if done {
+            return Ok(Some(bytes));
         }
     }
-    if bytes.len() as u64 > MAX_ENTRY_FILE_BYTES {
-        return Ok(Slot::Malformed { file });
-    }
-    Ok(match Entry::parse(&bytes) {
-        Some(entry) => Slot::Entry { entry, file },
-        None => Slot::Malformed { file },
-    })
 }
 
-fn temp_name() -> String {
-    format!(
-        "{TEMP_PREFIX}{:016x}",
-        wasi::random::random::get_random_u64()
-    )
+fn unique_name(prefix: &str) -> String {
+    format!("{prefix}{:016x}", wasi::random::random::get_random_u64())
 }
 
 /// Creates a new temporary file holding `bytes`; returns its name.
 fn write_temp(dir: &Descriptor, bytes: &[u8]) -> Result<String, Error> {
     let mut attempts = 0;
     let (name, file) = loop {
-        let name = temp_name();
+        let name = unique_name(TEMP_PREFIX);
         match dir.open_at(
             PathFlags::empty(),
             &name,
@@ -191,7 +223,7 @@ fn remove_if_same(dir: &Descriptor, name: &str, judged: &Descriptor) -> Result<b
     let judged_hash: MetadataHashValue = judged
         .metadata_hash()
         .map_err(|code| io("identify", name, code))?;
-    let grabbed = temp_name();
+    let grabbed = unique_name(GRAB_PREFIX);
     match dir.rename_at(name, dir, &grabbed) {
         Ok(()) => {}
         Err(ErrorCode::NoEntry) => return Ok(false),
@@ -220,7 +252,10 @@ pub fn write(
     let name = file_name_of(agent_id)?;
     check_fields(local_url, block_id, auth_key)?;
     with_dir(|dir| {
-        if let Slot::Entry { entry, .. } = inspect(dir, &name)? {
+        if let Slot::File {
+            entry: Some(entry), ..
+        } = inspect(dir, &name)?
+        {
             if entry.agent_id != agent_id {
                 return Err(Error::Conflict(format!(
                     "entry file {name:?} holds the entry of agent {:?}, not {agent_id:?}",
@@ -249,8 +284,10 @@ pub fn remove(agent_id: &str) -> Result<bool, Error> {
     let name = file_name_of(agent_id)?;
     with_dir(|dir| {
         match inspect(dir, &name)? {
-            Slot::Missing | Slot::NotAnEntry(DescriptorType::Directory) => return Ok(false),
-            Slot::Entry { entry, .. } if entry.agent_id != agent_id => return Ok(false),
+            Slot::Missing | Slot::Special(DescriptorType::Directory) => return Ok(false),
+            Slot::File {
+                entry: Some(entry), ..
+            } if entry.agent_id != agent_id => return Ok(false),
             _ => {}
         }
         match dir.unlink_file_at(&name) {
@@ -263,24 +300,35 @@ pub fn remove(agent_id: &str) -> Result<bool, Error> {
 
 pub fn remove_owned(agent_id: &str, pid: u32, auth_key: &str) -> Result<bool, Error> {
     let name = file_name_of(agent_id)?;
-    with_dir(|dir| match inspect(dir, &name)? {
-        Slot::Entry { entry, file } if entry.is_owned_by(agent_id, pid, auth_key) => {
-            remove_if_same(dir, &name, &file)
+    with_dir(|dir| {
+        // A few attempts: the file read may be replaced under us, by a
+        // rewrite of the same registration or by a successor's.
+        for _ in 0..4 {
+            match inspect(dir, &name)? {
+                Slot::File {
+                    file,
+                    entry: Some(entry),
+                    current,
+                } if entry.is_owned_by(agent_id, pid, auth_key) => {
+                    if current && remove_if_same(dir, &name, &file)? {
+                        return Ok(true);
+                    }
+                }
+                _ => return Ok(false),
+            }
         }
-        _ => Ok(false),
+        Ok(false)
     })
 }
 
 pub fn lookup(agent_id: &str) -> Result<Option<Entry>, Error> {
     let name = file_name_of(agent_id)?;
-    with_dir(|dir| match inspect(dir, &name)? {
-        Slot::Entry { entry, .. } if entry.agent_id == agent_id => Ok(Some(entry)),
-        _ => Ok(None),
-    })
+    with_dir(|dir| Ok(inspect(dir, &name)?.entry_of(agent_id)))
 }
 
-/// Names in the agents directory. Names the host cannot report (not UTF-8)
-/// are skipped: they cannot be entries.
+/// Names in the agents directory. A name the host reports an error for is
+/// skipped: it vanished while the directory was read (a rename by another
+/// instance), or it is not UTF-8 and so cannot be an entry.
 fn names(dir: &Descriptor) -> Result<Vec<String>, Error> {
     let stream = dir
         .read_directory()
@@ -290,8 +338,7 @@ fn names(dir: &Descriptor) -> Result<Vec<String>, Error> {
         match stream.read_directory_entry() {
             Ok(Some(entry)) => names.push(entry.name),
             Ok(None) => return Ok(names),
-            Err(ErrorCode::IllegalByteSequence) => continue,
-            Err(code) => return Err(io("read directory", ".", code)),
+            Err(_) => continue,
         }
     }
 }
@@ -305,7 +352,10 @@ pub fn list() -> Result<Vec<Entry>, Error> {
         let mut entries = Vec::new();
         for name in names(dir)?.into_iter().filter(|n| is_entry_name(n)) {
             // One unreadable file must not hide every other agent.
-            if let Ok(Slot::Entry { entry, .. }) = inspect(dir, &name) {
+            if let Ok(Slot::File {
+                entry: Some(entry), ..
+            }) = inspect(dir, &name)
+            {
                 if file_name_of(&entry.agent_id).as_deref() == Ok(name.as_str()) {
                     entries.push(entry);
                 }
@@ -324,8 +374,8 @@ pub fn cleanup_stale(max_age_ms: u64) -> Result<u32, Error> {
         for name in names(dir)? {
             // Per-name failures are skipped: another instance may be sweeping
             // or rewriting the same names right now.
-            let gone = if name.starts_with(TEMP_PREFIX) {
-                sweep_temp(dir, &name, now)
+            let gone = if name.starts_with(TEMP_PREFIX) || name.starts_with(GRAB_PREFIX) {
+                sweep_debris(dir, &name, now)
             } else if is_entry_name(&name) {
                 sweep_entry(dir, &name, cutoff).unwrap_or(false)
             } else {
@@ -337,29 +387,44 @@ pub fn cleanup_stale(max_age_ms: u64) -> Result<u32, Error> {
     })
 }
 
-fn sweep_temp(dir: &Descriptor, name: &str, now: u64) -> bool {
+fn sweep_debris(dir: &Descriptor, name: &str, now: u64) -> bool {
     let Ok(stat) = dir.stat_at(PathFlags::empty(), name) else {
         return false;
     };
-    let Some(modified) = stat.data_modification_timestamp else {
+    // A temporary file is written right after it is created, so its
+    // modification time is its age. A grabbed entry keeps the entry's old
+    // modification time; the rename that grabbed it set its status-change time.
+    let since = if name.starts_with(GRAB_PREFIX) {
+        stat.status_change_timestamp
+    } else {
+        stat.data_modification_timestamp
+    };
+    let Some(since) = since else {
         return false;
     };
-    let modified_ms = modified.seconds.saturating_mul(1000);
+    let since_ms = since.seconds.saturating_mul(1000);
     stat.type_ != DescriptorType::Directory
-        && now.saturating_sub(modified_ms) > TEMP_MAX_AGE_MS
+        && now.saturating_sub(since_ms) > DEBRIS_MAX_AGE_MS
         && dir.unlink_file_at(name).is_ok()
 }
 
 fn sweep_entry(dir: &Descriptor, name: &str, cutoff: u64) -> Result<bool, Error> {
     match inspect(dir, name)? {
-        Slot::Missing | Slot::NotAnEntry(DescriptorType::Directory) => Ok(false),
-        // Unlinking a symlink, hard link, FIFO, socket or device removes the
-        // name only; it never opens or follows what the name points at.
-        Slot::NotAnEntry(_) => Ok(dir.unlink_file_at(name).is_ok()),
-        Slot::Malformed { file } => remove_if_same(dir, name, &file),
-        Slot::Entry { entry, file } if entry.updated_at < cutoff => {
-            remove_if_same(dir, name, &file)
-        }
-        Slot::Entry { .. } => Ok(false),
+        // Directories are not ours to delete; a second link may be a restore
+        // in progress, and a superseded file is no longer at this name.
+        Slot::Missing | Slot::Special(DescriptorType::Directory) | Slot::Linked => Ok(false),
+        Slot::File { current: false, .. } => Ok(false),
+        // The registry never creates these. Unlinking removes the name only;
+        // it never opens or follows what the name points at.
+        Slot::Special(_) => Ok(dir.unlink_file_at(name).is_ok()),
+        Slot::File {
+            entry: None, file, ..
+        } => remove_if_same(dir, name, &file),
+        Slot::File {
+            entry: Some(entry),
+            file,
+            ..
+        } if entry.updated_at < cutoff => remove_if_same(dir, name, &file),
+        Slot::File { .. } => Ok(false),
     }
 }

@@ -60,7 +60,7 @@ impl AgentsDir {
             return Err(insecure(&path, "it is not a directory"));
         }
         let dir = data.open_dir_nofollow(AGENTS).map_err(dir_error)?;
-        check_private(&dir, &path)?;
+        check_private(&data, &dir, &path)?;
         Ok(AgentsDir { path, data, dir })
     }
 
@@ -173,7 +173,7 @@ fn create_private_dir(parent: &Dir, name: &str) -> io::Result<()> {
 }
 
 /// Refuses a directory other users control; tightens one they can only read.
-fn check_private(dir: &Dir, path: &Path) -> Result<(), Error> {
+fn check_private(data: &Dir, dir: &Dir, path: &Path) -> Result<(), Error> {
     #[cfg(unix)]
     {
         use cap_std::fs::MetadataExt;
@@ -204,16 +204,17 @@ fn check_private(dir: &Dir, path: &Path) -> Result<(), Error> {
         }
         if mode & 0o077 != 0 {
             // Ours and writable only by us: nobody else can have planted
-            // anything, so closing it is safe.
-            rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(0o700)).map_err(|e| {
-                Error::Directory {
+            // anything, so closing it is safe. (The handle is O_PATH, which
+            // fchmod refuses; cap-std's set_permissions never follows a link.)
+            use cap_std::fs::PermissionsExt;
+            data.set_permissions(AGENTS, cap_std::fs::Permissions::from_mode(0o700))
+                .map_err(|source| Error::Directory {
                     path: path.to_path_buf(),
-                    source: e.into(),
-                }
-            })?;
+                    source,
+                })?;
         }
     }
     #[cfg(not(unix))]
-    let _ = (dir, path);
+    let _ = (data, dir, path);
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::agents_dir::AgentsDir;
-use crate::runtime::{trap_error, Instance, Runtime};
+use crate::runtime::{Instance, Runtime};
 use crate::{AgentEntry, Error};
 
 /// Instances kept warm per registry, for concurrent callers.
@@ -301,11 +301,10 @@ impl Lease<'_> {
                 self.reusable = true;
                 Ok(value)
             }
-            Err(err) => Err(trap_error(
-                err,
-                self.inner.call_timeout,
-                self.inner.memory_limit,
-            )),
+            Err(err) => {
+                let instance = self.instance.as_ref().expect("present until drop");
+                Err(instance.call_error(err, self.inner.call_timeout))
+            }
         }
     }
 }

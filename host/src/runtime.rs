@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Config, Engine, ResourceLimiter, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{AgentRegistry, AgentRegistryPre};
@@ -20,11 +20,40 @@ pub(crate) static COMPONENT: &[u8] =
 /// How often the epoch advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
-/// Per-store state: the WASI context and the resource limits.
+/// Per-store state: the WASI context and the memory cap.
 pub(crate) struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    memory: MemoryCap,
+}
+
+/// Refuses linear-memory growth past `limit` and remembers that it did, so a
+/// guest that then aborts is reported as out of memory.
+struct MemoryCap {
+    limit: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.limit;
+        self.exceeded |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
 }
 
 impl WasiView for HostState {
@@ -121,13 +150,13 @@ impl Runtime {
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(memory_limit)
-                .trap_on_grow_failure(true)
-                .build(),
+            memory: MemoryCap {
+                limit: memory_limit,
+                exceeded: false,
+            },
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|state| &mut state.limits);
+        store.limiter(|state| &mut state.memory);
         store.epoch_deadline_trap();
         // Instantiation runs no guest code that could loop, but give it a bound too.
         store.set_epoch_deadline(ticks(Duration::from_secs(5)));
@@ -151,11 +180,14 @@ fn ticks(timeout: Duration) -> u64 {
     (timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
 }
 
-/// Turns a trap into the error a caller can act on.
-pub(crate) fn trap_error(err: wasmtime::Error, timeout: Duration, memory_limit: usize) -> Error {
-    match err.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => Error::Timeout(timeout),
-        _ if format!("{err:#}").contains("memory growth") => Error::MemoryLimit(memory_limit),
-        _ => Error::Component(format!("the registry component trapped: {err:#}")),
+impl Instance {
+    /// Turns a failed call into the error a caller can act on.
+    pub(crate) fn call_error(&self, err: wasmtime::Error, timeout: Duration) -> Error {
+        let memory = &self.store.data().memory;
+        match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => Error::Timeout(timeout),
+            _ if memory.exceeded => Error::MemoryLimit(memory.limit),
+            _ => Error::Component(format!("the registry component trapped: {err:#}")),
+        }
     }
 }

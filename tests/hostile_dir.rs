@@ -1,0 +1,342 @@
+//! An agents dir holding things no registry wrote: every call returns promptly,
+//! reads only regular single-link files, writes through nothing, and cleanup
+//! removes what is safe to remove.
+
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use agentmux_registry::blocking::Registry;
+use agentmux_registry::Error;
+use agentmux_registry_tests::{now_ms, Fixture, SeedEntry};
+use rustix::fs::{mknodat, FileType, Mode, CWD};
+
+/// Runs `f` on another thread and fails the test if it takes over 20 s: a
+/// call stuck in a host file operation cannot be interrupted, so a hang must
+/// be caught from outside.
+fn within_limit<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{what} did not return within 20 s: it hangs"))
+}
+
+fn valid_entry(id: &str) -> String {
+    SeedEntry::new(id, now_ms()).to_json()
+}
+
+/// Plants one of each kind of non-entry under an entry name. Returns the names
+/// planted and whether a device node could be made (needs privilege).
+fn plant_everything(fx: &Fixture) -> bool {
+    // A symlink to a valid entry outside.
+    let outside = fx.tmp.path().join("outside-sym.json");
+    std::fs::write(&outside, valid_entry("sym")).unwrap();
+    symlink(&outside, fx.path("sym.json")).unwrap();
+    // A hard link to a valid entry outside (same file system).
+    let outside = fx.tmp.path().join("outside-hard.json");
+    std::fs::write(&outside, valid_entry("hard")).unwrap();
+    std::fs::hard_link(&outside, fx.path("hard.json")).unwrap();
+    // A FIFO: opening it for reading would block until a writer comes.
+    mknodat(
+        CWD,
+        fx.path("fifo.json"),
+        FileType::Fifo,
+        Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    // A socket.
+    let _listener = std::os::unix::net::UnixListener::bind(fx.path("sock.json")).unwrap();
+    std::mem::forget(_listener);
+    // A directory.
+    std::fs::create_dir(fx.path("dir.json")).unwrap();
+    // A file too large to be an entry, starting like a valid one.
+    let mut big = valid_entry("big").into_bytes();
+    big.truncate(big.len() - 1);
+    big.extend(std::iter::repeat_n(b' ', 70 * 1024));
+    big.push(b'}');
+    fx.write_raw("big.json", &big);
+    // A character device (/dev/null's numbers), where permitted.
+    mknodat(
+        CWD,
+        fx.path("dev.json"),
+        FileType::CharacterDevice,
+        Mode::from_raw_mode(0o600),
+        rustix::fs::makedev(1, 3),
+    )
+    .is_ok()
+}
+
+const PLANTED: &[&str] = &["sym", "hard", "fifo", "sock", "dir", "big", "dev"];
+
+#[test]
+fn no_call_hangs_or_reads_anything_but_a_regular_file() {
+    let fx = Fixture::new();
+    let has_device = plant_everything(&fx);
+    if !has_device {
+        eprintln!(
+            "note: no device node could be made here (unprivileged); that kind is not covered"
+        );
+    }
+    fx.registry
+        .write("real", "http://127.0.0.1:1", "b", 1, "k")
+        .unwrap();
+    let registry = fx.registry.clone();
+
+    let (lookups, listed) = within_limit("lookup and list", move || {
+        let lookups: Vec<_> = PLANTED
+            .iter()
+            .map(|id| (*id, registry.lookup(id)))
+            .collect();
+        (lookups, registry.list())
+    });
+    for (id, found) in lookups {
+        assert!(
+            matches!(found, Ok(None)),
+            "{id}: expected no entry, got {found:?}"
+        );
+    }
+    let ids: Vec<String> = listed.unwrap().into_iter().map(|e| e.agent_id).collect();
+    assert_eq!(ids, ["real"]);
+}
+
+/// Hard-linked files stay: the registry's own compare-and-remove briefly
+/// links an entry back into place, so a second link is not proof of a plant.
+#[test]
+fn cleanup_removes_every_unsafe_name_without_following_it_and_keeps_directories_and_links() {
+    let fx = Fixture::new();
+    let has_device = plant_everything(&fx);
+    fx.registry
+        .write("real", "http://127.0.0.1:1", "b", 1, "k")
+        .unwrap();
+    let outside_before = fx.outside_snapshot();
+    let registry = fx.registry.clone();
+
+    let removed = within_limit("cleanup", move || {
+        registry.cleanup_stale(Duration::from_secs(3600))
+    })
+    .unwrap();
+
+    let expected_removed = if has_device { 5 } else { 4 };
+    assert_eq!(
+        removed, expected_removed,
+        "sym, fifo, sock, big (and dev) go"
+    );
+    assert_eq!(fx.names(), ["dir.json", "hard.json", "real.json"]);
+    assert_eq!(
+        fx.outside_snapshot(),
+        outside_before,
+        "the link targets are untouched"
+    );
+}
+
+#[test]
+fn a_hard_link_to_a_file_outside_is_not_written_through() {
+    let fx = Fixture::new();
+    let outside = fx.tmp.path().join("outside-hard.json");
+    let original = valid_entry("hard");
+    std::fs::write(&outside, &original).unwrap();
+    std::fs::hard_link(&outside, fx.path("hard.json")).unwrap();
+
+    fx.registry
+        .write("hard", "http://127.0.0.1:2", "b", 1, "mine")
+        .unwrap();
+
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), original);
+    assert_eq!(
+        fx.registry.lookup("hard").unwrap().unwrap().auth_key,
+        "mine"
+    );
+}
+
+#[test]
+fn write_over_a_directory_fails_cleanly() {
+    let fx = Fixture::new();
+    std::fs::create_dir(fx.path("d.json")).unwrap();
+    let err = fx.registry.write("d", "u", "b", 1, "k").unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err}");
+    assert!(fx.path("d.json").is_dir());
+    assert_eq!(fx.names(), ["d.json"], "the temporary file was removed");
+}
+
+#[test]
+fn temporary_files_are_swept_only_once_old() {
+    let fx = Fixture::new();
+    fx.write_raw(".tmp-00000000000000aa", "{\"agent_id\":");
+    fx.write_raw(".tmp-00000000000000bb", "{\"agent_id\":");
+    let old = std::time::SystemTime::now() - Duration::from_secs(120);
+    std::fs::File::options()
+        .write(true)
+        .open(fx.path(".tmp-00000000000000aa"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    assert_eq!(
+        fx.registry
+            .cleanup_stale(Duration::from_secs(3600))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        fx.names(),
+        [".tmp-00000000000000bb"],
+        "a fresh one may be a write in progress"
+    );
+}
+
+#[test]
+fn an_entry_file_holding_another_id_is_never_returned_or_overwritten() {
+    let fx = Fixture::new();
+    // What the old registry wrote for id "a.b": its sanitiser mapped it to a_b.json.
+    let legacy = SeedEntry::new("a.b", now_ms()).to_json();
+    fx.write_raw("a_b.json", &legacy);
+
+    assert_eq!(fx.registry.lookup("a_b").unwrap(), None, "not a_b's entry");
+    let err = fx.registry.write("a_b", "u", "b", 1, "k").unwrap_err();
+    assert!(
+        matches!(&err, Error::Conflict(m) if m.contains("a.b")),
+        "{err}"
+    );
+    assert!(
+        !fx.registry.remove("a_b").unwrap(),
+        "remove leaves another id's entry alone"
+    );
+    assert_eq!(fx.read_raw("a_b.json"), legacy);
+    assert!(
+        fx.registry.list().unwrap().is_empty(),
+        "listed only under its own name"
+    );
+}
+
+#[test]
+fn remove_owned_removes_only_the_callers_own_registration() {
+    let fx = Fixture::new();
+    fx.registry
+        .write("a1", "http://127.0.0.1:1", "b", 100, "old-key")
+        .unwrap();
+    assert!(!fx.registry.remove_owned("a1", 100, "wrong-key").unwrap());
+    assert!(!fx.registry.remove_owned("a1", 101, "old-key").unwrap());
+    assert!(fx.registry.lookup("a1").unwrap().is_some());
+
+    // A successor re-registers the id; the old owner's exit path runs late.
+    fx.registry
+        .write("a1", "http://127.0.0.1:2", "b", 200, "new-key")
+        .unwrap();
+    assert!(!fx.registry.remove_owned("a1", 100, "old-key").unwrap());
+    assert_eq!(
+        fx.registry.lookup("a1").unwrap().unwrap().auth_key,
+        "new-key"
+    );
+
+    assert!(fx.registry.remove_owned("a1", 200, "new-key").unwrap());
+    assert!(fx.names().is_empty());
+    assert!(!fx.registry.remove_owned("a1", 200, "new-key").unwrap());
+}
+
+#[test]
+fn the_agents_dir_is_created_private_and_entries_are_owner_only() {
+    let fx = Fixture::new();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&fx.agents()), 0o700);
+    fx.registry.write("a1", "u", "b", 1, "secret").unwrap();
+    assert_eq!(mode(&fx.path("a1.json")), 0o600);
+    fx.registry.write("a1", "u", "b", 1, "secret2").unwrap();
+    assert_eq!(
+        mode(&fx.path("a1.json")),
+        0o600,
+        "a rewrite is owner-only too"
+    );
+}
+
+#[test]
+fn an_existing_readable_agents_dir_is_tightened() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = tmp.path().join("agents");
+    std::fs::create_dir(&agents).unwrap();
+    std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(0o755)).unwrap();
+    Registry::open(tmp.path()).unwrap();
+    assert_eq!(
+        std::fs::metadata(&agents).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+}
+
+#[test]
+fn an_agents_dir_others_can_write_is_refused() {
+    for mode in [0o775, 0o777, 0o1777] {
+        let tmp = tempfile::tempdir().unwrap();
+        let agents = tmp.path().join("agents");
+        std::fs::create_dir(&agents).unwrap();
+        std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = Registry::open(tmp.path()).unwrap_err();
+        assert!(
+            matches!(&err, Error::InsecureDirectory { reason, .. } if reason.contains("writable")),
+            "{mode:o}: {err}"
+        );
+        assert_eq!(
+            std::fs::metadata(&agents).unwrap().permissions().mode() & 0o7777,
+            mode,
+            "left as it was"
+        );
+    }
+}
+
+#[test]
+fn an_agents_dir_that_is_a_symlink_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::set_permissions(&elsewhere, std::fs::Permissions::from_mode(0o700)).unwrap();
+    symlink(&elsewhere, tmp.path().join("agents")).unwrap();
+    let err = Registry::open(tmp.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InsecureDirectory { reason, .. } if reason.contains("symbolic link")),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_agents_dir_owned_by_another_user_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = tmp.path().join("agents");
+    std::fs::create_dir(&agents).unwrap();
+    std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let other = rustix::fs::Uid::from_raw(rustix::process::geteuid().as_raw() + 4242);
+    if rustix::fs::chown(&agents, Some(other), None).is_err() {
+        eprintln!("note: cannot chown here (unprivileged): another owner cannot be set up");
+        return;
+    }
+    let err = Registry::open(tmp.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InsecureDirectory { reason, .. } if reason.contains("owned by uid")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_deleted_and_recreated_agents_dir_is_followed() {
+    let fx = Fixture::new();
+    fx.registry.write("before", "u", "b", 1, "k").unwrap();
+    std::fs::remove_dir_all(fx.agents()).unwrap();
+    std::fs::create_dir(fx.agents()).unwrap();
+    std::fs::set_permissions(fx.agents(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    fx.write_raw("other.json", valid_entry("other"));
+
+    assert!(
+        fx.registry.lookup("other").unwrap().is_some(),
+        "sees the new directory"
+    );
+    fx.registry.write("after", "u", "b", 1, "k").unwrap();
+    assert_eq!(fx.names(), ["after.json", "other.json"]);
+
+    std::fs::remove_dir_all(fx.agents()).unwrap();
+    fx.registry.write("again", "u", "b", 1, "k").unwrap();
+    assert_eq!(
+        fx.names(),
+        ["again.json"],
+        "a deleted directory is recreated"
+    );
+}

@@ -1,0 +1,76 @@
+//! Each call runs under a time and a memory limit: a component that loops or
+//! allocates without bound fails that call with a clear error, and the
+//! registry keeps working afterwards.
+
+use std::time::{Duration, Instant};
+
+use agentmux_registry::blocking::Registry;
+use agentmux_registry::{Error, Options};
+
+static MISBEHAVING: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/misbehaving.wasm"));
+
+fn open(options: Options) -> (tempfile::TempDir, Registry) {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = Registry::open_with(tmp.path(), options.component(MISBEHAVING)).unwrap();
+    (tmp, registry)
+}
+
+#[test]
+fn a_call_that_never_returns_is_stopped_at_its_deadline() {
+    let (_tmp, registry) = open(Options::new().call_timeout(Duration::from_millis(300)));
+    let started = Instant::now();
+    let err = registry.lookup("a1").unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err, Error::Timeout(t) if t == Duration::from_millis(300)),
+        "{err}"
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+    // The trapped instance was discarded; the next call gets a fresh one.
+    assert!(!registry.remove("a1").unwrap());
+    assert!(matches!(registry.lookup("a1"), Err(Error::Timeout(_))));
+}
+
+#[test]
+fn a_call_that_allocates_without_bound_hits_the_memory_limit() {
+    let (_tmp, registry) = open(Options::new().memory_limit(32 << 20));
+    let err = registry.write("a1", "u", "b", 1, "k").unwrap_err();
+    assert!(
+        matches!(err, Error::MemoryLimit(limit) if limit == 32 << 20),
+        "{err}"
+    );
+    assert!(
+        !registry.remove("a1").unwrap(),
+        "the registry works after the trap"
+    );
+}
+
+#[test]
+fn a_call_that_exhausts_its_stack_fails_without_harming_the_host() {
+    let (_tmp, registry) = open(Options::new());
+    let err = registry.cleanup_stale(Duration::ZERO).unwrap_err();
+    assert!(
+        matches!(&err, Error::Component(m) if m.contains("trapped")),
+        "{err}"
+    );
+    assert!(!registry.remove("a1").unwrap());
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn limits_hold_for_async_calls_inside_a_runtime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = agentmux_registry::Registry::open_with(
+        tmp.path(),
+        Options::new()
+            .call_timeout(Duration::from_millis(200))
+            .component(MISBEHAVING),
+    )
+    .unwrap();
+    assert!(matches!(
+        registry.lookup("a1").await,
+        Err(Error::Timeout(_))
+    ));
+}
