@@ -2,6 +2,9 @@
 
 use agentmux_registry_tests::{now_ms, Fixture, SeedEntry};
 
+/// Above Linux's largest pid: no process has it, so no start time is recorded.
+const NO_SUCH_PID: u32 = 4_000_000_000;
+
 #[test]
 fn entries_in_the_seed_format_are_read_by_the_component() {
     let fx = Fixture::new();
@@ -32,7 +35,7 @@ fn entries_written_by_the_component_are_the_seed_format_byte_for_byte() {
             "Agent_ü-9",
             "http://127.0.0.1:4100",
             "block \"q\"",
-            77,
+            NO_SUCH_PID,
             "k/ey",
         )
         .unwrap();
@@ -63,7 +66,7 @@ fn entries_written_by_the_component_are_the_seed_format_byte_for_byte() {
         agent_id: "Agent_ü-9".into(),
         local_url: "http://127.0.0.1:4100".into(),
         block_id: "block \"q\"".into(),
-        pid: 77,
+        pid: NO_SUCH_PID,
         updated_at: entry.updated_at,
         auth_key: "k/ey".into(),
     };
@@ -86,4 +89,29 @@ fn plain_ids_use_the_seed_file_name_and_others_do_not_collide() {
     assert_eq!(fx.names(), ["a%2Eb.json", "a_b.json"]);
     assert_eq!(fx.registry.lookup("a_b").unwrap().unwrap().auth_key, "k1");
     assert_eq!(fx.registry.lookup("a.b").unwrap().unwrap().auth_key, "k2");
+}
+
+#[test]
+fn a_live_owners_start_time_is_one_optional_trailing_key() {
+    let fx = Fixture::new();
+    let me = std::process::id();
+    let entry = fx
+        .registry
+        .write("live", "http://127.0.0.1:1", "b", me, "k")
+        .unwrap();
+    let raw = fx.read_raw("live.json");
+    if let Some(started) = entry.pid_started {
+        assert!(
+            raw.ends_with(&format!(r#","auth_key":"k","pid_started":{started}}}"#)),
+            "{raw}"
+        );
+    } else {
+        assert!(
+            !cfg!(target_os = "linux"),
+            "Linux always knows a live process's start time"
+        );
+    }
+    // The original module's struct reads it, ignoring the extra key.
+    let seed: SeedEntry = serde_json::from_str(&raw).unwrap();
+    assert_eq!((seed.agent_id.as_str(), seed.pid), ("live", me));
 }

@@ -21,6 +21,7 @@ impl From<Entry> for AgentEntry {
             pid: e.pid,
             updated_at: e.updated_at,
             auth_key: e.auth_key,
+            pid_started: e.pid_started,
         }
     }
 }
@@ -43,8 +44,17 @@ impl Guest for Registry {
         block_id: String,
         pid: u32,
         auth_key: String,
+        pid_started: Option<u64>,
     ) -> Result<AgentEntry, RegistryError> {
-        Ok(store::write(&agent_id, &local_url, &block_id, pid, &auth_key)?.into())
+        Ok(store::write(
+            &agent_id,
+            &local_url,
+            &block_id,
+            pid,
+            &auth_key,
+            pid_started,
+        )?
+        .into())
     }
 
     fn remove(agent_id: String) -> Result<bool, RegistryError> {

@@ -26,6 +26,10 @@ pub struct Entry {
     pub updated_at: u64,
     #[serde(default)]
     pub auth_key: String,
+    /// Optional: the owner's process start time. Written only when known, so
+    /// entries without it are byte-identical to the historical format.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_started: Option<u64>,
 }
 
 impl Entry {
@@ -95,6 +99,7 @@ mod tests {
             pid: 42,
             updated_at: 1_700_000_000_000,
             auth_key: "k".into(),
+            pid_started: None,
         }
     }
 
@@ -104,6 +109,20 @@ mod tests {
             String::from_utf8(sample().to_json()).unwrap(),
             r#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000,"auth_key":"k"}"#
         );
+    }
+
+    #[test]
+    fn pid_started_is_an_optional_trailing_key() {
+        let with = Entry {
+            pid_started: Some(123),
+            ..sample()
+        };
+        let json = String::from_utf8(with.to_json()).unwrap();
+        assert!(
+            json.ends_with(r#","auth_key":"k","pid_started":123}"#),
+            "{json}"
+        );
+        assert_eq!(Entry::parse(json.as_bytes()), Some(with));
     }
 
     #[test]

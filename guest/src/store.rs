@@ -138,7 +138,7 @@ fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
     let entry = if stat.size > MAX_ENTRY_FILE_BYTES {
         None
     } else {
-        read_capped(&file, name)?.and_then(|bytes| Entry::parse(&bytes))
+        read_capped(&file, name, stat.size)?.and_then(|bytes| Entry::parse(&bytes))
     };
     Ok(Slot::File {
         file,
@@ -148,21 +148,28 @@ fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
 }
 
 /// The whole file, or `None` if it is longer than [`MAX_ENTRY_FILE_BYTES`].
-fn read_capped(file: &Descriptor, name: &str) -> Result<Option<Vec<u8>>, Error> {
+///
+/// Asks for one byte more than the size the descriptor reported: a read that
+/// returns less is at the end of the file, so an entry takes one read call
+/// (the host signals the end only with an empty read, and allocates what is
+/// asked for).
+fn read_capped(file: &Descriptor, name: &str, size: u64) -> Result<Option<Vec<u8>>, Error> {
     let mut bytes = Vec::new();
+    let mut want = size.min(MAX_ENTRY_FILE_BYTES) + 1;
     loop {
-        let want = MAX_ENTRY_FILE_BYTES + 1 - bytes.len() as u64;
         let (chunk, end) = file
             .read(want, bytes.len() as u64)
             .map_err(|code| io("read", name, code))?;
-        let done = end || chunk.is_empty();
+        let short = (chunk.len() as u64) < want;
         bytes.extend_from_slice(&chunk);
         if bytes.len() as u64 > MAX_ENTRY_FILE_BYTES {
             return Ok(None);
         }
-        if done {
+        if end || short {
             return Ok(Some(bytes));
         }
+        // It grew since the stat: keep reading, up to the cap.
+        want = MAX_ENTRY_FILE_BYTES + 1 - bytes.len() as u64;
     }
 }
 
@@ -248,6 +255,7 @@ pub fn write(
     block_id: &str,
     pid: u32,
     auth_key: &str,
+    pid_started: Option<u64>,
 ) -> Result<Entry, Error> {
     let name = file_name_of(agent_id)?;
     check_fields(local_url, block_id, auth_key)?;
@@ -270,6 +278,7 @@ pub fn write(
             pid,
             updated_at: now_ms(),
             auth_key: auth_key.to_owned(),
+            pid_started,
         };
         let temp = write_temp(dir, &entry.to_json())?;
         if let Err(code) = dir.rename_at(&temp, dir, &name) {

@@ -22,6 +22,8 @@ pub(crate) struct AgentsDir {
     data: Dir,
     /// The agents directory itself.
     dir: Dir,
+    /// Device and inode of `dir`, to notice when the path names another.
+    identity: (u64, u64),
 }
 
 impl AgentsDir {
@@ -61,7 +63,13 @@ impl AgentsDir {
         }
         let dir = data.open_dir_nofollow(AGENTS).map_err(dir_error)?;
         check_private(&data, &dir, &path)?;
-        Ok(AgentsDir { path, data, dir })
+        let identity = identity(&dir.dir_metadata().map_err(dir_error)?);
+        Ok(AgentsDir {
+            path,
+            data,
+            dir,
+            identity,
+        })
     }
 
     /// `{data_dir}/agents`.
@@ -88,18 +96,9 @@ impl AgentsDir {
     /// Whether `{data_dir}/agents` is still the directory this handle has
     /// open. False after it was deleted, or deleted and recreated.
     pub(crate) fn is_current(&self) -> bool {
-        #[cfg(unix)]
-        {
-            use cap_std::fs::MetadataExt;
-            match (self.data.symlink_metadata(AGENTS), self.dir.dir_metadata()) {
-                (Ok(named), Ok(open)) => named.dev() == open.dev() && named.ino() == open.ino(),
-                _ => false,
-            }
-        }
-        #[cfg(not(unix))]
-        {
-            self.data.symlink_metadata(AGENTS).is_ok()
-        }
+        self.data
+            .symlink_metadata(AGENTS)
+            .is_ok_and(|named| identity(&named) == self.identity)
     }
 
     /// Makes the entry file `name` readable and writable by its owner only,
@@ -138,6 +137,20 @@ impl AgentsDir {
         #[cfg(not(unix))]
         let _ = name;
         Ok(())
+    }
+}
+
+/// Device and inode number (zeros where the OS has none).
+fn identity(meta: &cap_std::fs::Metadata) -> (u64, u64) {
+    #[cfg(unix)]
+    {
+        use cap_std::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        (0, 0)
     }
 }
 

@@ -101,7 +101,7 @@ impl Wake for Unpark {
 /// Polls `future` to completion on this thread, parking while it is pending.
 /// Registry calls normally complete on the first poll (file calls run inline);
 /// a pending poll is woken by whichever thread finishes the awaited work.
-fn block_on<F: Future>(future: F) -> F::Output {
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
     let mut cx = Context::from_waker(&waker);
     let mut future = pin!(future);

@@ -14,9 +14,40 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 use crate::blocking::Registry;
 
-pub use crate::AgentEntry;
+/// One entry, with exactly the public fields of the original module.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentEntry {
+    /// The agent's id.
+    pub agent_id: String,
+    /// Local HTTP URL of the owning instance (e.g. `http://127.0.0.1:PORT`).
+    pub local_url: String,
+    /// The block the agent runs in.
+    pub block_id: String,
+    /// OS process id of the owning agentmux-srv process.
+    pub pid: u32,
+    /// Unix milliseconds of the last update.
+    pub updated_at: u64,
+    /// Per-launch auth key of the owning instance (empty if unknown).
+    #[serde(default)]
+    pub auth_key: String,
+}
+
+impl From<crate::AgentEntry> for AgentEntry {
+    fn from(e: crate::AgentEntry) -> Self {
+        AgentEntry {
+            agent_id: e.agent_id,
+            local_url: e.local_url,
+            block_id: e.block_id,
+            pid: e.pid,
+            updated_at: e.updated_at,
+            auth_key: e.auth_key,
+        }
+    }
+}
 
 static LOCAL_AUTH_KEY: OnceLock<String> = OnceLock::new();
 
@@ -83,7 +114,9 @@ pub fn remove(data_dir: &Path, agent_id: &str) {
 /// The entry of `agent_id`; `None` when missing, malformed, or on error.
 pub fn lookup(data_dir: &Path, agent_id: &str) -> Option<AgentEntry> {
     let registry = registry(data_dir)?;
-    warn_on_error("lookup", agent_id, registry.lookup(agent_id)).flatten()
+    warn_on_error("lookup", agent_id, registry.lookup(agent_id))
+        .flatten()
+        .map(AgentEntry::from)
 }
 
 /// Removes entries older than `max_age_ms`, and malformed ones.

@@ -30,6 +30,8 @@
 mod agents_dir;
 pub mod blocking;
 pub mod compat;
+pub mod liveness;
+mod registration;
 mod registry;
 mod runtime;
 
@@ -46,6 +48,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use registration::Registration;
 pub use registry::{Options, Registry};
 
 /// One registered agent, as stored in its entry file.
@@ -68,6 +71,10 @@ pub struct AgentEntry {
     /// before keys existed.
     #[serde(default)]
     pub auth_key: String,
+    /// When the owning process started (see [`liveness`]); `None` in entries
+    /// written without it. Stored as the optional key `pid_started`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_started: Option<u64>,
 }
 
 /// Why a registry call failed.
@@ -136,6 +143,7 @@ impl From<bindings::exports::agentmux::registry::registry::AgentEntry> for Agent
             pid: e.pid,
             updated_at: e.updated_at,
             auth_key: e.auth_key,
+            pid_started: e.pid_started,
         }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::agents_dir::AgentsDir;
+use crate::liveness::{owner_liveness, Liveness};
 use crate::runtime::{Instance, Runtime};
 use crate::{AgentEntry, Error};
 
@@ -130,8 +131,9 @@ impl Registry {
     }
 
     /// Creates or replaces the entry of `agent_id`, stamped with the current
-    /// time, and returns it as stored. The entry file is made readable by its
-    /// owner only.
+    /// time and with the start time of process `pid` (so a later reuse of the
+    /// pid is not mistaken for the owner), and returns it as stored. The entry
+    /// file is made readable by its owner only.
     pub async fn write(
         &self,
         agent_id: &str,
@@ -140,6 +142,7 @@ impl Registry {
         pid: u32,
         auth_key: &str,
     ) -> Result<AgentEntry, Error> {
+        let pid_started = crate::liveness::process_start(pid);
         let mut lease = self.inner.lease().await?;
         let (written, name) = {
             let inst = lease.instance();
@@ -152,6 +155,7 @@ impl Registry {
                     block_id,
                     pid,
                     auth_key,
+                    pid_started,
                 )
                 .await;
             let name = match &written {
@@ -227,6 +231,33 @@ impl Registry {
         let api = inst.bindings.agentmux_registry_registry();
         let out = api.call_cleanup_stale(&mut inst.store, max_age_ms).await;
         Ok(lease.finish(out)??)
+    }
+
+    /// Like [`Registry::lookup`], but `None` when the entry's owning process
+    /// is known to be dead (see [`crate::liveness`]). The entry is left in
+    /// place; [`Registry::cleanup_dead_owners`] removes such entries.
+    pub async fn lookup_live(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
+        Ok(self
+            .lookup(agent_id)
+            .await?
+            .filter(|e| owner_liveness(e) != Liveness::Dead))
+    }
+
+    /// Removes every entry whose owning process is known to be dead, each by
+    /// compare-and-remove (so an entry re-registered meanwhile stays).
+    /// Returns how many were removed.
+    pub async fn cleanup_dead_owners(&self) -> Result<u32, Error> {
+        let mut removed = 0;
+        for entry in self.list().await? {
+            if owner_liveness(&entry) == Liveness::Dead
+                && self
+                    .remove_owned(&entry.agent_id, entry.pid, &entry.auth_key)
+                    .await?
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     /// The name of `agent_id`'s entry file inside [`Registry::agents_dir`].

@@ -24,6 +24,7 @@ impl Guest for Misbehaving {
         _: String,
         _: u32,
         _: String,
+        _: Option<u64>,
     ) -> Result<AgentEntry, RegistryError> {
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {

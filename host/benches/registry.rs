@@ -1,0 +1,508 @@
+//! The sandbox tax: each registry operation through the component (public
+//! `Registry` API) against a native in-process implementation with the same
+//! semantics, measured side by side in one run.
+//!
+//! `cargo bench -p agentmux-registry` prints, per operation and size, both
+//! medians and `ratio = component / native`. Set `AGENTMUX_BENCH_DIR` to
+//! choose where the entries live (default: /dev/shm when present, a tmpfs).
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentmux_registry::blocking::Registry;
+
+mod native {
+    //! The registry's semantics written directly against the OS: same id
+    //! mapping and entry format (the guest's own pure modules), temp + rename
+    //! writes, stat-before-open, identity-checked sweeps.
+    use std::fs::File;
+    use std::io::Read;
+    use std::os::fd::OwnedFd;
+    use std::path::Path;
+
+    use agentmux_registry_guest::entry::{check_fields, Entry, MAX_ENTRY_FILE_BYTES};
+    use agentmux_registry_guest::name::entry_file_name;
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+
+    pub struct Native {
+        dir: OwnedFd,
+    }
+
+    enum Slot {
+        Missing,
+        Other,
+        File {
+            entry: Option<Entry>,
+            ino: u64,
+            current: bool,
+        },
+    }
+
+    fn now_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    }
+
+    impl Native {
+        pub fn open(agents: &Path) -> Native {
+            let dir = rustix::fs::open(
+                agents,
+                OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap();
+            Native { dir }
+        }
+
+        fn inspect(&self, name: &str) -> Slot {
+            let Ok(st) = rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+                return Slot::Missing;
+            };
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink > 1 {
+                return Slot::Other;
+            }
+            let Ok(fd) = rustix::fs::openat(
+                &self.dir,
+                name,
+                OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) else {
+                return Slot::Missing;
+            };
+            let st = rustix::fs::fstat(&fd).unwrap();
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink > 1 {
+                return Slot::Other;
+            }
+            let mut bytes = Vec::with_capacity(st.st_size as usize);
+            File::from(fd)
+                .take(MAX_ENTRY_FILE_BYTES + 1)
+                .read_to_end(&mut bytes)
+                .unwrap();
+            let entry = if bytes.len() as u64 > MAX_ENTRY_FILE_BYTES {
+                None
+            } else {
+                Entry::parse(&bytes)
+            };
+            Slot::File {
+                entry,
+                ino: st.st_ino,
+                current: st.st_nlink == 1,
+            }
+        }
+
+        pub fn write(
+            &self,
+            agent_id: &str,
+            local_url: &str,
+            block_id: &str,
+            pid: u32,
+            auth_key: &str,
+        ) -> Entry {
+            let name = entry_file_name(agent_id).unwrap();
+            check_fields(local_url, block_id, auth_key).unwrap();
+            if let Slot::File { entry: Some(e), .. } = self.inspect(&name) {
+                assert_eq!(e.agent_id, agent_id, "conflict");
+            }
+            let entry = Entry {
+                agent_id: agent_id.into(),
+                local_url: local_url.into(),
+                block_id: block_id.into(),
+                pid,
+                updated_at: now_ms(),
+                auth_key: auth_key.into(),
+                pid_started: None,
+            };
+            let temp = format!(".tmp-{:016x}", rand_u64());
+            let fd = rustix::fs::openat(
+                &self.dir,
+                &temp,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .unwrap();
+            rustix::io::write(&fd, &entry.to_json()).unwrap();
+            drop(fd);
+            rustix::fs::renameat(&self.dir, &temp, &self.dir, &name).unwrap();
+            entry
+        }
+
+        pub fn lookup(&self, agent_id: &str) -> Option<Entry> {
+            match self.inspect(&entry_file_name(agent_id).unwrap()) {
+                Slot::File { entry: Some(e), .. } if e.agent_id == agent_id => Some(e),
+                _ => None,
+            }
+        }
+
+        pub fn remove(&self, agent_id: &str) -> bool {
+            let name = entry_file_name(agent_id).unwrap();
+            match self.inspect(&name) {
+                Slot::Missing => false,
+                Slot::File { entry: Some(e), .. } if e.agent_id != agent_id => false,
+                _ => rustix::fs::unlinkat(&self.dir, &name, AtFlags::empty()).is_ok(),
+            }
+        }
+
+        fn names(&self) -> Vec<String> {
+            let mut dir = rustix::fs::Dir::read_from(&self.dir).unwrap();
+            let mut names = Vec::new();
+            while let Some(Ok(e)) = dir.read() {
+                if let Ok(name) = e.file_name().to_str() {
+                    names.push(name.to_owned());
+                }
+            }
+            names
+        }
+
+        pub fn list(&self) -> Vec<Entry> {
+            let mut out: Vec<Entry> = self
+                .names()
+                .into_iter()
+                .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+                .filter_map(|n| match self.inspect(&n) {
+                    Slot::File { entry: Some(e), .. }
+                        if entry_file_name(&e.agent_id).as_deref() == Ok(n.as_str()) =>
+                    {
+                        Some(e)
+                    }
+                    _ => None,
+                })
+                .collect();
+            out.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+            out
+        }
+
+        pub fn cleanup_stale(&self, max_age_ms: u64) -> u32 {
+            let cutoff = now_ms().saturating_sub(max_age_ms);
+            let mut removed = 0;
+            for name in self
+                .names()
+                .into_iter()
+                .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+            {
+                if let Slot::File {
+                    entry,
+                    ino,
+                    current: true,
+                } = self.inspect(&name)
+                {
+                    if entry.is_none_or(|e| e.updated_at < cutoff) {
+                        let grab = format!(".grab-{:016x}", rand_u64());
+                        if rustix::fs::renameat(&self.dir, &name, &self.dir, &grab).is_ok() {
+                            let st =
+                                rustix::fs::statat(&self.dir, &grab, AtFlags::SYMLINK_NOFOLLOW)
+                                    .unwrap();
+                            if st.st_ino == ino {
+                                rustix::fs::unlinkat(&self.dir, &grab, AtFlags::empty()).unwrap();
+                                removed += 1;
+                            } else {
+                                let _ = rustix::fs::linkat(
+                                    &self.dir,
+                                    &grab,
+                                    &self.dir,
+                                    &name,
+                                    AtFlags::empty(),
+                                );
+                                let _ = rustix::fs::unlinkat(&self.dir, &grab, AtFlags::empty());
+                            }
+                        }
+                    }
+                }
+            }
+            removed
+        }
+    }
+
+    fn rand_u64() -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(std::time::Instant::now())
+    }
+}
+
+fn bench_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("AGENTMUX_BENCH_DIR") {
+        return PathBuf::from(dir);
+    }
+    if Path::new("/dev/shm").is_dir() {
+        return PathBuf::from("/dev/shm");
+    }
+    std::env::temp_dir()
+}
+
+/// Median of `samples` per-op times, each a batch of `batch` calls.
+fn median_per_op(samples: usize, batch: usize, mut run_batch: impl FnMut(usize)) -> Duration {
+    let mut times: Vec<Duration> = (0..samples)
+        .map(|s| {
+            let start = Instant::now();
+            run_batch(s);
+            start.elapsed() / batch as u32
+        })
+        .collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn fmt(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else {
+        format!("{:.1} µs", ns / 1e3)
+    }
+}
+
+fn report(op: &str, n: usize, native: Duration, component: Duration) {
+    let ratio = component.as_secs_f64() / native.as_secs_f64();
+    println!(
+        "{op:<12} n={n:<6} native {:>10}   component {:>10}   ratio {ratio:.2}x",
+        fmt(native),
+        fmt(component)
+    );
+}
+
+struct Pair {
+    _tmp: tempfile::TempDir,
+    native: native::Native,
+    component: Registry,
+}
+
+/// Two data dirs with `n` entries each: one for each implementation.
+fn populate(n: usize) -> (Pair, tempfile::TempDir) {
+    let root = bench_root();
+    let component_dir = tempfile::tempdir_in(&root).unwrap();
+    let native_dir = tempfile::tempdir_in(&root).unwrap();
+    let component = Registry::open(component_dir.path()).unwrap();
+    let agents = native_dir.path().join("agents");
+    std::fs::create_dir(&agents).unwrap();
+    let native = native::Native::open(&agents);
+    for i in 0..n {
+        let id = format!("agent-{i:06}");
+        native.write(
+            &id,
+            "http://127.0.0.1:4100",
+            "block-1",
+            42,
+            "key-0123456789abcdef",
+        );
+        component
+            .write(
+                &id,
+                "http://127.0.0.1:4100",
+                "block-1",
+                42,
+                "key-0123456789abcdef",
+            )
+            .unwrap();
+    }
+    (
+        Pair {
+            _tmp: native_dir,
+            native,
+            component,
+        },
+        component_dir,
+    )
+}
+
+fn bench_ops(n: usize) {
+    let (p, _component_dir) = populate(n);
+    let ids: Vec<String> = (0..n).map(|i| format!("agent-{i:06}")).collect();
+    let batch = 200;
+    let samples = 41;
+    let pick = |s: usize, k: usize| &ids[(s * batch + k * 7919) % n];
+
+    let nat = median_per_op(samples, batch, |s| {
+        for k in 0..batch {
+            black_box(p.native.write(
+                pick(s, k),
+                "http://127.0.0.1:4100",
+                "block-2",
+                42,
+                "key-0123456789abcdef",
+            ));
+        }
+    });
+    let com = median_per_op(samples, batch, |s| {
+        for k in 0..batch {
+            black_box(
+                p.component
+                    .write(
+                        pick(s, k),
+                        "http://127.0.0.1:4100",
+                        "block-2",
+                        42,
+                        "key-0123456789abcdef",
+                    )
+                    .unwrap(),
+            );
+        }
+    });
+    report("write", n, nat, com);
+
+    let nat = median_per_op(samples, batch, |s| {
+        for k in 0..batch {
+            assert!(black_box(p.native.lookup(pick(s, k))).is_some());
+        }
+    });
+    let com = median_per_op(samples, batch, |s| {
+        for k in 0..batch {
+            assert!(black_box(p.component.lookup(pick(s, k)).unwrap()).is_some());
+        }
+    });
+    report("lookup hit", n, nat, com);
+
+    let nat = median_per_op(samples, batch, |s| {
+        for k in 0..batch {
+            assert!(black_box(p.native.lookup(&format!("missing-{s}-{k}"))).is_none());
+        }
+    });
+    let com = median_per_op(samples, batch, |s| {
+        for k in 0..batch {
+            assert!(black_box(p.component.lookup(&format!("missing-{s}-{k}")).unwrap()).is_none());
+        }
+    });
+    report("lookup miss", n, nat, com);
+
+    // Remove: each sample removes `batch` entries, re-created untimed after it.
+    let mut nat_times = Vec::new();
+    let mut com_times = Vec::new();
+    for s in 0..samples {
+        let victims: Vec<&String> = (0..batch).map(|k| &ids[(s * batch + k) % n]).collect();
+        let start = Instant::now();
+        for id in &victims {
+            assert!(p.native.remove(id));
+        }
+        nat_times.push(start.elapsed() / batch as u32);
+        let start = Instant::now();
+        for id in &victims {
+            assert!(p.component.remove(id).unwrap());
+        }
+        com_times.push(start.elapsed() / batch as u32);
+        for id in &victims {
+            p.native.write(
+                id,
+                "http://127.0.0.1:4100",
+                "block-1",
+                42,
+                "key-0123456789abcdef",
+            );
+            p.component
+                .write(
+                    id,
+                    "http://127.0.0.1:4100",
+                    "block-1",
+                    42,
+                    "key-0123456789abcdef",
+                )
+                .unwrap();
+        }
+    }
+    nat_times.sort();
+    com_times.sort();
+    report("remove", n, nat_times[samples / 2], com_times[samples / 2]);
+
+    let scans = if n >= 10_000 { 9 } else { 21 };
+    let nat = median_per_op(scans, 1, |_| {
+        assert_eq!(black_box(p.native.list()).len(), n)
+    });
+    let com = median_per_op(scans, 1, |_| {
+        assert_eq!(black_box(p.component.list().unwrap()).len(), n)
+    });
+    report("list", n, nat, com);
+
+    let nat = median_per_op(scans, 1, |_| {
+        assert_eq!(p.native.cleanup_stale(3_600_000), 0)
+    });
+    let com = median_per_op(scans, 1, |_| {
+        assert_eq!(
+            p.component
+                .cleanup_stale(Duration::from_secs(3600))
+                .unwrap(),
+            0
+        )
+    });
+    report("cleanup", n, nat, com);
+}
+
+fn bench_open() {
+    let root = bench_root();
+    // The first open in a process compiles the component (or not, if it is precompiled).
+    let tmp = tempfile::tempdir_in(&root).unwrap();
+    let start = Instant::now();
+    let registry = Registry::open(tmp.path()).unwrap();
+    registry.lookup("a").unwrap();
+    println!(
+        "open+first call, first in process: {}",
+        fmt(start.elapsed())
+    );
+    let mut times: Vec<Duration> = (0..21)
+        .map(|_| {
+            let tmp = tempfile::tempdir_in(&root).unwrap();
+            let start = Instant::now();
+            let registry = Registry::open(tmp.path()).unwrap();
+            registry.lookup("a").unwrap();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    println!("open+first call, later (median of 21): {}", fmt(times[10]));
+}
+
+fn bench_threads() {
+    let n = 1000;
+    let (p, _dir) = populate(n);
+    let ids: Arc<Vec<String>> = Arc::new((0..n).map(|i| format!("agent-{i:06}")).collect());
+    let measure = |threads: usize, native: bool| -> f64 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let (stop, count, ids) = (stop.clone(), count.clone(), ids.clone());
+                let (registry, nat) = (p.component.clone(), &p.native);
+                scope.spawn(move || {
+                    let mut i = t * 977;
+                    let mut done = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = &ids[i % n];
+                        if native {
+                            black_box(nat.lookup(id));
+                        } else {
+                            black_box(registry.lookup(id).unwrap());
+                        }
+                        i += 1;
+                        done += 1;
+                    }
+                    count.fetch_add(done, Ordering::Relaxed);
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1500));
+            stop.store(true, Ordering::Relaxed);
+        });
+        count.load(Ordering::Relaxed) as f64 / 1.5
+    };
+    for threads in [1, 2, 4] {
+        let nat = measure(threads, true);
+        let com = measure(threads, false);
+        println!(
+            "lookups/s    threads={threads}  native {:>9.0}/s   component {:>9.0}/s   ratio {:.2}x",
+            nat,
+            com,
+            nat / com
+        );
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; a filter argument, if any, is ignored.
+    println!("agentmux-registry benchmark: medians; ratio = component time / native time");
+    println!("entries in: {}", bench_root().display());
+    bench_open();
+    for n in [1_000, 10_000] {
+        bench_ops(n);
+    }
+    bench_threads();
+}

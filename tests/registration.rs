@@ -1,0 +1,169 @@
+//! The `Registration` guard (heartbeat, compare-and-remove on drop) and the
+//! liveness-aware calls.
+
+use std::time::Duration;
+
+use agentmux_registry::liveness::{
+    owner_liveness, process_start, should_evict_after_failed_forward, Liveness,
+};
+use agentmux_registry::{Registration, Registry};
+use agentmux_registry_tests::{now_ms, SeedEntry};
+
+fn open() -> (tempfile::TempDir, Registry) {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = Registry::open(tmp.path()).unwrap();
+    (tmp, registry)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_heartbeat_keeps_the_entry_fresh_and_drop_removes_it() {
+    let (_tmp, registry) = open();
+    let guard = Registration::register(
+        &registry,
+        "hb",
+        "http://127.0.0.1:1",
+        "b",
+        "key",
+        Duration::from_millis(100),
+    )
+    .await
+    .unwrap();
+    let first = guard.entry().updated_at;
+    assert_eq!(guard.entry().pid, std::process::id());
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let now = registry.lookup("hb").await.unwrap().unwrap();
+    assert!(
+        now.updated_at >= first + 200,
+        "refreshed: {first} -> {}",
+        now.updated_at
+    );
+    // A sweep shorter than the registration's age but longer than the
+    // heartbeat leaves it alone.
+    assert_eq!(
+        registry
+            .cleanup_stale(Duration::from_millis(300))
+            .await
+            .unwrap(),
+        0
+    );
+
+    drop(guard);
+    assert_eq!(registry.lookup("hb").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_and_heartbeat_leave_a_successors_registration_alone() {
+    let (_tmp, registry) = open();
+    let guard = Registration::register(
+        &registry,
+        "succ",
+        "http://127.0.0.1:1",
+        "b",
+        "old-key",
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
+    // Another instance re-registers the same id.
+    registry
+        .write("succ", "http://127.0.0.1:2", "b", 999_999, "new-key")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        registry.lookup("succ").await.unwrap().unwrap().auth_key,
+        "new-key",
+        "heartbeat did not take it back"
+    );
+    drop(guard);
+    assert_eq!(
+        registry.lookup("succ").await.unwrap().unwrap().auth_key,
+        "new-key",
+        "drop did not remove it"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn unregister_removes_its_own_entry_once() {
+    let (_tmp, registry) = open();
+    let guard = Registration::register(&registry, "un", "u", "b", "k", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(guard.unregister().await.unwrap());
+    assert_eq!(registry.lookup("un").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn dead_owners_are_skipped_by_lookup_live_and_swept() {
+    let (tmp, registry) = open();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    registry
+        .write("dead", "http://127.0.0.1:1", "b", dead_pid, "k")
+        .await
+        .unwrap();
+    let me = std::process::id();
+    registry
+        .write("alive", "http://127.0.0.1:2", "b", me, "k")
+        .await
+        .unwrap();
+    // Same pid as a live process, but another start time: the pid was reused.
+    let reused = SeedEntry {
+        pid: me,
+        ..SeedEntry::new("reused", now_ms())
+    };
+    let mut raw: serde_json::Value = serde_json::to_value(&reused).unwrap();
+    raw["pid_started"] = (process_start(me).unwrap() + 1).into();
+    std::fs::write(tmp.path().join("agents/reused.json"), raw.to_string()).unwrap();
+
+    assert!(registry.lookup("dead").await.unwrap().is_some());
+    assert_eq!(registry.lookup_live("dead").await.unwrap(), None);
+    assert_eq!(registry.lookup_live("reused").await.unwrap(), None);
+    assert!(registry.lookup_live("alive").await.unwrap().is_some());
+
+    assert_eq!(registry.cleanup_dead_owners().await.unwrap(), 2);
+    let left: Vec<String> = registry
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.agent_id)
+        .collect();
+    assert_eq!(left, ["alive"]);
+}
+
+#[test]
+fn eviction_after_a_failed_forward_follows_the_owners_liveness() {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead_pid = child.id();
+    child.wait().unwrap();
+    let entry = |pid: u32, updated_at: u64| agentmux_registry::AgentEntry {
+        agent_id: "a".into(),
+        local_url: "http://127.0.0.1:1".into(),
+        block_id: "b".into(),
+        pid,
+        updated_at,
+        auth_key: "k".into(),
+        pid_started: None,
+    };
+    let grace = Duration::from_secs(10);
+    assert_eq!(owner_liveness(&entry(dead_pid, now_ms())), Liveness::Dead);
+    assert!(
+        should_evict_after_failed_forward(&entry(dead_pid, now_ms()), grace),
+        "dead owner: evict"
+    );
+    assert!(
+        !should_evict_after_failed_forward(&entry(std::process::id(), 0), grace),
+        "live owner: keep"
+    );
+    // pid 0 stands for an owner whose liveness cannot be told.
+    assert!(
+        !should_evict_after_failed_forward(&entry(0, now_ms()), grace),
+        "unknown, just registered: keep"
+    );
+    assert!(
+        should_evict_after_failed_forward(&entry(0, now_ms() - 60_000), grace),
+        "unknown, older: evict"
+    );
+}
