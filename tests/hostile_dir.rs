@@ -325,12 +325,15 @@ fn a_deleted_and_recreated_agents_dir_is_followed() {
     std::fs::set_permissions(fx.agents(), std::fs::Permissions::from_mode(0o700)).unwrap();
     fx.write_raw("other.json", valid_entry("other"));
 
+    // A write checks at once: it lands in the new directory.
+    fx.registry.write("after", "u", "b", 1, "k").unwrap();
+    assert_eq!(fx.names(), ["after.json", "other.json"]);
+    // Read-only calls check at most every 100 ms.
+    std::thread::sleep(Duration::from_millis(150));
     assert!(
         fx.registry.lookup("other").unwrap().is_some(),
         "sees the new directory"
     );
-    fx.registry.write("after", "u", "b", 1, "k").unwrap();
-    assert_eq!(fx.names(), ["after.json", "other.json"]);
 
     std::fs::remove_dir_all(fx.agents()).unwrap();
     fx.registry.write("again", "u", "b", 1, "k").unwrap();

@@ -343,6 +343,19 @@ fn bench_ops(n: usize) {
     });
     report("write", n, nat, com);
 
+    // The fixed cost of one call into the component: a call that does no I/O.
+    let nat = median_per_op(samples, batch, |s| {
+        for k in 0..batch {
+            black_box(agentmux_registry_guest::name::entry_file_name(pick(s, k)).unwrap());
+        }
+    });
+    let com = median_per_op(samples, batch, |s| {
+        for k in 0..batch {
+            black_box(p.component.entry_file_name(pick(s, k)).unwrap());
+        }
+    });
+    report("null call", n, nat, com);
+
     let nat = median_per_op(samples, batch, |s| {
         for k in 0..batch {
             assert!(black_box(p.native.lookup(pick(s, k))).is_some());
@@ -496,7 +509,25 @@ fn bench_threads() {
     }
 }
 
+/// `AGENTMUX_BENCH_PROFILE=lookup`: only lookups, for a profiler.
+fn profile_lookups() {
+    let (p, _dir) = populate(1000);
+    let start = Instant::now();
+    let mut i = 0usize;
+    while start.elapsed() < Duration::from_secs(5) {
+        black_box(
+            p.component
+                .lookup(&format!("agent-{:06}", i % 1000))
+                .unwrap(),
+        );
+        i += 1;
+    }
+}
+
 fn main() {
+    if std::env::var("AGENTMUX_BENCH_PROFILE").is_ok_and(|v| v == "lookup") {
+        return profile_lookups();
+    }
     // `cargo bench` passes `--bench`; a filter argument, if any, is ignored.
     println!("agentmux-registry benchmark: medians; ratio = component time / native time");
     println!("entries in: {}", bench_root().display());

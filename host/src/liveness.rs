@@ -23,6 +23,15 @@ pub enum Liveness {
 /// When process `pid` started, in the OS's own units (Linux: clock ticks
 /// after boot). `None` when the process does not exist or it cannot be read.
 pub fn process_start(pid: u32) -> Option<u64> {
+    // This process's own start time never changes: read it once.
+    static OWN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    if pid == std::process::id() {
+        return *OWN.get_or_init(|| read_process_start(pid));
+    }
+    read_process_start(pid)
+}
+
+fn read_process_start(pid: u32) -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

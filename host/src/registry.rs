@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::agents_dir::AgentsDir;
 use crate::liveness::{owner_liveness, Liveness};
@@ -81,7 +81,19 @@ struct Inner {
 struct State {
     dir: Arc<AgentsDir>,
     idle: Vec<Instance>,
+    /// When `dir` was last checked against `{data_dir}/agents`.
+    checked: Instant,
 }
+
+/// Whether a call may change the agents directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Read,
+    Write,
+}
+
+/// How stale the directory check may be before a read-only call.
+const READ_RECHECK: Duration = Duration::from_millis(100);
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -115,6 +127,7 @@ impl Registry {
                 state: Mutex::new(State {
                     dir,
                     idle: Vec::new(),
+                    checked: Instant::now(),
                 }),
             }),
         })
@@ -143,7 +156,7 @@ impl Registry {
         auth_key: &str,
     ) -> Result<AgentEntry, Error> {
         let pid_started = crate::liveness::process_start(pid);
-        let mut lease = self.inner.lease().await?;
+        let mut lease = self.inner.lease(Access::Write).await?;
         let (written, name) = {
             let inst = lease.instance();
             let api = inst.bindings.agentmux_registry_registry();
@@ -174,7 +187,7 @@ impl Registry {
 
     /// Removes the entry of `agent_id`; true when there was one.
     pub async fn remove(&self, agent_id: &str) -> Result<bool, Error> {
-        let mut lease = self.inner.lease().await?;
+        let mut lease = self.inner.lease(Access::Write).await?;
         let inst = lease.instance();
         let api = inst.bindings.agentmux_registry_registry();
         let out = api.call_remove(&mut inst.store, agent_id).await;
@@ -190,7 +203,7 @@ impl Registry {
         pid: u32,
         auth_key: &str,
     ) -> Result<bool, Error> {
-        let mut lease = self.inner.lease().await?;
+        let mut lease = self.inner.lease(Access::Write).await?;
         let inst = lease.instance();
         let api = inst.bindings.agentmux_registry_registry();
         let out = api
@@ -201,7 +214,7 @@ impl Registry {
 
     /// The entry of `agent_id`, or `None` when there is no valid one.
     pub async fn lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
-        let mut lease = self.inner.lease().await?;
+        let mut lease = self.inner.lease(Access::Read).await?;
         let inst = lease.instance();
         let api = inst.bindings.agentmux_registry_registry();
         let out = api.call_lookup(&mut inst.store, agent_id).await;
@@ -210,7 +223,7 @@ impl Registry {
 
     /// Every valid entry, sorted by agent id.
     pub async fn list(&self) -> Result<Vec<AgentEntry>, Error> {
-        let mut lease = self.inner.lease().await?;
+        let mut lease = self.inner.lease(Access::Read).await?;
         let inst = lease.instance();
         let api = inst.bindings.agentmux_registry_registry();
         let out = api.call_list(&mut inst.store).await;
@@ -226,7 +239,7 @@ impl Registry {
     /// interrupted writes. Returns how many names were removed.
     pub async fn cleanup_stale(&self, max_age: Duration) -> Result<u32, Error> {
         let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
-        let mut lease = self.inner.lease().await?;
+        let mut lease = self.inner.lease(Access::Write).await?;
         let inst = lease.instance();
         let api = inst.bindings.agentmux_registry_registry();
         let out = api.call_cleanup_stale(&mut inst.store, max_age_ms).await;
@@ -262,7 +275,7 @@ impl Registry {
 
     /// The name of `agent_id`'s entry file inside [`Registry::agents_dir`].
     pub async fn entry_file_name(&self, agent_id: &str) -> Result<String, Error> {
-        let mut lease = self.inner.lease().await?;
+        let mut lease = self.inner.lease(Access::Read).await?;
         let inst = lease.instance();
         let api = inst.bindings.agentmux_registry_registry();
         let out = api.call_entry_file_name(&mut inst.store, agent_id).await;
@@ -280,14 +293,20 @@ impl Inner {
     }
 
     /// An instance for one call. If `{data_dir}/agents` was deleted or
-    /// replaced since it was opened, it is opened (and created) afresh so that
-    /// calls never act on a directory nobody else can see.
-    async fn lease(&self) -> Result<Lease<'_>, Error> {
+    /// replaced since it was opened, it is opened (and created) afresh: before
+    /// every call that changes the directory, so no write ever lands in a
+    /// directory nobody else can see; before read-only calls at most every
+    /// [`READ_RECHECK`], since a stale read can only miss entries.
+    async fn lease(&self, access: Access) -> Result<Lease<'_>, Error> {
         let (dir, idle) = {
             let mut state = self.lock();
-            if !state.dir.is_current() {
-                state.dir = Arc::new(AgentsDir::open(&self.data_dir)?);
-                state.idle.clear();
+            let due = access == Access::Write || state.checked.elapsed() >= READ_RECHECK;
+            if due {
+                if !state.dir.is_current() {
+                    state.dir = Arc::new(AgentsDir::open(&self.data_dir)?);
+                    state.idle.clear();
+                }
+                state.checked = Instant::now();
             }
             (state.dir.clone(), state.idle.pop())
         };
