@@ -77,6 +77,16 @@ impl Registry {
         block_on(self.inner.cleanup_stale(max_age))
     }
 
+    /// See [`crate::Registry::lookup_live`].
+    pub fn lookup_live(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
+        block_on(self.inner.lookup_live(agent_id))
+    }
+
+    /// See [`crate::Registry::cleanup_dead_owners`].
+    pub fn cleanup_dead_owners(&self) -> Result<u32, Error> {
+        block_on(self.inner.cleanup_dead_owners())
+    }
+
     /// See [`crate::Registry::entry_file_name`].
     pub fn entry_file_name(&self, agent_id: &str) -> Result<String, Error> {
         block_on(self.inner.entry_file_name(agent_id))

@@ -63,6 +63,9 @@ enum Command {
         /// Entries last written longer ago than this many milliseconds are removed.
         #[arg(long, value_name = "MS", default_value_t = 4 * 60 * 60 * 1000)]
         max_age_ms: u64,
+        /// Also remove entries whose owning process is no longer running.
+        #[arg(long)]
+        dead_owners: bool,
     },
 }
 
@@ -131,8 +134,14 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 print_table(&entries);
             }
         }
-        Command::Cleanup { max_age_ms } => {
-            let removed = registry.cleanup_stale(Duration::from_millis(max_age_ms))?;
+        Command::Cleanup {
+            max_age_ms,
+            dead_owners,
+        } => {
+            let mut removed = registry.cleanup_stale(Duration::from_millis(max_age_ms))?;
+            if dead_owners {
+                removed += registry.cleanup_dead_owners()?;
+            }
             if json {
                 println!("{}", serde_json::json!({ "removed": removed }));
             } else {
