@@ -30,6 +30,7 @@
 mod agents_dir;
 pub mod blocking;
 pub mod compat;
+mod component_cache;
 pub mod liveness;
 mod registration;
 mod registry;

@@ -103,12 +103,16 @@ fn engine() -> Result<&'static Engine, Error> {
 }
 
 impl Runtime {
-    /// The runtime for the embedded component, compiled once per process.
+    /// The runtime for the embedded component, set up once per process and
+    /// compiled once per user (see `component_cache`).
     pub(crate) fn embedded() -> Result<Arc<Runtime>, Error> {
         static EMBEDDED: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
         EMBEDDED
             .get_or_init(|| {
-                Runtime::new(COMPONENT)
+                let engine = engine().map_err(|e| e.to_string())?;
+                let component = crate::component_cache::load_or_compile(engine, COMPONENT)
+                    .map_err(|e| format!("compiling the component: {e:#}"))?;
+                Runtime::link(engine, &component)
                     .map(Arc::new)
                     .map_err(|e| e.to_string())
             })
@@ -118,14 +122,19 @@ impl Runtime {
 
     /// Compiles and links a component that must export the registry world.
     pub(crate) fn new(component: &[u8]) -> Result<Runtime, Error> {
-        let engine = engine()?.clone();
-        let component = Component::new(&engine, component)
+        let engine = engine()?;
+        let component = Component::new(engine, component)
             .map_err(|e| Error::Component(format!("compiling the component: {e:#}")))?;
+        Runtime::link(engine, &component)
+    }
+
+    fn link(engine: &Engine, component: &Component) -> Result<Runtime, Error> {
+        let engine = engine.clone();
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
             .map_err(|e| Error::Component(format!("linking WASI: {e:#}")))?;
         let pre = linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .and_then(AgentRegistryPre::new)
             .map_err(|e| Error::Component(format!("linking the component: {e:#}")))?;
         Ok(Runtime { engine, pre })
