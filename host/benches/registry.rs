@@ -441,17 +441,41 @@ fn bench_ops(n: usize) {
     report("cleanup", n, nat, com);
 }
 
-fn bench_open() {
-    let root = bench_root();
-    // The first open in a process compiles the component (or not, if it is precompiled).
-    let tmp = tempfile::tempdir_in(&root).unwrap();
+/// In a child process: open a registry and complete one call, print the time.
+fn child_open() {
+    let tmp = tempfile::tempdir_in(bench_root()).unwrap();
     let start = Instant::now();
     let registry = Registry::open(tmp.path()).unwrap();
     registry.lookup("a").unwrap();
-    println!(
-        "open+first call, first in process: {}",
-        fmt(start.elapsed())
-    );
+    println!("{}", start.elapsed().as_nanos());
+}
+
+/// Open + first call in a fresh process, `runs` times; the median.
+fn fresh_process_open(runs: usize, cache: bool) -> Duration {
+    let exe = std::env::current_exe().unwrap();
+    let mut times: Vec<Duration> = (0..runs)
+        .map(|_| {
+            let mut child = std::process::Command::new(&exe);
+            child.env("AGENTMUX_BENCH_CHILD", "open");
+            if !cache {
+                child.env("AGENTMUX_REGISTRY_CACHE", "off");
+            }
+            let out = child.output().unwrap();
+            let nanos: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+            Duration::from_nanos(nanos)
+        })
+        .collect();
+    times.sort();
+    times[runs / 2]
+}
+
+fn bench_open() {
+    println!("open + first call, new process, compiling (cache off): {}", fmt(fresh_process_open(5, false)));
+    fresh_process_open(1, true); // make sure the cache is filled
+    println!("open + first call, new process, compiled cache:        {}", fmt(fresh_process_open(11, true)));
+    // Within a process the component is set up once; later opens only instantiate.
+    let root = bench_root();
+    Registry::open(tempfile::tempdir_in(&root).unwrap().path()).unwrap().lookup("a").unwrap();
     let mut times: Vec<Duration> = (0..21)
         .map(|_| {
             let tmp = tempfile::tempdir_in(&root).unwrap();
@@ -462,7 +486,7 @@ fn bench_open() {
         })
         .collect();
     times.sort();
-    println!("open+first call, later (median of 21): {}", fmt(times[10]));
+    println!("open + first call, later in the same process:         {}", fmt(times[10]));
 }
 
 fn bench_threads() {
@@ -527,6 +551,9 @@ fn profile_lookups() {
 fn main() {
     if std::env::var("AGENTMUX_BENCH_PROFILE").is_ok_and(|v| v == "lookup") {
         return profile_lookups();
+    }
+    if std::env::var("AGENTMUX_BENCH_CHILD").is_ok_and(|v| v == "open") {
+        return child_open();
     }
     // `cargo bench` passes `--bench`; a filter argument, if any, is ignored.
     println!("agentmux-registry benchmark: medians; ratio = component time / native time");
