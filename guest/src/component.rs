@@ -1,11 +1,12 @@
 //! The component's exports: the WIT `registry` interface, bound to [`crate::store`].
 
+use crate::cli::{self, Command};
 use crate::entry::{file_name_of, Entry, Error};
 use crate::store;
 
 wit_bindgen::generate!({
     path: "../wit",
-    world: "agent-registry",
+    world: "agent-registry-command",
 });
 
 use exports::agentmux::registry::registry::{AgentEntry, Guest, RegistryError};
@@ -80,6 +81,79 @@ impl Guest for Registry {
     fn lookup(agent_id: String) -> Result<Option<AgentEntry>, RegistryError> {
         Ok(store::lookup(&agent_id)?.map(AgentEntry::from))
     }
+}
+
+/// Command mode: the same commands and output as the host's CLI, on the
+/// preopened agents directory.
+impl exports::wasi::cli::run::Guest for Registry {
+    fn run() -> Result<(), ()> {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let invocation = match cli::parse(&args) {
+            Ok(invocation) => invocation,
+            Err(why) => {
+                eprintln!("registry: {why}\n{}", cli::USAGE);
+                return Err(());
+            }
+        };
+        match run_command(invocation.command, invocation.json) {
+            Ok(success) => success.then_some(()).ok_or(()),
+            Err(e) => {
+                eprintln!("registry: {}", message(&e));
+                Err(())
+            }
+        }
+    }
+}
+
+fn message(e: &Error) -> String {
+    match e {
+        Error::InvalidAgentId(m) => format!("invalid agent id: {m}"),
+        Error::InvalidField(m) => format!("invalid field: {m}"),
+        Error::Conflict(m) => format!("conflict: {m}"),
+        Error::Io(m) => format!("registry I/O failed: {m}"),
+    }
+}
+
+fn now_ms() -> u64 {
+    let t = wasi::clocks::wall_clock::now();
+    t.seconds * 1000 + u64::from(t.nanoseconds / 1_000_000)
+}
+
+/// Runs one command; `Ok(false)` when it found nothing to show (lookup).
+fn run_command(command: Command, json: bool) -> Result<bool, Error> {
+    match command {
+        Command::Write {
+            agent_id,
+            url,
+            block,
+            pid,
+            auth_key,
+        } => {
+            // WASI has no process ids: without --pid the owner is unknown (0).
+            let entry = store::write(&agent_id, &url, &block, pid.unwrap_or(0), &auth_key, None)?;
+            println!("{}", cli::written(&entry, json));
+        }
+        Command::Remove { agent_id } => {
+            let removed = store::remove(&agent_id)?;
+            println!("{}", cli::removed(&agent_id, removed, json));
+        }
+        Command::Lookup { agent_id } => match store::lookup(&agent_id)? {
+            Some(entry) => println!("{}", cli::found(&entry, json, now_ms())),
+            None => {
+                let (out, err) = cli::not_found(&agent_id, json);
+                if let Some(out) = out {
+                    println!("{out}");
+                }
+                eprintln!("registry: {err}");
+                return Ok(false);
+            }
+        },
+        Command::List => println!("{}", cli::listed(&store::list()?, json, now_ms())),
+        Command::Cleanup { max_age_ms } => {
+            println!("{}", cli::cleaned(store::cleanup_stale(max_age_ms)?, json));
+        }
+    }
+    Ok(true)
 }
 
 export!(Registry);

@@ -8,6 +8,7 @@
 //! checks what a name is before opening it, and does not depend on the name the
 //! host gave the preopen.
 
+pub mod cli;
 pub mod entry;
 pub mod name;
 

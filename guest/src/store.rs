@@ -20,8 +20,7 @@
 use std::cell::OnceCell;
 
 use wasi::filesystem::types::{
-    Descriptor, DescriptorFlags, DescriptorStat, DescriptorType, ErrorCode, MetadataHashValue,
-    OpenFlags, PathFlags,
+    Descriptor, DescriptorFlags, DescriptorType, ErrorCode, MetadataHashValue, OpenFlags, PathFlags,
 };
 
 use crate::entry::{check_fields, file_name_of, Entry, Error, MAX_ENTRY_FILE_BYTES};
@@ -339,7 +338,17 @@ pub fn lookup(agent_id: &str) -> Result<Option<Entry>, Error> {
 /// skipped: it vanished while the directory was read (a rename by another
 /// instance), or it is not UTF-8 and so cannot be an entry.
 fn names(dir: &Descriptor) -> Result<Vec<String>, Error> {
-    let stream = dir
+    // Read through a descriptor opened on ".", not the preopen itself: some
+    // hosts (the Node.js shim) cannot list a preopen descriptor directly.
+    let listing = dir
+        .open_at(
+            PathFlags::empty(),
+            ".",
+            OpenFlags::DIRECTORY,
+            DescriptorFlags::READ,
+        )
+        .map_err(|code| io("open directory", ".", code))?;
+    let stream = listing
         .read_directory()
         .map_err(|code| io("read directory", ".", code))?;
     let mut names = Vec::new();

@@ -470,12 +470,21 @@ fn fresh_process_open(runs: usize, cache: bool) -> Duration {
 }
 
 fn bench_open() {
-    println!("open + first call, new process, compiling (cache off): {}", fmt(fresh_process_open(5, false)));
+    println!(
+        "open + first call, new process, compiling (cache off): {}",
+        fmt(fresh_process_open(5, false))
+    );
     fresh_process_open(1, true); // make sure the cache is filled
-    println!("open + first call, new process, compiled cache:        {}", fmt(fresh_process_open(11, true)));
+    println!(
+        "open + first call, new process, compiled cache:        {}",
+        fmt(fresh_process_open(11, true))
+    );
     // Within a process the component is set up once; later opens only instantiate.
     let root = bench_root();
-    Registry::open(tempfile::tempdir_in(&root).unwrap().path()).unwrap().lookup("a").unwrap();
+    Registry::open(tempfile::tempdir_in(&root).unwrap().path())
+        .unwrap()
+        .lookup("a")
+        .unwrap();
     let mut times: Vec<Duration> = (0..21)
         .map(|_| {
             let tmp = tempfile::tempdir_in(&root).unwrap();
@@ -486,7 +495,10 @@ fn bench_open() {
         })
         .collect();
     times.sort();
-    println!("open + first call, later in the same process:         {}", fmt(times[10]));
+    println!(
+        "open + first call, later in the same process:         {}",
+        fmt(times[10])
+    );
 }
 
 fn bench_threads() {

@@ -161,7 +161,14 @@ pub fn default_data_dir() -> Option<PathBuf> {
 }
 
 /// The registry component this crate runs, as a WebAssembly component binary.
-/// It exports `agentmux:registry/registry@0.1.0` and imports only WASI.
+/// It exports `agentmux:registry/registry@0.1.0` (and `wasi:cli/run` for
+/// command runners) and imports only WASI.
 pub fn component_bytes() -> &'static [u8] {
     runtime::COMPONENT
 }
+
+/// The WIT contract, `wit/registry.wit` (package `agentmux:registry@0.1.0`).
+pub const WIT: &str = include_str!("../../wit/registry.wit");
+
+/// `wit/deps/cli/run.wit`: the one `wasi:cli` interface the WIT package uses.
+pub const WIT_CLI_RUN: &str = include_str!("../../wit/deps/cli/run.wit");

@@ -4,12 +4,14 @@
 //! Exit status: 0 on success, 1 when `lookup` finds no entry, 2 on a usage or
 //! registry error (the message goes to stderr).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentmux_registry::blocking::Registry;
 use agentmux_registry::AgentEntry;
+use agentmux_registry_guest::cli;
+use agentmux_registry_guest::entry::Entry;
 use clap::{Parser, Subcommand};
 
 /// Inspect and edit the cross-instance agent registry of agentmux-srv.
@@ -58,10 +60,16 @@ enum Command {
     },
     /// List every valid entry.
     List,
+    /// Write the registry component (registry.wasm) and its WIT package
+    /// (wit/) into DIR, for use with other component hosts.
+    ExportWasm {
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+    },
     /// Remove stale, malformed and unsafe entries.
     Cleanup {
         /// Entries last written longer ago than this many milliseconds are removed.
-        #[arg(long, value_name = "MS", default_value_t = 4 * 60 * 60 * 1000)]
+        #[arg(long, value_name = "MS", default_value_t = cli::DEFAULT_MAX_AGE_MS)]
         max_age_ms: u64,
         /// Also remove entries whose owning process is no longer running.
         #[arg(long)]
@@ -80,7 +88,49 @@ fn main() -> ExitCode {
     }
 }
 
+/// The entry in the form the shared output conventions take.
+fn shown(entry: AgentEntry) -> Entry {
+    Entry {
+        agent_id: entry.agent_id,
+        local_url: entry.local_url,
+        block_id: entry.block_id,
+        pid: entry.pid,
+        updated_at: entry.updated_at,
+        auth_key: entry.auth_key,
+        pid_started: entry.pid_started,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Writes the component and its WIT package into `dir`.
+fn export_wasm(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir.join("wit/deps/cli"))?;
+    std::fs::write(
+        dir.join("registry.wasm"),
+        agentmux_registry::component_bytes(),
+    )?;
+    std::fs::write(dir.join("wit/registry.wit"), agentmux_registry::WIT)?;
+    std::fs::write(
+        dir.join("wit/deps/cli/run.wit"),
+        agentmux_registry::WIT_CLI_RUN,
+    )?;
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    if let Command::ExportWasm { dir } = &cli.command {
+        export_wasm(dir).map_err(|e| format!("exporting to {}: {e}", dir.display()))?;
+        println!(
+            "wrote {0}/registry.wasm and its WIT in {0}/wit",
+            dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let data_dir = match cli.data_dir.or_else(agentmux_registry::default_data_dir) {
         Some(dir) => dir,
         None => {
@@ -90,6 +140,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let registry = Registry::open(&data_dir)?;
     let json = cli.json;
     match cli.command {
+        Command::ExportWasm { .. } => unreachable!("handled above"),
         Command::Write {
             agent_id,
             url,
@@ -99,40 +150,26 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         } => {
             let pid = pid.unwrap_or_else(std::process::id);
             let entry = registry.write(&agent_id, &url, &block, pid, &auth_key)?;
-            if json {
-                println!("{}", serde_json::to_string(&entry)?);
-            } else {
-                println!("registered {} -> {}", entry.agent_id, entry.local_url);
-            }
+            println!("{}", cli::written(&shown(entry), json));
         }
         Command::Remove { agent_id } => {
             let removed = registry.remove(&agent_id)?;
-            if json {
-                println!("{}", serde_json::json!({ "removed": removed }));
-            } else if removed {
-                println!("removed {agent_id}");
-            } else {
-                println!("no entry for {agent_id}");
-            }
+            println!("{}", cli::removed(&agent_id, removed, json));
         }
         Command::Lookup { agent_id } => match registry.lookup(&agent_id)? {
-            Some(entry) if json => println!("{}", serde_json::to_string(&entry)?),
-            Some(entry) => print_entry(&entry),
+            Some(entry) => println!("{}", cli::found(&shown(entry), json, now_ms())),
             None => {
-                if json {
-                    println!("null");
+                let (out, err) = cli::not_found(&agent_id, json);
+                if let Some(out) = out {
+                    println!("{out}");
                 }
-                eprintln!("agentmux-registry: no entry for agent {agent_id:?}");
+                eprintln!("agentmux-registry: {err}");
                 return Ok(ExitCode::from(1));
             }
         },
         Command::List => {
-            let entries = registry.list()?;
-            if json {
-                println!("{}", serde_json::to_string(&entries)?);
-            } else {
-                print_table(&entries);
-            }
+            let entries: Vec<Entry> = registry.list()?.into_iter().map(shown).collect();
+            println!("{}", cli::listed(&entries, json, now_ms()));
         }
         Command::Cleanup {
             max_age_ms,
@@ -142,79 +179,8 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             if dead_owners {
                 removed += registry.cleanup_dead_owners()?;
             }
-            if json {
-                println!("{}", serde_json::json!({ "removed": removed }));
-            } else {
-                println!("removed {removed} stale or invalid entries");
-            }
+            println!("{}", cli::cleaned(removed, json));
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// "5s ago", "3m ago", "2h ago", "4d ago".
-fn age(updated_at: u64) -> String {
-    let secs = now_ms().saturating_sub(updated_at) / 1000;
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3600 => format!("{}m ago", secs / 60),
-        3600..86400 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86400),
-    }
-}
-
-/// The auth key is a credential: text output says only whether there is one.
-fn key_state(entry: &AgentEntry) -> &'static str {
-    if entry.auth_key.is_empty() {
-        "none"
-    } else {
-        "set"
-    }
-}
-
-fn print_entry(entry: &AgentEntry) {
-    println!("agent-id:   {}", entry.agent_id);
-    println!("local-url:  {}", entry.local_url);
-    println!("block-id:   {}", entry.block_id);
-    println!("pid:        {}", entry.pid);
-    println!(
-        "updated-at: {} ({})",
-        entry.updated_at,
-        age(entry.updated_at)
-    );
-    println!("auth-key:   {} (shown with --json)", key_state(entry));
-}
-
-fn print_table(entries: &[AgentEntry]) {
-    if entries.is_empty() {
-        println!("no agents registered");
-        return;
-    }
-    let width = |f: fn(&AgentEntry) -> usize, title: &str| {
-        entries.iter().map(f).max().unwrap_or(0).max(title.len())
-    };
-    let id_w = width(|e| e.agent_id.chars().count(), "AGENT");
-    let url_w = width(|e| e.local_url.chars().count(), "URL");
-    let block_w = width(|e| e.block_id.chars().count(), "BLOCK");
-    println!(
-        "{:id_w$}  {:url_w$}  {:block_w$}  {:>7}  {:8}  KEY",
-        "AGENT", "URL", "BLOCK", "PID", "UPDATED"
-    );
-    for e in entries {
-        println!(
-            "{:id_w$}  {:url_w$}  {:block_w$}  {:>7}  {:8}  {}",
-            e.agent_id,
-            e.local_url,
-            e.block_id,
-            e.pid,
-            age(e.updated_at),
-            key_state(e)
-        );
-    }
 }

@@ -1,0 +1,313 @@
+//! The command-line conventions shared by the component's command mode
+//! (`wasmtime run registry.wasm …`) and the host's `agentmux-registry` binary:
+//! argument grammar, usage text, and every line of output, so both print the
+//! same thing for the same call.
+
+use serde_json::json;
+
+use crate::entry::Entry;
+
+/// Default `cleanup` age: 4 hours, the same as agentmux-srv's startup sweep.
+pub const DEFAULT_MAX_AGE_MS: u64 = 4 * 60 * 60 * 1000;
+
+/// Usage of the component's command mode.
+pub const USAGE: &str = "\
+usage: registry.wasm [--json] <command>
+  write <AGENT_ID> --url URL --block BLOCK_ID [--pid PID] [--auth-key KEY]
+  remove <AGENT_ID>
+  lookup <AGENT_ID>
+  list
+  cleanup [--max-age-ms MS]
+The agents directory is the component's preopen, e.g.
+  wasmtime run --dir ~/.agentmux/agents::/ registry.wasm list";
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// Print JSON instead of text.
+    pub json: bool,
+    /// What to do.
+    pub command: Command,
+}
+
+/// One registry operation with its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    Write {
+        agent_id: String,
+        url: String,
+        block: String,
+        pid: Option<u32>,
+        auth_key: String,
+    },
+    Remove {
+        agent_id: String,
+    },
+    Lookup {
+        agent_id: String,
+    },
+    List,
+    Cleanup {
+        max_age_ms: u64,
+    },
+}
+
+/// Parses the arguments after the program name. `Err` says what is wrong.
+pub fn parse(args: &[String]) -> Result<Invocation, String> {
+    let mut json = false;
+    let mut positional = Vec::new();
+    let mut options: Vec<(String, String)> = Vec::new();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "--json" => json = true,
+            "--url" | "--block" | "--pid" | "--auth-key" | "--max-age-ms" => {
+                let value = rest.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                options.push((arg.clone(), value.clone()));
+            }
+            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
+            _ => positional.push(arg.clone()),
+        }
+    }
+    let option = |name: &str| {
+        options
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    };
+    let allowed: &[&str] = match positional.first().map(String::as_str) {
+        Some("write") => &["--url", "--block", "--pid", "--auth-key"],
+        Some("cleanup") => &["--max-age-ms"],
+        _ => &[],
+    };
+    if let Some((name, _)) = options.iter().find(|(n, _)| !allowed.contains(&n.as_str())) {
+        return Err(format!("{name} does not apply here"));
+    }
+    let one_id = |command: &str| match &positional[1..] {
+        [id] => Ok(id.clone()),
+        [] => Err(format!("{command} needs an agent id")),
+        _ => Err(format!("{command} takes one agent id")),
+    };
+    let command = match positional.first().map(String::as_str) {
+        None => return Err("no command given".into()),
+        Some("write") => Command::Write {
+            agent_id: one_id("write")?,
+            url: option("--url").ok_or("write needs --url")?,
+            block: option("--block").ok_or("write needs --block")?,
+            pid: option("--pid")
+                .map(|p| {
+                    p.parse()
+                        .map_err(|_| format!("--pid {p:?} is not a process id"))
+                })
+                .transpose()?,
+            auth_key: option("--auth-key").unwrap_or_default(),
+        },
+        Some("remove") => Command::Remove {
+            agent_id: one_id("remove")?,
+        },
+        Some("lookup") => Command::Lookup {
+            agent_id: one_id("lookup")?,
+        },
+        Some("list") if positional.len() == 1 => Command::List,
+        Some("cleanup") if positional.len() == 1 => Command::Cleanup {
+            max_age_ms: option("--max-age-ms")
+                .map(|m| {
+                    m.parse()
+                        .map_err(|_| format!("--max-age-ms {m:?} is not a number"))
+                })
+                .transpose()?
+                .unwrap_or(DEFAULT_MAX_AGE_MS),
+        },
+        Some(command @ ("list" | "cleanup")) => {
+            return Err(format!("{command} takes no arguments"))
+        }
+        Some(other) => return Err(format!("unknown command {other:?}")),
+    };
+    Ok(Invocation { json, command })
+}
+
+/// Output of `write`.
+pub fn written(entry: &Entry, json: bool) -> String {
+    if json {
+        String::from_utf8(entry.to_json()).expect("JSON is UTF-8")
+    } else {
+        format!("registered {} -> {}", entry.agent_id, entry.local_url)
+    }
+}
+
+/// Output of `remove`.
+pub fn removed(agent_id: &str, removed: bool, json: bool) -> String {
+    match (json, removed) {
+        (true, _) => json!({ "removed": removed }).to_string(),
+        (false, true) => format!("removed {agent_id}"),
+        (false, false) => format!("no entry for {agent_id}"),
+    }
+}
+
+/// Output of `lookup` when the agent has an entry.
+pub fn found(entry: &Entry, json: bool, now_ms: u64) -> String {
+    if json {
+        return String::from_utf8(entry.to_json()).expect("JSON is UTF-8");
+    }
+    format!(
+        "agent-id:   {}\nlocal-url:  {}\nblock-id:   {}\npid:        {}\nupdated-at: {} ({})\nauth-key:   {} (shown with --json)",
+        entry.agent_id,
+        entry.local_url,
+        entry.block_id,
+        entry.pid,
+        entry.updated_at,
+        age(entry.updated_at, now_ms),
+        key_state(entry)
+    )
+}
+
+/// Output of `lookup` when there is no entry: stdout (JSON only) and stderr.
+pub fn not_found(agent_id: &str, json: bool) -> (Option<&'static str>, String) {
+    (
+        json.then_some("null"),
+        format!("no entry for agent {agent_id:?}"),
+    )
+}
+
+/// Output of `list`.
+pub fn listed(entries: &[Entry], json: bool, now_ms: u64) -> String {
+    if json {
+        let values: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| serde_json::to_value(e).expect("entries serialise"))
+            .collect();
+        return serde_json::Value::Array(values).to_string();
+    }
+    if entries.is_empty() {
+        return "no agents registered".into();
+    }
+    let width = |f: fn(&Entry) -> usize, title: &str| {
+        entries.iter().map(f).max().unwrap_or(0).max(title.len())
+    };
+    let id_w = width(|e| e.agent_id.chars().count(), "AGENT");
+    let url_w = width(|e| e.local_url.chars().count(), "URL");
+    let block_w = width(|e| e.block_id.chars().count(), "BLOCK");
+    let mut out = format!(
+        "{:id_w$}  {:url_w$}  {:block_w$}  {:>7}  {:8}  KEY",
+        "AGENT", "URL", "BLOCK", "PID", "UPDATED"
+    );
+    for e in entries {
+        out += &format!(
+            "\n{:id_w$}  {:url_w$}  {:block_w$}  {:>7}  {:8}  {}",
+            e.agent_id,
+            e.local_url,
+            e.block_id,
+            e.pid,
+            age(e.updated_at, now_ms),
+            key_state(e)
+        );
+    }
+    out
+}
+
+/// Output of `cleanup`.
+pub fn cleaned(removed: u32, json: bool) -> String {
+    if json {
+        json!({ "removed": removed }).to_string()
+    } else {
+        format!("removed {removed} stale or invalid entries")
+    }
+}
+
+/// "5s ago", "3m ago", "2h ago", "4d ago".
+fn age(updated_at: u64, now_ms: u64) -> String {
+    let secs = now_ms.saturating_sub(updated_at) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
+/// The auth key is a credential: text output says only whether there is one.
+fn key_state(entry: &Entry) -> &'static str {
+    if entry.auth_key.is_empty() {
+        "none"
+    } else {
+        "set"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(
+            parse(&args(
+                "--json write a1 --url u --block b --pid 7 --auth-key k"
+            ))
+            .unwrap(),
+            Invocation {
+                json: true,
+                command: Command::Write {
+                    agent_id: "a1".into(),
+                    url: "u".into(),
+                    block: "b".into(),
+                    pid: Some(7),
+                    auth_key: "k".into()
+                }
+            }
+        );
+        assert_eq!(
+            parse(&args("lookup a1")).unwrap().command,
+            Command::Lookup {
+                agent_id: "a1".into()
+            }
+        );
+        assert_eq!(parse(&args("remove a1 --json")).unwrap().json, true);
+        assert_eq!(parse(&args("list")).unwrap().command, Command::List);
+        assert_eq!(
+            parse(&args("cleanup")).unwrap().command,
+            Command::Cleanup {
+                max_age_ms: DEFAULT_MAX_AGE_MS
+            }
+        );
+        assert_eq!(
+            parse(&args("cleanup --max-age-ms 5")).unwrap().command,
+            Command::Cleanup { max_age_ms: 5 }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_command_lines_with_a_reason() {
+        for (line, why) in [
+            ("", "no command"),
+            ("frobnicate", "unknown command"),
+            ("write a1 --block b", "needs --url"),
+            ("write a1 --url u --block b --pid x", "not a process id"),
+            ("lookup", "needs an agent id"),
+            ("lookup a b", "one agent id"),
+            ("list extra", "takes no arguments"),
+            ("lookup a1 --url u", "does not apply"),
+            ("list --verbose", "unknown option"),
+            ("write a1 --url", "needs a value"),
+        ] {
+            let err = parse(&args(line)).unwrap_err();
+            assert!(err.contains(why), "{line:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn text_output_never_shows_the_key() {
+        let entry = Entry::parse(br#"{"agent_id":"a","local_url":"u","block_id":"b","pid":1,"updated_at":0,"auth_key":"secret"}"#).unwrap();
+        assert!(!found(&entry, false, 0).contains("secret"));
+        assert!(!listed(std::slice::from_ref(&entry), false, 0).contains("secret"));
+        assert!(
+            found(&entry, true, 0).contains("secret"),
+            "JSON is for scripts that forward"
+        );
+    }
+}
