@@ -267,7 +267,7 @@ mod tests {
                 agent_id: "a1".into()
             }
         );
-        assert_eq!(parse(&args("remove a1 --json")).unwrap().json, true);
+        assert!(parse(&args("remove a1 --json")).unwrap().json);
         assert_eq!(parse(&args("list")).unwrap().command, Command::List);
         assert_eq!(
             parse(&args("cleanup")).unwrap().command,
