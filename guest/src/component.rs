@@ -98,25 +98,11 @@ impl exports::wasi::cli::run::Guest for Registry {
         match run_command(invocation.command, invocation.json) {
             Ok(success) => success.then_some(()).ok_or(()),
             Err(e) => {
-                eprintln!("registry: {}", message(&e));
+                eprintln!("registry: {e}");
                 Err(())
             }
         }
     }
-}
-
-fn message(e: &Error) -> String {
-    match e {
-        Error::InvalidAgentId(m) => format!("invalid agent id: {m}"),
-        Error::InvalidField(m) => format!("invalid field: {m}"),
-        Error::Conflict(m) => format!("conflict: {m}"),
-        Error::Io(m) => format!("registry I/O failed: {m}"),
-    }
-}
-
-fn now_ms() -> u64 {
-    let t = wasi::clocks::wall_clock::now();
-    t.seconds * 1000 + u64::from(t.nanoseconds / 1_000_000)
 }
 
 /// Runs one command; `Ok(false)` when it found nothing to show (lookup).
@@ -138,7 +124,7 @@ fn run_command(command: Command, json: bool) -> Result<bool, Error> {
             println!("{}", cli::removed(&agent_id, removed, json));
         }
         Command::Lookup { agent_id } => match store::lookup(&agent_id)? {
-            Some(entry) => println!("{}", cli::found(&entry, json, now_ms())),
+            Some(entry) => println!("{}", cli::found(&entry, json, store::now_ms())),
             None => {
                 let (out, err) = cli::not_found(&agent_id, json);
                 if let Some(out) = out {
@@ -148,7 +134,7 @@ fn run_command(command: Command, json: bool) -> Result<bool, Error> {
                 return Ok(false);
             }
         },
-        Command::List => println!("{}", cli::listed(&store::list()?, json, now_ms())),
+        Command::List => println!("{}", cli::listed(&store::list()?, json, store::now_ms())),
         Command::Cleanup { max_age_ms } => {
             println!("{}", cli::cleaned(store::cleanup_stale(max_age_ms)?, json));
         }

@@ -59,6 +59,17 @@ pub enum Error {
     Io(String),
 }
 
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::InvalidAgentId(m) => write!(f, "invalid agent id: {m}"),
+            Error::InvalidField(m) => write!(f, "invalid field: {m}"),
+            Error::Conflict(m) => write!(f, "conflict: {m}"),
+            Error::Io(m) => write!(f, "registry I/O failed: {m}"),
+        }
+    }
+}
+
 impl From<IdError> for Error {
     fn from(e: IdError) -> Self {
         Error::InvalidAgentId(e.to_string())

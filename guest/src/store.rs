@@ -62,7 +62,8 @@ fn io(op: &str, name: &str, code: ErrorCode) -> Error {
     Error::Io(format!("{op} {name:?}: {}", code.message()))
 }
 
-fn now_ms() -> u64 {
+/// The WASI wall clock, in Unix milliseconds.
+pub(crate) fn now_ms() -> u64 {
     let t = wasi::clocks::wall_clock::now();
     t.seconds
         .saturating_mul(1000)

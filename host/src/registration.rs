@@ -20,6 +20,8 @@ use crate::{AgentEntry, Error, Registry};
 pub struct Registration {
     registry: Registry,
     entry: AgentEntry,
+    /// False once [`Registration::unregister`] has removed the entry.
+    registered: bool,
     stop: Option<mpsc::Sender<()>>,
     heartbeat: Option<JoinHandle<()>>,
 }
@@ -67,6 +69,7 @@ impl Registration {
         Ok(Registration {
             registry: registry.clone(),
             entry,
+            registered: true,
             stop: Some(stop),
             heartbeat: Some(heartbeat),
         })
@@ -86,7 +89,7 @@ impl Registration {
             .remove_owned(&self.entry.agent_id, self.entry.pid, &self.entry.auth_key)
             .await;
         // Done: Drop must not remove again.
-        self.entry.pid = 0;
+        self.registered = false;
         removed
     }
 
@@ -101,7 +104,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.stop_heartbeat();
-        if self.entry.pid != 0 {
+        if self.registered {
             let result = block_on(self.registry.remove_owned(
                 &self.entry.agent_id,
                 self.entry.pid,
