@@ -9,8 +9,18 @@ fn main() {
         "wit",
         "Cargo.lock",
     ]);
-    agentmux_registry_build_support::build_component(
+    let component = agentmux_registry_build_support::build_component(
         "agentmux-registry-guest",
         "agentmux_registry.wasm",
+    );
+    // Names the component in the compiled-component cache, so no process has
+    // to hash it at start-up.
+    let bytes = std::fs::read(&component).expect("reading the built component");
+    let mut hasher = std::hash::DefaultHasher::new();
+    std::hash::Hash::hash(&bytes, &mut hasher);
+    println!(
+        "cargo:rustc-env=AGENTMUX_REGISTRY_COMPONENT_DIGEST={}-{:016x}",
+        bytes.len(),
+        std::hash::Hasher::finish(&hasher)
     );
 }

@@ -8,10 +8,10 @@ use std::process::Command;
 /// The target every component is built for.
 pub const GUEST_TARGET: &str = "wasm32-wasip2";
 
-/// Builds workspace package `package` (release, `wasm32-wasip2`) and copies
-/// its component to `$OUT_DIR/{out_name}`. Call from a build script of a
-/// crate that sits directly under the workspace root.
-pub fn build_component(package: &str, out_name: &str) {
+/// Builds workspace package `package` (release, `wasm32-wasip2`), copies
+/// its component to `$OUT_DIR/{out_name}` and returns that path. Call from a
+/// build script of a crate that sits directly under the workspace root.
+pub fn build_component(package: &str, out_name: &str) -> PathBuf {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir
         .parent()
@@ -54,8 +54,9 @@ pub fn build_component(package: &str, out_name: &str) {
         .join(GUEST_TARGET)
         .join("release")
         .join(artifact);
-    std::fs::copy(&built, out_dir.join(out_name))
-        .unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+    let out = out_dir.join(out_name);
+    std::fs::copy(&built, &out).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+    out
 }
 
 /// Asks cargo to rerun the build script when any of `paths` (relative to the

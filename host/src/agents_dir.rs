@@ -82,15 +82,7 @@ impl AgentsDir {
     /// rename between the checks above and the preopen cannot swap in another
     /// directory; elsewhere the directory's path.
     pub(crate) fn preopen_path(&self) -> PathBuf {
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            let link = PathBuf::from(format!("/proc/self/fd/{}", self.dir.as_raw_fd()));
-            if link.exists() {
-                return link;
-            }
-        }
-        self.path.clone()
+        crate::descriptor_path(&self.dir).unwrap_or_else(|| self.path.clone())
     }
 
     /// Whether `{data_dir}/agents` is still the directory this handle has

@@ -172,3 +172,20 @@ pub const WIT: &str = include_str!("../../wit/registry.wit");
 
 /// `wit/deps/cli/run.wit`: the one `wasi:cli` interface the WIT package uses.
 pub const WIT_CLI_RUN: &str = include_str!("../../wit/deps/cli/run.wit");
+
+/// A path that opens exactly the file or directory `descriptor` has open,
+/// whatever has been renamed or replaced since: its `/proc/self/fd` link.
+/// `None` where there is no such link (not Linux, or no `/proc`).
+#[cfg(unix)]
+fn descriptor_path(descriptor: &impl std::os::fd::AsRawFd) -> Option<PathBuf> {
+    if !cfg!(target_os = "linux") {
+        return None;
+    }
+    let link = PathBuf::from(format!("/proc/self/fd/{}", descriptor.as_raw_fd()));
+    link.exists().then_some(link)
+}
+
+#[cfg(not(unix))]
+fn descriptor_path<T>(_descriptor: &T) -> Option<PathBuf> {
+    None
+}

@@ -17,6 +17,9 @@ use crate::Error;
 pub(crate) static COMPONENT: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/agentmux_registry.wasm"));
 
+/// Identifies [`COMPONENT`]'s bytes; computed by the build script.
+const COMPONENT_DIGEST: &str = env!("AGENTMUX_REGISTRY_COMPONENT_DIGEST");
+
 /// How often the epoch advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -110,8 +113,9 @@ impl Runtime {
         EMBEDDED
             .get_or_init(|| {
                 let engine = engine().map_err(|e| e.to_string())?;
-                let component = crate::component_cache::load_or_compile(engine, COMPONENT)
-                    .map_err(|e| format!("compiling the component: {e:#}"))?;
+                let component =
+                    crate::component_cache::load_or_compile(engine, COMPONENT, COMPONENT_DIGEST)
+                        .map_err(|e| format!("compiling the component: {e:#}"))?;
                 Runtime::link(engine, &component)
                     .map(Arc::new)
                     .map_err(|e| e.to_string())

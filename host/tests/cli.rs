@@ -205,6 +205,37 @@ fn the_compiled_component_is_cached_privately_and_untrusted_artifacts_are_replac
     assert!(cli(tmp.path(), &["--data-dir", d, "list"]).status.success());
     assert_eq!(mode(artifact), 0o600, "replaced by a private one");
 
+    // Artifacts of other versions do not pile up: a run that caches a new
+    // one keeps only the most recently written few.
+    let cache = artifact.parent().unwrap();
+    let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(86_400);
+    let old_versions: Vec<_> = (0..6)
+        .map(|i| {
+            let old = cache.join(format!("{i:016x}.cwasm"));
+            let file = std::fs::File::create(&old).unwrap();
+            file.set_modified(long_ago - std::time::Duration::from_secs(i))
+                .unwrap();
+            old
+        })
+        .collect();
+    let crashed_write = cache.join(".1.0.tmp");
+    std::fs::File::create(&crashed_write)
+        .unwrap()
+        .set_modified(long_ago)
+        .unwrap();
+    std::fs::remove_file(artifact).unwrap();
+    assert!(cli(tmp.path(), &["--data-dir", d, "list"]).status.success());
+    let mut kept = cached_artifacts(tmp.path());
+    kept.sort();
+    let mut expected = vec![artifact.clone()];
+    expected.extend(old_versions[..3].iter().cloned());
+    expected.sort();
+    assert_eq!(
+        kept, expected,
+        "the new artifact and the three newest others"
+    );
+    assert!(!crashed_write.exists(), "a stale temporary file is removed");
+
     // The cache can be switched off.
     let off = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))
