@@ -92,7 +92,11 @@ fn load(engine: &Engine, file: &std::path::Path) -> Option<Component> {
         // as it was checked.
         if let Some(checked) = crate::descriptor_path(&opened) {
             // Maps the checked file instead of copying it: ~1 ms less per process.
-            return unsafe { Component::deserialize_file(engine, checked) }.ok();
+            if let Ok(component) = unsafe { Component::deserialize_file(engine, checked) } {
+                return Some(component);
+            }
+            // On a file system mounted noexec the mapping cannot become
+            // executable; a copy in memory can.
         }
         let mut artifact = Vec::with_capacity(meta.len() as usize);
         opened.read_to_end(&mut artifact).ok()?;

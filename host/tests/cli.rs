@@ -248,3 +248,52 @@ fn the_compiled_component_is_cached_privately_and_untrusted_artifacts_are_replac
     assert!(out.status.success());
     assert!(cached_artifacts(off.path()).is_empty());
 }
+
+/// A tmpfs mounted `noexec` for the life of the value (needs root).
+struct NoexecMount(std::path::PathBuf);
+
+impl NoexecMount {
+    fn new(at: &Path) -> Option<NoexecMount> {
+        std::fs::create_dir_all(at).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "noexec,size=64m", "tmpfs"])
+            .arg(at)
+            .output()
+            .is_ok_and(|out| out.status.success());
+        mounted.then(|| NoexecMount(at.to_path_buf()))
+    }
+}
+
+impl Drop for NoexecMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_cache_on_a_noexec_file_system_is_loaded_not_recompiled() {
+    use std::os::unix::fs::MetadataExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(_mount) = NoexecMount::new(&tmp.path().join("home")) else {
+        eprintln!("skipped: mounting a noexec tmpfs needs root");
+        return;
+    };
+    let home = tmp.path().join("home");
+    let d = tmp.path().join("data");
+    let d = d.to_str().unwrap();
+
+    assert!(cli(&home, &["--data-dir", d, "list"]).status.success());
+    let artifacts = cached_artifacts(&home);
+    assert_eq!(artifacts.len(), 1, "the first run caches the component");
+    let cached = std::fs::metadata(&artifacts[0]).unwrap().ino();
+
+    // Its file cannot be mapped executable here, so the second run must load
+    // a copy; compiling again would replace the artifact.
+    assert!(cli(&home, &["--data-dir", d, "list"]).status.success());
+    assert_eq!(cached_artifacts(&home), artifacts);
+    assert_eq!(
+        std::fs::metadata(&artifacts[0]).unwrap().ino(),
+        cached,
+        "the cached artifact was used, not compiled and replaced"
+    );
+}
