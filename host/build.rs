@@ -3,12 +3,6 @@
 //! always runs the guest built from this source tree.
 
 fn main() {
-    agentmux_registry_build_support::rerun_if_changed(&[
-        "guest/src",
-        "guest/Cargo.toml",
-        "wit",
-        "Cargo.lock",
-    ]);
     let component = agentmux_registry_build_support::build_component(
         "agentmux-registry-guest",
         "agentmux_registry.wasm",

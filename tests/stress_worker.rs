@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use agentmux_registry::blocking::Registry;
 use agentmux_registry::AgentEntry;
-use agentmux_registry_tests::{now_ms, SeedEntry};
+use agentmux_registry_tests::{fields, owner, now_ms, SeedEntry};
 use serde_json::json;
 
 const PINNED_PER_WORKER: u32 = 3;
@@ -111,13 +111,13 @@ fn main() {
     let mut junk = 0u64;
 
     let write = |c: &mut Counts, id: &str, seq: u64| {
-        let written = registry.write(
+        let written = registry.write(fields(
             id,
             "http://127.0.0.1:1",
             &seq.to_string(),
             pid,
             &key(id, seq),
-        );
+        ));
         if written.is_err() {
             c.write_errors += 1;
         }
@@ -180,7 +180,7 @@ fn main() {
                     }
                     2 => {
                         if write(&mut c, &id, seq) {
-                            let _ = registry.remove_owned(&id, pid, &key(&id, seq));
+                            let _ = registry.remove_owned(&id, &owner(pid, &key(&id, seq)));
                         }
                     }
                     _ => {

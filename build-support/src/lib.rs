@@ -49,25 +49,46 @@ pub fn build_component(package: &str, out_name: &str) -> PathBuf {
              Is the target installed? Run: rustup target add {GUEST_TARGET}"
         );
     }
-    let artifact = format!("{}.wasm", package.replace('-', "_"));
-    let built = guest_target_dir
-        .join(GUEST_TARGET)
-        .join("release")
-        .join(artifact);
+    let stem = package.replace('-', "_");
+    let release = guest_target_dir.join(GUEST_TARGET).join("release");
+    let built = release.join(format!("{stem}.wasm"));
     let out = out_dir.join(out_name);
     std::fs::copy(&built, &out).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+    // Rerun when any file the component was built from changes: the nested
+    // build's own dep-info lists them all (sources, WIT, manifests).
+    rerun_on_dep_info(&release.join(format!("{stem}.d")));
+    for manifest in ["Cargo.lock", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(manifest).display());
+    }
     out
 }
 
-/// Asks cargo to rerun the build script when any of `paths` (relative to the
-/// workspace root) changes.
-pub fn rerun_if_changed(paths: &[&str]) {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
-    let workspace = manifest_dir
-        .parent()
-        .expect("crate sits under the workspace root");
-    for path in paths {
-        println!("cargo:rerun-if-changed={}", workspace.join(path).display());
+/// Prints a `rerun-if-changed` line for every input a cargo dep-info file
+/// (`target: input input ...`, spaces in paths escaped as `\ `) names.
+fn rerun_on_dep_info(dep_info: &Path) {
+    let text = std::fs::read_to_string(dep_info)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dep_info.display()));
+    for line in text.lines() {
+        let Some((_, inputs)) = line.split_once(": ") else {
+            continue;
+        };
+        let mut path = String::new();
+        let mut chars = inputs.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' if chars.peek() == Some(&' ') => path.push(chars.next().unwrap()),
+                ' ' => {
+                    if !path.is_empty() {
+                        println!("cargo:rerun-if-changed={path}");
+                        path.clear();
+                    }
+                }
+                c => path.push(c),
+            }
+        }
+        if !path.is_empty() {
+            println!("cargo:rerun-if-changed={path}");
+        }
     }
 }
 

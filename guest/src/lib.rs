@@ -1,18 +1,15 @@
 //! The agentmux registry component.
 //!
-//! All registry semantics live here: the id → file name mapping, the entry
-//! format, atomic writes, what counts as a valid entry, and sweeping. The
+//! All registry semantics that touch the directory live here: atomic writes,
+//! what counts as a valid entry, renewing and conditional removal, sweeping
+//! and listing. The pure rules (id → file name, entry format and limits, CLI
+//! conventions) come from `agentmux-registry-core`, which the host shares. The
 //! component sees exactly one directory, its host's single preopen, which is
 //! the agents directory. The file-system code talks to `wasi:filesystem`
 //! directly rather than through `std::fs`, so it never follows a symlink,
 //! checks what a name is before opening it, and does not depend on the name the
 //! host gave the preopen.
+#![cfg(target_family = "wasm")]
 
-pub mod cli;
-pub mod entry;
-pub mod name;
-
-#[cfg(target_family = "wasm")]
 mod component;
-#[cfg(target_family = "wasm")]
 mod store;

@@ -16,15 +16,23 @@
 //!   remove) first renames the entry to a private name, then checks that it
 //!   grabbed the very file it judged; if a writer replaced it in between, the
 //!   newer entry is put back, never deleted.
+//! - A replacement that depends on what an entry holds (renewing) takes the
+//!   judged file aside the same way, then links the new entry into place,
+//!   which fails if anyone created the name meanwhile: a successor's entry is
+//!   never overwritten.
+//! - The directory is read as a stream, one name at a time, so no operation's
+//!   memory grows with the number of entries.
 
 use std::cell::OnceCell;
+use std::collections::BinaryHeap;
 
+use agentmux_registry_core::entry::{file_name_of, MAX_ENTRY_FILE_BYTES};
+use agentmux_registry_core::name::ENTRY_SUFFIX;
+use agentmux_registry_core::{Entry, EntryFields, Error, Owner};
 use wasi::filesystem::types::{
-    Descriptor, DescriptorFlags, DescriptorType, ErrorCode, MetadataHashValue, OpenFlags, PathFlags,
+    Descriptor, DescriptorFlags, DescriptorType, DirectoryEntryStream, ErrorCode,
+    MetadataHashValue, OpenFlags, PathFlags,
 };
-
-use crate::entry::{check_fields, file_name_of, Entry, Error, MAX_ENTRY_FILE_BYTES};
-use crate::name::ENTRY_SUFFIX;
 
 /// Prefix of a new entry being written. Entry names never start with `.`.
 const TEMP_PREFIX: &str = ".tmp-";
@@ -59,6 +67,7 @@ fn with_dir<T>(f: impl FnOnce(&Descriptor) -> Result<T, Error>) -> Result<T, Err
 }
 
 fn io(op: &str, name: &str, code: ErrorCode) -> Error {
+
     Error::Io(format!("{op} {name:?}: {}", code.message()))
 }
 
@@ -249,43 +258,185 @@ fn remove_if_same(dir: &Descriptor, name: &str, judged: &Descriptor) -> Result<b
     }
 }
 
-pub fn write(
-    agent_id: &str,
-    local_url: &str,
-    block_id: &str,
-    pid: u32,
-    auth_key: &str,
-    pid_started: Option<u64>,
-) -> Result<Entry, Error> {
-    let name = file_name_of(agent_id)?;
-    check_fields(local_url, block_id, auth_key)?;
+/// What happened to a name that was to be replaced or created.
+enum Placement {
+    /// The new entry is in place.
+    Placed,
+    /// The name changed since it was judged: judge it again.
+    Changed,
+    /// Someone else created the name meanwhile; nothing was written.
+    Taken,
+}
+
+/// Links the new file `temp` into place at `name` only if the name is free,
+/// and removes `temp`.
+fn link_into_place(dir: &Descriptor, temp: &str, name: &str) -> Result<Placement, Error> {
+    let placed = match dir.link_at(PathFlags::empty(), temp, dir, name) {
+        Ok(()) => Placement::Placed,
+        Err(ErrorCode::Exist) => Placement::Taken,
+        // A file system without hard links: rename, which may replace an entry
+        // created in the last microseconds.
+        Err(_) => {
+            return match dir.rename_at(temp, dir, name) {
+                Ok(()) => Ok(Placement::Placed),
+                Err(code) => {
+                    let _ = dir.unlink_file_at(temp);
+                    Err(io("rename into", name, code))
+                }
+            }
+        }
+    };
+    let _ = dir.unlink_file_at(temp);
+    Ok(placed)
+}
+
+/// Creates `name` holding `bytes` if nothing is there.
+fn create_new(dir: &Descriptor, name: &str, bytes: &[u8]) -> Result<Placement, Error> {
+    let temp = write_temp(dir, bytes)?;
+    link_into_place(dir, &temp, name)
+}
+
+/// Replaces `name` with `bytes` only if it is still the file `judged`, and
+/// only if nobody creates the name between taking `judged` aside and linking
+/// the new file in (the name is then briefly absent).
+fn replace_judged(
+    dir: &Descriptor,
+    name: &str,
+    judged: &Descriptor,
+    bytes: &[u8],
+) -> Result<Placement, Error> {
+    let judged_hash = judged
+        .metadata_hash()
+        .map_err(|code| io("identify", name, code))?;
+    let temp = write_temp(dir, bytes)?;
+    let grabbed = unique_name(GRAB_PREFIX);
+    match dir.rename_at(name, dir, &grabbed) {
+        Ok(()) => {}
+        Err(code) => {
+            let _ = dir.unlink_file_at(&temp);
+            return match code {
+                ErrorCode::NoEntry => Ok(Placement::Changed),
+                code => Err(io("rename", name, code)),
+            };
+        }
+    }
+    let same = matches!(
+        dir.metadata_hash_at(PathFlags::empty(), &grabbed),
+        Ok(hash) if (hash.lower, hash.upper) == (judged_hash.lower, judged_hash.upper)
+    );
+    if !same {
+        restore(dir, &grabbed, name);
+        let _ = dir.unlink_file_at(&temp);
+        return Ok(Placement::Changed);
+    }
+    let placed = link_into_place(dir, &temp, name);
+    let _ = dir.unlink_file_at(&grabbed);
+    placed
+}
+
+pub fn write(fields: EntryFields) -> Result<Entry, Error> {
+    fields.check()?;
+    let name = file_name_of(&fields.agent_id)?;
     with_dir(|dir| {
         if let Slot::File {
             entry: Some(entry), ..
         } = inspect(dir, &name)?
         {
-            if entry.agent_id != agent_id {
-                return Err(Error::Conflict(format!(
-                    "entry file {name:?} holds the entry of agent {:?}, not {agent_id:?}",
-                    entry.agent_id
-                )));
+            if entry.agent_id != fields.agent_id {
+                return Err(other_agent(&name, &entry, &fields.agent_id));
             }
         }
-        let entry = Entry {
-            agent_id: agent_id.to_owned(),
-            local_url: local_url.to_owned(),
-            block_id: block_id.to_owned(),
-            pid,
-            updated_at: now_ms(),
-            auth_key: auth_key.to_owned(),
-            pid_started,
-        };
+        let entry = fields.into_entry(now_ms());
         let temp = write_temp(dir, &entry.to_json())?;
         if let Err(code) = dir.rename_at(&temp, dir, &name) {
             let _ = dir.unlink_file_at(&temp);
             return Err(io("rename into", &name, code));
         }
         Ok(entry)
+    })
+}
+
+fn other_agent(name: &str, entry: &Entry, agent_id: &str) -> Error {
+    Error::Conflict(format!(
+        "entry file {name:?} holds the entry of agent {:?}, not {agent_id:?}",
+        entry.agent_id
+    ))
+}
+
+/// What [`renew`] did; mirrors the WIT `renewal` enum.
+pub enum Renewal {
+    Refreshed,
+    Restored,
+    Superseded,
+}
+
+/// How often a renewal or conditional removal judges a name again when it
+/// changed under it (each retry means another writer or sweeper moved).
+const ATTEMPTS: usize = 8;
+
+pub fn renew(fields: EntryFields) -> Result<Renewal, Error> {
+    fields.check()?;
+    let Some(token) = fields.registration.clone() else {
+        return Err(Error::InvalidField(
+            "registration is none: only a registration can be renewed".into(),
+        ));
+    };
+    let agent_id = fields.agent_id.clone();
+    let name = file_name_of(&agent_id)?;
+    with_dir(|dir| {
+        for _ in 0..ATTEMPTS {
+            let bytes = || fields.clone().into_entry(now_ms()).to_json();
+            let (outcome, done) = match inspect(dir, &name)? {
+                Slot::Missing => (create_new(dir, &name, &bytes())?, Renewal::Restored),
+                Slot::File {
+                    entry: Some(entry), ..
+                } if entry.agent_id != agent_id => {
+                    return Err(other_agent(&name, &entry, &agent_id))
+                }
+                Slot::File {
+                    entry: Some(entry),
+                    file,
+                    current,
+                } if entry.is_registration(&agent_id, &token) => {
+                    if !current {
+                        continue;
+                    }
+                    (
+                        replace_judged(dir, &name, &file, &bytes())?,
+                        Renewal::Refreshed,
+                    )
+                }
+                Slot::File { entry: Some(_), .. } => return Ok(Renewal::Superseded),
+                Slot::File {
+                    entry: None,
+                    file,
+                    current,
+                } => {
+                    if !current {
+                        continue;
+                    }
+                    (
+                        replace_judged(dir, &name, &file, &bytes())?,
+                        Renewal::Restored,
+                    )
+                }
+                // A restore in progress elsewhere: look again.
+                Slot::Linked => continue,
+                Slot::Special(kind) => {
+                    return Err(Error::Conflict(format!(
+                        "entry name {name:?} is a {kind:?}, not a regular file"
+                    )))
+                }
+            };
+            match outcome {
+                Placement::Placed => return Ok(done),
+                Placement::Taken => return Ok(Renewal::Superseded),
+                Placement::Changed => continue,
+            }
+        }
+        Err(Error::Io(format!(
+            "renew {name:?}: the entry kept changing; try again"
+        )))
     })
 }
 
@@ -307,22 +458,23 @@ pub fn remove(agent_id: &str) -> Result<bool, Error> {
     })
 }
 
-pub fn remove_owned(agent_id: &str, pid: u32, auth_key: &str) -> Result<bool, Error> {
+pub fn remove_owned(agent_id: &str, owner: &Owner) -> Result<bool, Error> {
     let name = file_name_of(agent_id)?;
     with_dir(|dir| {
-        // A few attempts: the file read may be replaced under us, by a
-        // rewrite of the same registration or by a successor's.
-        for _ in 0..4 {
+        // The file read may be replaced under us, by a rewrite of the same
+        // registration or by a successor's.
+        for _ in 0..ATTEMPTS {
             match inspect(dir, &name)? {
                 Slot::File {
                     file,
                     entry: Some(entry),
                     current,
-                } if entry.is_owned_by(agent_id, pid, auth_key) => {
+                } if entry.is_owned_by(agent_id, owner) => {
                     if current && remove_if_same(dir, &name, &file)? {
                         return Ok(true);
                     }
                 }
+                Slot::Linked => {}
                 _ => return Ok(false),
             }
         }
@@ -335,29 +487,46 @@ pub fn lookup(agent_id: &str) -> Result<Option<Entry>, Error> {
     with_dir(|dir| Ok(inspect(dir, &name)?.entry_of(agent_id)))
 }
 
-/// Names in the agents directory. A name the host reports an error for is
-/// skipped: it vanished while the directory was read (a rename by another
-/// instance), or it is not UTF-8 and so cannot be an entry.
-fn names(dir: &Descriptor) -> Result<Vec<String>, Error> {
-    // Read through a descriptor opened on ".", not the preopen itself: some
-    // hosts (the Node.js shim) cannot list a preopen descriptor directly.
-    let listing = dir
-        .open_at(
-            PathFlags::empty(),
-            ".",
-            OpenFlags::DIRECTORY,
-            DescriptorFlags::READ,
-        )
-        .map_err(|code| io("open directory", ".", code))?;
-    let stream = listing
-        .read_directory()
-        .map_err(|code| io("read directory", ".", code))?;
-    let mut names = Vec::new();
-    loop {
-        match stream.read_directory_entry() {
-            Ok(Some(entry)) => names.push(entry.name),
-            Ok(None) => return Ok(names),
-            Err(_) => continue,
+/// The names of the agents directory, read one at a time. A name the host
+/// reports an error for is skipped: it vanished while the directory was read
+/// (a rename by another instance), or it is not UTF-8 and so cannot be an
+/// entry.
+struct Names {
+    // Declared before the descriptor it reads, so it is dropped first.
+    stream: DirectoryEntryStream,
+    _listing: Descriptor,
+}
+
+impl Names {
+    fn open(dir: &Descriptor) -> Result<Names, Error> {
+        // Read through a descriptor opened on ".", not the preopen itself:
+        // some hosts (the Node.js shim) cannot list a preopen descriptor.
+        let listing = dir
+            .open_at(
+                PathFlags::empty(),
+                ".",
+                OpenFlags::DIRECTORY,
+                DescriptorFlags::READ,
+            )
+            .map_err(|code| io("open directory", ".", code))?;
+        let stream = listing
+            .read_directory()
+            .map_err(|code| io("read directory", ".", code))?;
+        Ok(Names {
+            stream,
+            _listing: listing,
+        })
+    }
+
+    /// The next name; `None` at the end.
+    fn next(&mut self) -> Result<Option<String>, Error> {
+        let mut skipped = 0;
+        loop {
+            match self.stream.read_directory_entry() {
+                Ok(entry) => return Ok(entry.map(|e| e.name)),
+                Err(code) if skipped >= 1024 => return Err(io("read directory", ".", code)),
+                Err(_) => skipped += 1,
+            }
         }
     }
 }
@@ -366,46 +535,177 @@ fn is_entry_name(name: &str) -> bool {
     name.ends_with(ENTRY_SUFFIX) && !name.starts_with('.')
 }
 
-pub fn list() -> Result<Vec<Entry>, Error> {
+/// The valid entry at `name`, if it is at its own id's file name. One
+/// unreadable file must not hide every other agent, so errors read as none.
+fn listed_entry(dir: &Descriptor, name: &str) -> Option<Entry> {
+    if !is_entry_name(name) {
+        return None;
+    }
+    match inspect(dir, name) {
+        Ok(Slot::File {
+            entry: Some(entry), ..
+        }) if file_name_of(&entry.agent_id).as_deref() == Ok(name) => Some(entry),
+        _ => None,
+    }
+}
+
+/// A pass over every valid entry, in directory order, a batch at a time.
+pub struct Listing {
+    names: Option<Names>,
+    done: bool,
+}
+
+impl Listing {
+    pub fn new() -> Listing {
+        Listing {
+            names: None,
+            done: false,
+        }
+    }
+
+    /// Up to `max_entries` more entries, looking at a bounded number of
+    /// names; `None` once every name was looked at.
+    pub fn next_batch(&mut self, max_entries: u32) -> Result<Option<Vec<Entry>>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let max_entries = max_entries.max(1) as usize;
+        let max_names = max_entries.saturating_mul(4).saturating_add(1024);
+        with_dir(|dir| {
+            let names = match &mut self.names {
+                Some(names) => names,
+                None => self.names.insert(Names::open(dir)?),
+            };
+            let mut batch = Vec::new();
+            for _ in 0..max_names {
+                let Some(name) = names.next()? else {
+                    self.done = true;
+                    self.names = None;
+                    return Ok(if batch.is_empty() { None } else { Some(batch) });
+                };
+                batch.extend(listed_entry(dir, &name));
+                if batch.len() == max_entries {
+                    break;
+                }
+            }
+            Ok(Some(batch))
+        })
+    }
+}
+
+/// The valid entries with the smallest ids, at most `max_entries`, sorted.
+pub fn list_entries(max_entries: u32) -> Result<Vec<Entry>, Error> {
+    let max_entries = max_entries as usize;
     with_dir(|dir| {
-        let mut entries = Vec::new();
-        for name in names(dir)?.into_iter().filter(|n| is_entry_name(n)) {
-            // One unreadable file must not hide every other agent.
-            if let Ok(Slot::File {
-                entry: Some(entry), ..
-            }) = inspect(dir, &name)
-            {
-                if file_name_of(&entry.agent_id).as_deref() == Ok(name.as_str()) {
-                    entries.push(entry);
+        let mut names = Names::open(dir)?;
+        // A max-heap by id holding the smallest ids seen so far.
+        let mut kept: BinaryHeap<ById> = BinaryHeap::new();
+        while let Some(name) = names.next()? {
+            if max_entries == 0 {
+                break;
+            }
+            if let Some(entry) = listed_entry(dir, &name) {
+                if kept.len() < max_entries {
+                    kept.push(ById(entry));
+                } else if kept.peek().is_some_and(|top| entry.agent_id < top.0.agent_id) {
+                    kept.pop();
+                    kept.push(ById(entry));
                 }
             }
         }
-        entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        Ok(entries)
+        Ok(kept.into_sorted_vec().into_iter().map(|e| e.0).collect())
     })
 }
 
-pub fn cleanup_stale(max_age_ms: u64) -> Result<u32, Error> {
-    with_dir(|dir| {
+/// An entry ordered by its agent id (ids are unique within a directory).
+struct ById(Entry);
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.agent_id == other.0.agent_id
+    }
+}
+impl Eq for ById {}
+impl PartialOrd for ById {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ById {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.agent_id.cmp(&other.0.agent_id)
+    }
+}
+
+/// Totals of a sweep so far; mirrors the WIT `sweep-progress` record.
+#[derive(Clone, Copy, Default)]
+pub struct Progress {
+    pub examined: u64,
+    pub removed: u64,
+    pub done: bool,
+}
+
+/// A sweep done in steps of a bounded number of names.
+pub struct Sweep {
+    now: u64,
+    cutoff: u64,
+    names: Option<Names>,
+    progress: Progress,
+}
+
+impl Sweep {
+    pub fn new(max_age_ms: u64) -> Sweep {
         let now = now_ms();
-        let cutoff = now.saturating_sub(max_age_ms);
-        let mut removed = 0u32;
-        for name in names(dir)? {
-            // Per-name failures are skipped: another instance may be sweeping
-            // or rewriting the same names right now.
-            let gone = if name.starts_with(TEMP_PREFIX) || name.starts_with(GRAB_PREFIX) {
-                sweep_debris(dir, &name, now)
-            } else if is_entry_name(&name) {
-                sweep_entry(dir, &name, cutoff).unwrap_or(false)
-            } else {
-                false
-            };
-            removed += u32::from(gone);
+        Sweep {
+            now,
+            cutoff: now.saturating_sub(max_age_ms),
+            names: None,
+            progress: Progress::default(),
         }
-        Ok(removed)
-    })
+    }
+
+    pub fn next_batch(&mut self, max_names: u32) -> Result<Progress, Error> {
+        if self.progress.done {
+            return Ok(self.progress);
+        }
+        with_dir(|dir| {
+            let names = match &mut self.names {
+                Some(names) => names,
+                None => self.names.insert(Names::open(dir)?),
+            };
+            for _ in 0..max_names.max(1) {
+                let Some(name) = names.next()? else {
+                    self.progress.done = true;
+                    self.names = None;
+                    break;
+                };
+                self.progress.examined += 1;
+                // Per-name failures are skipped: another instance may be
+                // sweeping or rewriting the same names right now.
+                let gone = if name.starts_with(TEMP_PREFIX) || name.starts_with(GRAB_PREFIX) {
+                    sweep_debris(dir, &name, self.now)
+                } else if is_entry_name(&name) {
+                    sweep_entry(dir, &name, self.cutoff).unwrap_or(false)
+                } else {
+                    false
+                };
+                self.progress.removed += u64::from(gone);
+            }
+            Ok(self.progress)
+        })
+    }
 }
 
+/// A whole sweep in one call.
+pub fn cleanup_stale(max_age_ms: u64) -> Result<u64, Error> {
+    let mut sweep = Sweep::new(max_age_ms);
+    loop {
+        let progress = sweep.next_batch(u32::MAX)?;
+        if progress.done {
+            return Ok(progress.removed);
+        }
+    }
+}
 fn sweep_debris(dir: &Descriptor, name: &str, now: u64) -> bool {
     let Ok(stat) = dir.stat_at(PathFlags::empty(), name) else {
         return false;

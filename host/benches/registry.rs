@@ -15,16 +15,19 @@ use std::time::{Duration, Instant};
 use agentmux_registry::blocking::Registry;
 
 mod native {
-    //! The registry's semantics written directly against the OS: same id
-    //! mapping and entry format (the guest's own pure modules), temp + rename
+    //! The baseline: the registry's semantics written directly against the
+    //! OS for this benchmark. It shares the pure rules (id mapping, entry
+    //! format and limits) with the component through `agentmux-registry-core`;
+    //! its file handling is its own, mirroring the component's: temp + rename
     //! writes, stat-before-open, identity-checked sweeps.
     use std::fs::File;
     use std::io::Read;
     use std::os::fd::OwnedFd;
     use std::path::Path;
 
-    use agentmux_registry_guest::entry::{check_fields, Entry, MAX_ENTRY_FILE_BYTES};
-    use agentmux_registry_guest::name::entry_file_name;
+    use agentmux_registry_core::entry::MAX_ENTRY_FILE_BYTES;
+    use agentmux_registry_core::name::entry_file_name;
+    use agentmux_registry_core::{Entry, EntryFields};
     use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
     pub struct Native {
@@ -104,19 +107,19 @@ mod native {
             auth_key: &str,
         ) -> Entry {
             let name = entry_file_name(agent_id).unwrap();
-            check_fields(local_url, block_id, auth_key).unwrap();
-            if let Slot::File { entry: Some(e), .. } = self.inspect(&name) {
-                assert_eq!(e.agent_id, agent_id, "conflict");
-            }
-            let entry = Entry {
+            let fields = EntryFields {
                 agent_id: agent_id.into(),
                 local_url: local_url.into(),
                 block_id: block_id.into(),
                 pid,
-                updated_at: now_ms(),
                 auth_key: auth_key.into(),
-                pid_started: None,
+                ..EntryFields::default()
             };
+            fields.check().unwrap();
+            if let Slot::File { entry: Some(e), .. } = self.inspect(&name) {
+                assert_eq!(e.agent_id, agent_id, "conflict");
+            }
+            let entry = fields.into_entry(now_ms());
             let temp = format!(".tmp-{:016x}", rand_u64());
             let fd = rustix::fs::openat(
                 &self.dir,
@@ -176,7 +179,7 @@ mod native {
             out
         }
 
-        pub fn cleanup_stale(&self, max_age_ms: u64) -> u32 {
+        pub fn cleanup_stale(&self, max_age_ms: u64) -> u64 {
             let cutoff = now_ms().saturating_sub(max_age_ms);
             let mut removed = 0;
             for name in self
@@ -289,13 +292,13 @@ fn populate(n: usize) -> (Pair, tempfile::TempDir) {
             "key-0123456789abcdef",
         );
         component
-            .write(
+            .write(bench_fields(
                 &id,
                 "http://127.0.0.1:4100",
                 "block-1",
                 42,
                 "key-0123456789abcdef",
-            )
+            ))
             .unwrap();
     }
     (
@@ -330,13 +333,13 @@ fn bench_ops(n: usize) {
         for k in 0..batch {
             black_box(
                 p.component
-                    .write(
+                    .write(bench_fields(
                         pick(s, k),
                         "http://127.0.0.1:4100",
                         "block-2",
                         42,
                         "key-0123456789abcdef",
-                    )
+                    ))
                     .unwrap(),
             );
         }
@@ -346,7 +349,7 @@ fn bench_ops(n: usize) {
     // The fixed cost of one call into the component: a call that does no I/O.
     let nat = median_per_op(samples, batch, |s| {
         for k in 0..batch {
-            black_box(agentmux_registry_guest::name::entry_file_name(pick(s, k)).unwrap());
+            black_box(agentmux_registry_core::name::entry_file_name(pick(s, k)).unwrap());
         }
     });
     let com = median_per_op(samples, batch, |s| {
@@ -404,13 +407,13 @@ fn bench_ops(n: usize) {
                 "key-0123456789abcdef",
             );
             p.component
-                .write(
+                .write(bench_fields(
                     id,
                     "http://127.0.0.1:4100",
                     "block-1",
                     42,
                     "key-0123456789abcdef",
-                )
+                ))
                 .unwrap();
         }
     }
@@ -575,4 +578,21 @@ fn main() {
         bench_ops(n);
     }
     bench_threads();
+}
+
+fn bench_fields(
+    agent_id: &str,
+    local_url: &str,
+    block_id: &str,
+    pid: u32,
+    auth_key: &str,
+) -> agentmux_registry::EntryFields {
+    agentmux_registry::EntryFields {
+        agent_id: agent_id.into(),
+        local_url: local_url.into(),
+        block_id: block_id.into(),
+        pid,
+        auth_key: auth_key.into(),
+        ..Default::default()
+    }
 }

@@ -18,8 +18,12 @@ pub(crate) const AGENTS: &str = "agents";
 pub(crate) struct AgentsDir {
     /// `{data_dir}/agents`, for messages.
     path: PathBuf,
+    /// The data dir's path, re-checked so a replaced data dir is noticed.
+    data_path: PathBuf,
     /// The data dir, through which `agents` is re-checked.
     data: Dir,
+    /// Device and inode of `data`.
+    data_identity: (u64, u64),
     /// The agents directory itself.
     dir: Dir,
     /// Device and inode of `dir`, to notice when the path names another.
@@ -64,9 +68,17 @@ impl AgentsDir {
         let dir = data.open_dir_nofollow(AGENTS).map_err(dir_error)?;
         check_private(&data, &dir, &path)?;
         let identity = identity(&dir.dir_metadata().map_err(dir_error)?);
+        let data_identity = identity_of(&data.dir_metadata().map_err(|source| {
+            Error::Directory {
+                path: data_dir.to_path_buf(),
+                source,
+            }
+        })?);
         Ok(AgentsDir {
             path,
+            data_path: data_dir.to_path_buf(),
             data,
+            data_identity,
             dir,
             identity,
         })
@@ -86,11 +98,17 @@ impl AgentsDir {
     }
 
     /// Whether `{data_dir}/agents` is still the directory this handle has
-    /// open. False after it was deleted, or deleted and recreated.
+    /// open: false after the agents directory or the data dir itself was
+    /// deleted, moved away or replaced. (Where the OS gives no file identity,
+    /// as with Windows here, replacements are not noticed.)
     pub(crate) fn is_current(&self) -> bool {
-        self.data
-            .symlink_metadata(AGENTS)
-            .is_ok_and(|named| identity(&named) == self.identity)
+        let data_same = std::fs::metadata(&self.data_path)
+            .is_ok_and(|named| std_identity(&named) == self.data_identity);
+        data_same
+            && self
+                .data
+                .symlink_metadata(AGENTS)
+                .is_ok_and(|named| identity(&named) == self.identity)
     }
 
     /// Makes the entry file `name` readable and writable by its owner only,
@@ -130,6 +148,24 @@ impl AgentsDir {
         let _ = name;
         Ok(())
     }
+}
+
+/// Device and inode number of a `std` metadata (zeros where the OS has none).
+fn std_identity(meta: &std::fs::Metadata) -> (u64, u64) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        (meta.dev(), meta.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        (0, 0)
+    }
+}
+
+fn identity_of(meta: &cap_std::fs::Metadata) -> (u64, u64) {
+    identity(meta)
 }
 
 /// Device and inode number (zeros where the OS has none).
@@ -177,15 +213,17 @@ fn create_private_dir(parent: &Dir, name: &str) -> io::Result<()> {
     parent.create_dir_with(name, &builder)
 }
 
-/// Refuses a directory other users control; tightens one they can only read.
+/// Refuses a directory other users control; adopts one of this user's that
+/// others could read or write.
 fn check_private(data: &Dir, dir: &Dir, path: &Path) -> Result<(), Error> {
     #[cfg(unix)]
     {
-        use cap_std::fs::MetadataExt;
-        let meta = dir.dir_metadata().map_err(|source| Error::Directory {
+        use cap_std::fs::{MetadataExt, PermissionsExt};
+        let io_error = |source| Error::Directory {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let meta = dir.dir_metadata().map_err(io_error)?;
         let me = rustix::process::geteuid().as_raw();
         if meta.uid() != me {
             return Err(insecure(
@@ -197,29 +235,58 @@ fn check_private(data: &Dir, dir: &Dir, path: &Path) -> Result<(), Error> {
             ));
         }
         let mode = meta.mode() & 0o7777;
-        if mode & 0o022 != 0 {
-            return Err(insecure(
-                path,
-                &format!(
-                    "it is writable by other users (mode {mode:04o}); \
-                     check its contents, then run `chmod 700 {}`",
-                    path.display()
-                ),
-            ));
+        if mode & 0o077 == 0 {
+            return Ok(());
         }
-        if mode & 0o077 != 0 {
-            // Ours and writable only by us: nobody else can have planted
-            // anything, so closing it is safe. (The handle is O_PATH, which
-            // fchmod refuses; cap-std's set_permissions never follows a link.)
-            use cap_std::fs::PermissionsExt;
-            data.set_permissions(AGENTS, cap_std::fs::Permissions::from_mode(0o700))
-                .map_err(|source| Error::Directory {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+        // Close it first, so nothing new can be planted while it is checked.
+        // (The handle is O_PATH, which fchmod refuses; cap-std's
+        // set_permissions never follows a link.)
+        data.set_permissions(AGENTS, cap_std::fs::Permissions::from_mode(0o700))
+            .map_err(io_error)?;
+        if mode & 0o022 != 0 {
+            // Others could write: whatever they left must not be trusted.
+            adopt_contents(dir, path, me)?;
         }
     }
     #[cfg(not(unix))]
     let _ = (data, dir, path);
     Ok(())
+}
+
+/// Checks what a directory others could write holds: refused if any name in
+/// it belongs to another user (named in the error); this user's regular files
+/// are tightened to 0600.
+#[cfg(unix)]
+fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
+    use cap_std::fs::{MetadataExt, PermissionsExt};
+    let io_error = |source| Error::Directory {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut foreign = Vec::new();
+    for item in dir.entries().map_err(io_error)? {
+        let item = item.map_err(io_error)?;
+        let name = item.file_name();
+        let Ok(meta) = dir.symlink_metadata(&name) else {
+            continue; // gone meanwhile
+        };
+        if meta.uid() != me {
+            foreign.push(format!("{} (uid {})", name.to_string_lossy(), meta.uid()));
+        } else if meta.is_file() && meta.nlink() == 1 && meta.mode() & 0o077 != 0 {
+            // set_permissions on a name never follows a symlink in cap-std.
+            let _ = dir.set_permissions(&name, cap_std::fs::Permissions::from_mode(0o600));
+        }
+    }
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    foreign.sort();
+    Err(insecure(
+        path,
+        &format!(
+            "it was writable by other users and holds files of other users: {}; \
+             remove them, then open the registry again",
+            foreign.join(", ")
+        ),
+    ))
 }

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::Duration;
 
-use crate::{AgentEntry, Error, Options};
+use crate::{AgentEntry, EntryFields, Error, Options, Owner, Renewal, SweepProgress};
 
 /// The synchronous twin of [`crate::Registry`]; see there for each method.
 #[derive(Clone, Debug)]
@@ -38,18 +38,13 @@ impl Registry {
     }
 
     /// See [`crate::Registry::write`].
-    pub fn write(
-        &self,
-        agent_id: &str,
-        local_url: &str,
-        block_id: &str,
-        pid: u32,
-        auth_key: &str,
-    ) -> Result<AgentEntry, Error> {
-        block_on(
-            self.inner
-                .write(agent_id, local_url, block_id, pid, auth_key),
-        )
+    pub fn write(&self, fields: EntryFields) -> Result<AgentEntry, Error> {
+        block_on(self.inner.write(fields))
+    }
+
+    /// See [`crate::Registry::renew`].
+    pub fn renew(&self, fields: EntryFields) -> Result<Renewal, Error> {
+        block_on(self.inner.renew(fields))
     }
 
     /// See [`crate::Registry::remove`].
@@ -58,8 +53,8 @@ impl Registry {
     }
 
     /// See [`crate::Registry::remove_owned`].
-    pub fn remove_owned(&self, agent_id: &str, pid: u32, auth_key: &str) -> Result<bool, Error> {
-        block_on(self.inner.remove_owned(agent_id, pid, auth_key))
+    pub fn remove_owned(&self, agent_id: &str, owner: &Owner) -> Result<bool, Error> {
+        block_on(self.inner.remove_owned(agent_id, owner))
     }
 
     /// See [`crate::Registry::lookup`].
@@ -72,9 +67,24 @@ impl Registry {
         block_on(self.inner.list())
     }
 
+    /// See [`crate::Registry::listing`]: an iterator of batches; it ends after
+    /// the last batch or the first error.
+    pub fn listing(&self) -> Listing {
+        Listing(self.inner.listing())
+    }
+
     /// See [`crate::Registry::cleanup_stale`].
-    pub fn cleanup_stale(&self, max_age: Duration) -> Result<u32, Error> {
+    pub fn cleanup_stale(&self, max_age: Duration) -> Result<u64, Error> {
         block_on(self.inner.cleanup_stale(max_age))
+    }
+
+    /// See [`crate::Registry::cleanup_stale_with_progress`].
+    pub fn cleanup_stale_with_progress(
+        &self,
+        max_age: Duration,
+        progress: impl FnMut(SweepProgress),
+    ) -> Result<u64, Error> {
+        block_on(self.inner.cleanup_stale_with_progress(max_age, progress))
     }
 
     /// See [`crate::Registry::lookup_live`].
@@ -83,13 +93,25 @@ impl Registry {
     }
 
     /// See [`crate::Registry::cleanup_dead_owners`].
-    pub fn cleanup_dead_owners(&self) -> Result<u32, Error> {
+    pub fn cleanup_dead_owners(&self) -> Result<u64, Error> {
         block_on(self.inner.cleanup_dead_owners())
     }
 
     /// See [`crate::Registry::entry_file_name`].
     pub fn entry_file_name(&self, agent_id: &str) -> Result<String, Error> {
         block_on(self.inner.entry_file_name(agent_id))
+    }
+}
+
+/// The synchronous twin of [`crate::Listing`]: yields batches of entries.
+#[derive(Debug)]
+pub struct Listing(crate::Listing);
+
+impl Iterator for Listing {
+    type Item = Result<Vec<AgentEntry>, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        block_on(self.0.next_batch()).transpose()
     }
 }
 

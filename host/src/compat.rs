@@ -36,6 +36,8 @@ pub struct AgentEntry {
     pub auth_key: String,
 }
 
+// The original module's record, kept exactly (public fields, no optional
+// keys) so that code constructing or matching it compiles unchanged.
 impl From<crate::AgentEntry> for AgentEntry {
     fn from(e: crate::AgentEntry) -> Self {
         AgentEntry {
@@ -93,13 +95,14 @@ fn warn_on_error<T>(op: &str, agent_id: &str, result: Result<T, crate::Error>) -
 /// and the key given to [`init_local_auth_key`]).
 pub fn write(data_dir: &Path, agent_id: &str, local_url: &str, block_id: &str) {
     if let Some(registry) = registry(data_dir) {
-        let result = registry.write(
-            agent_id,
-            local_url,
-            block_id,
-            std::process::id(),
-            local_auth_key(),
-        );
+        let result = registry.write(crate::EntryFields {
+            agent_id: agent_id.into(),
+            local_url: local_url.into(),
+            block_id: block_id.into(),
+            pid: std::process::id(),
+            auth_key: local_auth_key().into(),
+            ..crate::EntryFields::default()
+        });
         warn_on_error("write", agent_id, result);
     }
 }

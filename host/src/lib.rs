@@ -17,8 +17,17 @@
 //! # fn main() -> Result<(), agentmux_registry::Error> {
 //! # let tmp = tempfile::tempdir().unwrap();
 //! # let data_dir = tmp.path();
+//! use agentmux_registry::EntryFields;
+//!
 //! let registry = agentmux_registry::blocking::Registry::open(data_dir)?;
-//! registry.write("agent-1", "http://127.0.0.1:8123", "block-7", std::process::id(), "key")?;
+//! registry.write(EntryFields {
+//!     agent_id: "agent-1".into(),
+//!     local_url: "http://127.0.0.1:8123".into(),
+//!     block_id: "block-7".into(),
+//!     pid: std::process::id(),
+//!     auth_key: "key".into(),
+//!     ..EntryFields::default()
+//! })?;
 //! let entry = registry.lookup("agent-1")?.expect("just written");
 //! assert_eq!(entry.local_url, "http://127.0.0.1:8123");
 //! assert!(registry.remove("agent-1")?);
@@ -31,6 +40,7 @@ mod agents_dir;
 pub mod blocking;
 pub mod compat;
 mod component_cache;
+mod heartbeat;
 pub mod liveness;
 mod registration;
 mod registry;
@@ -47,52 +57,35 @@ mod bindings {
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use agentmux_registry_core::entry::ErrorKind;
 
+pub use agentmux_registry_core::{EntryFields, Owner};
 pub use registration::Registration;
-pub use registry::{Options, Registry};
+pub use registry::{Listing, Options, Registry, Renewal, SweepProgress};
 
 /// One registered agent, as stored in its entry file.
 ///
 /// Serialises to the on-disk format: the keys `agent_id`, `local_url`,
-/// `block_id`, `pid`, `updated_at` and `auth_key`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AgentEntry {
-    /// The agent's id, exactly as registered (case-sensitive).
-    pub agent_id: String,
-    /// Local HTTP URL of the owning instance (e.g. `http://127.0.0.1:PORT`).
-    pub local_url: String,
-    /// The block the agent runs in.
-    pub block_id: String,
-    /// OS process id of the owning agentmux-srv process.
-    pub pid: u32,
-    /// Unix milliseconds of the last write.
-    pub updated_at: u64,
-    /// Per-launch auth key of the owning instance; empty in entries written
-    /// before keys existed.
-    #[serde(default)]
-    pub auth_key: String,
-    /// When the owning process started (see [`liveness`]); `None` in entries
-    /// written without it. Stored as the optional key `pid_started`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid_started: Option<u64>,
-}
+/// `block_id`, `pid`, `updated_at` and `auth_key`, then `pid_started`,
+/// `pid_ns` and `registration` when known.
+pub type AgentEntry = agentmux_registry_core::Entry;
 
 /// Why a registry call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// The agent id cannot name an entry (empty, or too long for a file name).
-    #[error("invalid agent id: {0}")]
+    #[error("{}", agentmux_registry_core::Error::describe(ErrorKind::InvalidAgentId, .0))]
     InvalidAgentId(String),
     /// A field is unacceptable, e.g. over its length limit.
-    #[error("invalid field: {0}")]
+    #[error("{}", agentmux_registry_core::Error::describe(ErrorKind::InvalidField, .0))]
     InvalidField(String),
-    /// The id's entry file holds another agent's entry; nothing was changed.
-    #[error("conflict: {0}")]
+    /// The id's entry file holds another agent's entry, or a name that is
+    /// not a regular file; nothing was changed.
+    #[error("{}", agentmux_registry_core::Error::describe(ErrorKind::Conflict, .0))]
     Conflict(String),
     /// The component's file-system work failed.
-    #[error("registry I/O failed: {0}")]
+    #[error("{}", agentmux_registry_core::Error::describe(ErrorKind::Io, .0))]
     Io(String),
     /// The host could not create, open or adjust the agents directory.
     #[error("agents directory {}: {source}", path.display())]
@@ -104,7 +97,7 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The agents directory is not safe to use: a symlink, not a directory,
-    /// owned by another user, or writable by other users.
+    /// owned by another user, or holding files of another user.
     #[error("refusing agents directory {}: {reason}", path.display())]
     InsecureDirectory {
         /// The agents directory.
@@ -135,20 +128,6 @@ impl From<bindings::exports::agentmux::registry::registry::RegistryError> for Er
     }
 }
 
-impl From<bindings::exports::agentmux::registry::registry::AgentEntry> for AgentEntry {
-    fn from(e: bindings::exports::agentmux::registry::registry::AgentEntry) -> Self {
-        AgentEntry {
-            agent_id: e.agent_id,
-            local_url: e.local_url,
-            block_id: e.block_id,
-            pid: e.pid,
-            updated_at: e.updated_at,
-            auth_key: e.auth_key,
-            pid_started: e.pid_started,
-        }
-    }
-}
-
 /// agentmux-srv's data dir: `$AGENTMUX_DATA_HOME` when set and non-empty,
 /// else `~/.agentmux`. `None` when neither is known.
 pub fn default_data_dir() -> Option<PathBuf> {
@@ -161,13 +140,13 @@ pub fn default_data_dir() -> Option<PathBuf> {
 }
 
 /// The registry component this crate runs, as a WebAssembly component binary.
-/// It exports `agentmux:registry/registry@0.1.0` (and `wasi:cli/run` for
+/// It exports `agentmux:registry/registry@0.2.0` (and `wasi:cli/run` for
 /// command runners) and imports only WASI.
 pub fn component_bytes() -> &'static [u8] {
     runtime::COMPONENT
 }
 
-/// The WIT contract, `wit/registry.wit` (package `agentmux:registry@0.1.0`).
+/// The WIT contract, `wit/registry.wit` (package `agentmux:registry@0.2.0`).
 pub const WIT: &str = include_str!("../../wit/registry.wit");
 
 /// `wit/deps/cli/run.wit`: the one `wasi:cli` interface the WIT package uses.

@@ -3,8 +3,21 @@
 //!
 //! A pid alone is not enough: after the owner dies its pid can be reused by an
 //! unrelated process. Entries therefore record the owner's start time
-//! (`pid_started`, on Linux field 22 of `/proc/{pid}/stat`), and a process
-//! only counts as the owner if it has the same pid *and* start time.
+//! (`pid_started`), and a process only counts as the owner if it has the same
+//! pid *and* start time. The answer is [`Liveness::Dead`] only when it can be
+//! proven; whatever this process cannot see is [`Liveness::Unknown`]:
+//!
+//! - **Linux**: start time is field 22 of `/proc/{pid}/stat`. Entries also
+//!   record the writer's pid namespace (`pid_ns`, the inode of
+//!   `/proc/self/ns/pid`). An owner is judged only when its entry names this
+//!   process's namespace, `/proc` shows this namespace, and `/proc` does not
+//!   hide processes (`hidepid`, `subset=pid`). Old entries without `pid_ns`
+//!   are Unknown.
+//! - **Windows**: the process creation time (`GetProcessTimes`, 100 ns units).
+//! - **macOS**: the start time from `proc_pidinfo` (microseconds since the
+//!   epoch). Written for macOS but not built or tested by this project's CI,
+//!   which cannot build for Apple targets.
+//! - **Elsewhere**: Unknown.
 
 use crate::AgentEntry;
 
@@ -13,27 +26,54 @@ use crate::AgentEntry;
 pub enum Liveness {
     /// A process with the entry's pid (and start time, when recorded) runs.
     Alive,
-    /// No such process runs: the pid is free, or now belongs to a process
-    /// that started at a different time.
+    /// Provably no such process runs: the pid is free, or now belongs to a
+    /// process that started at a different time.
     Dead,
-    /// It cannot be told here (another OS, or no permission to look).
+    /// It cannot be told here: another OS, another pid namespace, hidden
+    /// processes, no permission to look, or an unknown pid (0).
     Unknown,
 }
 
-/// When process `pid` started, in the OS's own units (Linux: clock ticks
-/// after boot). `None` when the process does not exist or it cannot be read.
+/// When process `pid` started, in the OS's own units. `None` when the process
+/// does not exist or it cannot be read.
 pub fn process_start(pid: u32) -> Option<u64> {
     // This process's own start time never changes: read it once.
     static OWN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
     if pid == std::process::id() {
-        return *OWN.get_or_init(|| read_process_start(pid));
+        return *OWN.get_or_init(|| os::process_start(pid));
     }
-    read_process_start(pid)
+    os::process_start(pid)
 }
 
-fn read_process_start(pid: u32) -> Option<u64> {
-    #[cfg(target_os = "linux")]
-    {
+/// The pid namespace this process lives in (Linux: the inode of
+/// `/proc/self/ns/pid`); `None` where there is no such notion or it cannot be
+/// read.
+pub fn pid_namespace() -> Option<u64> {
+    static OWN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *OWN.get_or_init(os::pid_namespace)
+}
+
+/// Whether the process that wrote `entry` still runs.
+pub fn owner_liveness(entry: &AgentEntry) -> Liveness {
+    if entry.pid == 0 || !os::can_judge(entry) {
+        return Liveness::Unknown;
+    }
+    match (os::exists(entry.pid), process_start(entry.pid), entry.pid_started) {
+        (Some(false), _, _) => Liveness::Dead,
+        (_, Some(now), Some(recorded)) if now != recorded => Liveness::Dead,
+        (Some(true), _, _) => Liveness::Alive,
+        (None, Some(_), _) => Liveness::Alive,
+        (None, None, _) => Liveness::Unknown,
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod os {
+    use std::os::unix::fs::MetadataExt;
+
+    use crate::AgentEntry;
+
+    pub(super) fn process_start(pid: u32) -> Option<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         // `pid (comm) state ...`: comm may hold spaces and parentheses, so
         // count fields from the last `)`. starttime is field 22 overall,
@@ -41,47 +81,172 @@ fn read_process_start(pid: u32) -> Option<u64> {
         let after_comm = &stat[stat.rfind(')')? + 1..];
         after_comm.split_whitespace().nth(19)?.parse().ok()
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = pid;
-        None
+
+    pub(super) fn pid_namespace() -> Option<u64> {
+        std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+    }
+
+    /// Whether `/proc` can prove absence for `entry`'s owner.
+    pub(super) fn can_judge(entry: &AgentEntry) -> bool {
+        static PROC_USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let here = super::pid_namespace();
+        here.is_some()
+            && entry.pid_namespace == here
+            && *PROC_USABLE.get_or_init(|| proc_is_ours() && !proc_hides_processes())
+    }
+
+    /// `/proc` is mounted for this pid namespace: `/proc/self` is this process.
+    fn proc_is_ours() -> bool {
+        std::fs::read_link("/proc/self")
+            .ok()
+            .and_then(|p| p.to_str()?.parse::<u32>().ok())
+            == Some(std::process::id())
+    }
+
+    /// `/proc` hides other users' processes or all but this one's.
+    fn proc_hides_processes() -> bool {
+        let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+            return true;
+        };
+        mounts.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let Some(sep) = fields.iter().position(|f| *f == "-") else {
+                return false;
+            };
+            fields.get(4) == Some(&"/proc")
+                && fields.get(sep + 1) == Some(&"proc")
+                && fields.get(sep + 3).is_some_and(|opts| {
+                    opts.split(',').any(|o| {
+                        (o.starts_with("hidepid=") && o != "hidepid=0" && o != "hidepid=off")
+                            || o == "subset=pid"
+                    })
+                })
+        })
+    }
+
+    pub(super) fn exists(pid: u32) -> Option<bool> {
+        match std::fs::symlink_metadata(format!("/proc/{pid}")) {
+            Ok(_) => Some(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(false),
+            Err(_) => None,
+        }
     }
 }
 
-/// Whether the process that wrote `entry` still runs.
-pub fn owner_liveness(entry: &AgentEntry) -> Liveness {
-    if entry.pid == 0 {
-        return Liveness::Unknown;
-    }
-    #[cfg(target_os = "linux")]
-    {
-        match (process_start(entry.pid), entry.pid_started) {
-            (None, _) => {
-                if std::path::Path::new("/proc/self/stat").exists() {
-                    Liveness::Dead
-                } else {
-                    Liveness::Unknown
-                }
-            }
-            (Some(now), Some(recorded)) if now != recorded => Liveness::Dead,
-            (Some(_), _) => Liveness::Alive,
+#[cfg(windows)]
+mod os {
+    use windows_sys::Win32::Foundation::{CloseHandle, ERROR_INVALID_PARAMETER, FILETIME};
+    use windows_sys::Win32::System::Threading::{
+        GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+    };
+
+    use crate::AgentEntry;
+
+    /// A handle to process `pid`, or the OS error code.
+    fn open(pid: u32) -> Result<windows_sys::Win32::Foundation::HANDLE, u32> {
+        // SAFETY: OpenProcess has no preconditions; a null result is an error.
+        let handle = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+        if handle.is_null() {
+            // SAFETY: reads the calling thread's last error.
+            Err(unsafe { windows_sys::Win32::Foundation::GetLastError() })
+        } else {
+            Ok(handle)
         }
     }
-    #[cfg(all(unix, not(target_os = "linux")))]
-    {
-        // Signal 0 checks existence only; a reused pid cannot be told apart.
-        let Some(pid) = rustix::process::Pid::from_raw(entry.pid as i32) else {
-            return Liveness::Unknown;
+
+    pub(super) fn process_start(pid: u32) -> Option<u64> {
+        let handle = open(pid).ok()?;
+        let zero = FILETIME {
+            dwLowDateTime: 0,
+            dwHighDateTime: 0,
         };
-        match rustix::process::test_kill_process(pid) {
-            Ok(()) => Liveness::Alive,
-            Err(rustix::io::Errno::SRCH) => Liveness::Dead,
-            Err(_) => Liveness::Unknown,
+        let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+        // SAFETY: `handle` is open; the out-pointers are valid FILETIMEs.
+        let ok = unsafe { GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) };
+        // SAFETY: `handle` was opened above and is closed once.
+        unsafe { CloseHandle(handle) };
+        (ok != 0).then(|| (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
+    }
+
+    pub(super) fn pid_namespace() -> Option<u64> {
+        None
+    }
+
+    pub(super) fn can_judge(_entry: &AgentEntry) -> bool {
+        true
+    }
+
+    pub(super) fn exists(pid: u32) -> Option<bool> {
+        match open(pid) {
+            Ok(handle) => {
+                // SAFETY: `handle` was just opened and is closed once.
+                unsafe { CloseHandle(handle) };
+                Some(true)
+            }
+            // The pid names no process.
+            Err(ERROR_INVALID_PARAMETER) => Some(false),
+            // Access denied and the like: it exists, or cannot be told.
+            Err(_) => None,
         }
     }
-    #[cfg(not(unix))]
-    {
-        Liveness::Unknown
+}
+
+#[cfg(target_os = "macos")]
+mod os {
+    use crate::AgentEntry;
+
+    pub(super) fn process_start(pid: u32) -> Option<u64> {
+        // SAFETY: proc_pidinfo writes at most `size` bytes into `info`.
+        let mut info: libc::proc_bsdinfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::proc_bsdinfo>() as libc::c_int;
+        let got = unsafe {
+            libc::proc_pidinfo(
+                pid as libc::c_int,
+                libc::PROC_PIDTBSDINFO,
+                0,
+                (&mut info as *mut libc::proc_bsdinfo).cast(),
+                size,
+            )
+        };
+        (got == size).then(|| info.pbi_start_tvsec * 1_000_000 + info.pbi_start_tvusec)
+    }
+
+    pub(super) fn pid_namespace() -> Option<u64> {
+        None
+    }
+
+    pub(super) fn can_judge(_entry: &AgentEntry) -> bool {
+        true
+    }
+
+    pub(super) fn exists(pid: u32) -> Option<bool> {
+        let pid = rustix::process::Pid::from_raw(pid as i32)?;
+        match rustix::process::test_kill_process(pid) {
+            Ok(()) | Err(rustix::io::Errno::PERM) => Some(true),
+            Err(rustix::io::Errno::SRCH) => Some(false),
+            Err(_) => None,
+        }
+    }
+}
+
+#[cfg(not(any(target_os = "linux", target_os = "macos", windows)))]
+mod os {
+    use crate::AgentEntry;
+
+    pub(super) fn process_start(_pid: u32) -> Option<u64> {
+        None
+    }
+
+    pub(super) fn pid_namespace() -> Option<u64> {
+        None
+    }
+
+    pub(super) fn can_judge(_entry: &AgentEntry) -> bool {
+        false
+    }
+
+    pub(super) fn exists(_pid: u32) -> Option<bool> {
+        None
     }
 }
 
@@ -90,8 +255,9 @@ pub fn owner_liveness(entry: &AgentEntry) -> Liveness {
 /// - The owner is dead: yes. Its entry can only send more forwards nowhere.
 /// - The owner is alive: no. The failure is passing (busy, restarting its
 ///   listener), and a live owner removes its own entries when it exits.
-/// - Unknown (no way to tell on this OS): yes, unless the entry was written
-///   within `grace`. A just-registered owner may not be listening yet.
+/// - Unknown (cannot be told here): yes, unless the entry was written within
+///   `grace`. A just-registered owner may not be listening yet, and a live
+///   owner's heartbeat restores its entry within one beat.
 pub fn should_evict_after_failed_forward(entry: &AgentEntry, grace: std::time::Duration) -> bool {
     match owner_liveness(entry) {
         Liveness::Dead => true,
@@ -118,11 +284,23 @@ mod tests {
             updated_at: 0,
             auth_key: String::new(),
             pid_started,
+            pid_namespace: pid_namespace(),
+            registration: None,
         }
     }
 
+    fn exited_pid() -> u32 {
+        let mut child = std::process::Command::new(if cfg!(windows) { "cmd" } else { "true" })
+            .args(if cfg!(windows) { &["/C", "exit"][..] } else { &[][..] })
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    }
+
     #[test]
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", windows))]
     fn this_process_is_alive_and_a_reused_pid_is_not() {
         let me = std::process::id();
         let started = process_start(me).expect("own start time");
@@ -140,11 +318,29 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_os = "linux")]
+    #[cfg(any(target_os = "linux", windows))]
     fn an_exited_process_is_dead() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        child.wait().unwrap();
-        assert_eq!(owner_liveness(&entry(pid, None)), Liveness::Dead);
+        assert_eq!(owner_liveness(&entry(exited_pid(), None)), Liveness::Dead);
+    }
+
+    #[test]
+    fn an_unknown_pid_is_never_dead() {
+        assert_eq!(owner_liveness(&entry(0, None)), Liveness::Unknown);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn an_owner_in_another_or_unrecorded_pid_namespace_is_unknown() {
+        let dead = exited_pid();
+        let other_ns = AgentEntry {
+            pid_namespace: pid_namespace().map(|ns| ns + 1),
+            ..entry(dead, None)
+        };
+        assert_eq!(owner_liveness(&other_ns), Liveness::Unknown);
+        let unrecorded = AgentEntry {
+            pid_namespace: None,
+            ..entry(dead, None)
+        };
+        assert_eq!(owner_liveness(&unrecorded), Liveness::Unknown);
     }
 }

@@ -1,18 +1,25 @@
 //! `agentmux-registry`: inspect and edit the agent registry of an agentmux-srv
 //! data dir from the command line.
 //!
-//! Exit status: 0 on success, 1 when `lookup` finds no entry, 2 on a usage or
-//! registry error (the message goes to stderr).
+//! Exit status: 0 on success, 1 when `lookup` finds no entry, 2 on a usage
+//! error, 3 when the registry or the file system failed (messages go to
+//! stderr).
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentmux_registry::blocking::Registry;
-use agentmux_registry::AgentEntry;
-use agentmux_registry_guest::cli;
-use agentmux_registry_guest::entry::Entry;
-use clap::{Parser, Subcommand};
+use agentmux_registry::EntryFields;
+use agentmux_registry_core::cli;
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// Exit status: `lookup` found no entry.
+const EXIT_NOT_FOUND: u8 = 1;
+/// Exit status: the registry or the file system failed. (2 is clap's, for
+/// usage errors.)
+const EXIT_FAILED: u8 = 3;
 
 /// Inspect and edit the cross-instance agent registry of agentmux-srv.
 #[derive(Parser)]
@@ -41,9 +48,10 @@ enum Command {
         /// The block the agent runs in.
         #[arg(long, value_name = "BLOCK_ID")]
         block: String,
-        /// Owning process id [default: this command's own]
-        #[arg(long)]
-        pid: Option<u32>,
+        /// Owning process id; 0 means unknown (such an entry is never judged
+        /// dead by `cleanup --dead-owners`).
+        #[arg(long, default_value_t = 0)]
+        pid: u32,
         /// The owning instance's auth key.
         #[arg(long, value_name = "KEY", default_value = "")]
         auth_key: String,
@@ -66,6 +74,13 @@ enum Command {
         /// Directory to write into (created if missing).
         dir: PathBuf,
     },
+    /// Print a shell completion script for SHELL.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
     /// Remove stale, malformed and unsafe entries.
     Cleanup {
         /// Entries last written longer ago than this many milliseconds are removed.
@@ -83,21 +98,8 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("agentmux-registry: {e}");
-            ExitCode::from(2)
+            ExitCode::from(EXIT_FAILED)
         }
-    }
-}
-
-/// The entry in the form the shared output conventions take.
-fn shown(entry: AgentEntry) -> Entry {
-    Entry {
-        agent_id: entry.agent_id,
-        local_url: entry.local_url,
-        block_id: entry.block_id,
-        pid: entry.pid,
-        updated_at: entry.updated_at,
-        auth_key: entry.auth_key,
-        pid_started: entry.pid_started,
     }
 }
 
@@ -123,13 +125,29 @@ fn export_wasm(dir: &Path) -> std::io::Result<()> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    if let Command::ExportWasm { dir } = &cli.command {
-        export_wasm(dir).map_err(|e| format!("exporting to {}: {e}", dir.display()))?;
-        println!(
-            "wrote {0}/registry.wasm and its WIT in {0}/wit",
-            dir.display()
-        );
-        return Ok(ExitCode::SUCCESS);
+    match &cli.command {
+        Command::ExportWasm { dir } => {
+            export_wasm(dir).map_err(|e| format!("exporting to {}: {e}", dir.display()))?;
+            println!(
+                "wrote {0}/registry.wasm and its WIT in {0}/wit",
+                dir.display()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "agentmux-registry",
+                &mut std::io::stdout(),
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     let data_dir = match cli.data_dir.or_else(agentmux_registry::default_data_dir) {
         Some(dir) => dir,
@@ -140,7 +158,9 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let registry = Registry::open(&data_dir)?;
     let json = cli.json;
     match cli.command {
-        Command::ExportWasm { .. } => unreachable!("handled above"),
+        Command::ExportWasm { .. } | Command::Completions { .. } | Command::Man => {
+            unreachable!("handled above")
+        }
         Command::Write {
             agent_id,
             url,
@@ -148,34 +168,51 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             pid,
             auth_key,
         } => {
-            let pid = pid.unwrap_or_else(std::process::id);
-            let entry = registry.write(&agent_id, &url, &block, pid, &auth_key)?;
-            println!("{}", cli::written(&shown(entry), json));
+            let entry = registry.write(EntryFields {
+                agent_id,
+                local_url: url,
+                block_id: block,
+                pid,
+                auth_key,
+                ..EntryFields::default()
+            })?;
+            println!("{}", cli::written(&entry, json));
         }
         Command::Remove { agent_id } => {
             let removed = registry.remove(&agent_id)?;
             println!("{}", cli::removed(&agent_id, removed, json));
         }
         Command::Lookup { agent_id } => match registry.lookup(&agent_id)? {
-            Some(entry) => println!("{}", cli::found(&shown(entry), json, now_ms())),
+            Some(entry) => println!("{}", cli::found(&entry, json, now_ms())),
             None => {
                 let (out, err) = cli::not_found(&agent_id, json);
                 if let Some(out) = out {
                     println!("{out}");
                 }
                 eprintln!("agentmux-registry: {err}");
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(EXIT_NOT_FOUND));
             }
         },
         Command::List => {
-            let entries: Vec<Entry> = registry.list()?.into_iter().map(shown).collect();
-            println!("{}", cli::listed(&entries, json, now_ms()));
+            println!("{}", cli::listed(&registry.list()?, json, now_ms()));
         }
         Command::Cleanup {
             max_age_ms,
             dead_owners,
         } => {
-            let mut removed = registry.cleanup_stale(Duration::from_millis(max_age_ms))?;
+            // Progress on a terminal only: scripts read the one result line.
+            let show = std::io::stderr().is_terminal();
+            let mut removed = registry.cleanup_stale_with_progress(
+                Duration::from_millis(max_age_ms),
+                |p| {
+                    if show && !p.done {
+                        eprint!("\rswept {} names, removed {}", p.examined, p.removed);
+                    }
+                },
+            )?;
+            if show {
+                eprint!("\r\x1b[K");
+            }
             if dead_owners {
                 removed += registry.cleanup_dead_owners()?;
             }

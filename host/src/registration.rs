@@ -1,78 +1,105 @@
 //! [`Registration`]: an agent's entry for as long as the guard lives.
 
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread::JoinHandle;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::blocking::block_on;
-use crate::{AgentEntry, Error, Registry};
+use crate::heartbeat::Beat;
+use crate::{AgentEntry, EntryFields, Error, Owner, Registry};
 
-/// Keeps one agent registered: writes its entry, rewrites it every heartbeat
-/// interval so its `updated_at` stays fresh (which makes a short sweep age
-/// safe), and when dropped or [unregistered](Registration::unregister) removes
-/// the entry only if it is still this registration's (compare-and-remove by
-/// pid and auth key), never a successor's under the same id.
+/// Keeps one agent registered by this process.
 ///
-/// The heartbeat runs on a thread of its own, so the guard works inside any
-/// tokio runtime or none. A heartbeat that finds the entry gone or owned by
-/// someone else stops instead of taking it back. Sweep with a maximum age of
+/// Each registration has its own token, stored in its entry (`registration`),
+/// so two registrations of one id, even by one process, are never confused.
+/// Every heartbeat interval the registry's heartbeat driver renews the entry
+/// in one atomic component call: refreshes it while it is this
+/// registration's, restores it if it went missing (swept while the process
+/// stalled, or removed by hand), and stops for good only when another
+/// registration owns the id. Dropping the guard, or
+/// [unregistering](Registration::unregister), removes the entry only if it is
+/// still this registration's.
+///
+/// One driver thread per [`Registry`] serves all its registrations, so the
+/// guard works inside any tokio runtime or none. Sweep with a maximum age of
 /// at least three heartbeat intervals.
 pub struct Registration {
     registry: Registry,
     entry: AgentEntry,
-    /// False once [`Registration::unregister`] has removed the entry.
+    beat: Arc<Beat>,
+    /// False once [`Registration::unregister`] has run.
     registered: bool,
-    stop: Option<mpsc::Sender<()>>,
-    heartbeat: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
             .field("agent_id", &self.entry.agent_id)
+            .field("registration", &self.entry.registration)
             .finish_non_exhaustive()
     }
 }
 
+/// A token no other registration has: 128 bits from the OS-seeded hasher
+/// keys std keeps per thread (fresh for every `RandomState`), a process-wide
+/// counter, the pid and the time.
+fn new_token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let half = || {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_u32(std::process::id());
+        h.write_u64(nanos);
+        h.finish()
+    };
+    format!("{:016x}{:016x}", half(), half())
+}
+
 impl Registration {
-    /// Registers `agent_id` as owned by this process (its pid and
-    /// `auth_key`), refreshing the entry every `heartbeat`.
+    /// Registers `fields.agent_id` as owned by this process: `fields.pid` is
+    /// set to this process's id and `fields.registration` to a new token.
+    /// The entry is renewed every `heartbeat`.
     pub async fn register(
         registry: &Registry,
-        agent_id: &str,
-        local_url: &str,
-        block_id: &str,
-        auth_key: &str,
+        fields: EntryFields,
         heartbeat: Duration,
     ) -> Result<Registration, Error> {
-        let pid = std::process::id();
-        let entry = registry
-            .write(agent_id, local_url, block_id, pid, auth_key)
-            .await?;
-        let (stop, stopped) = mpsc::channel::<()>();
-        let beat_registry = registry.clone();
-        let beat_entry = entry.clone();
-        let heartbeat = std::thread::Builder::new()
-            .name(format!("agentmux-registry-heartbeat-{agent_id}"))
-            .spawn(move || loop {
-                match stopped.recv_timeout(heartbeat) {
-                    Err(RecvTimeoutError::Timeout) => {
-                        if !block_on(refresh(&beat_registry, &beat_entry)) {
-                            return;
-                        }
-                    }
-                    // Stopped, or the guard is gone.
-                    _ => return,
-                }
-            })
-            .map_err(|e| Error::Component(format!("starting the heartbeat thread: {e}")))?;
-        Ok(Registration {
+        let fields = EntryFields {
+            pid: std::process::id(),
+            registration: Some(new_token()),
+            ..fields
+        };
+        let entry = registry.write(fields).await?;
+        // Renew with what was stored, owner facts included.
+        let fields = EntryFields {
+            agent_id: entry.agent_id.clone(),
+            local_url: entry.local_url.clone(),
+            block_id: entry.block_id.clone(),
+            pid: entry.pid,
+            auth_key: entry.auth_key.clone(),
+            pid_started: entry.pid_started,
+            pid_namespace: entry.pid_namespace,
+            registration: entry.registration.clone(),
+        };
+        let beat = Beat::new(fields, heartbeat.max(Duration::from_millis(1)));
+        let guard = Registration {
             registry: registry.clone(),
             entry,
+            beat: beat.clone(),
             registered: true,
-            stop: Some(stop),
-            heartbeat: Some(heartbeat),
-        })
+        };
+        registry
+            .inner
+            .heartbeats
+            .add(registry, beat)
+            .map_err(|e| Error::Component(format!("starting the heartbeat driver: {e}")))?;
+        Ok(guard)
     }
 
     /// The entry as first written.
@@ -80,24 +107,31 @@ impl Registration {
         &self.entry
     }
 
+    /// This registration's token, as stored in its entry.
+    pub fn token(&self) -> &str {
+        self.entry.registration.as_deref().unwrap_or_default()
+    }
+
+    /// True once another registration took the id over; the heartbeat has
+    /// stopped and dropping the guard will leave that registration alone.
+    pub fn is_superseded(&self) -> bool {
+        self.beat.lock().superseded
+    }
+
     /// Stops the heartbeat and removes the entry if it is still this
     /// registration's; true when it was removed.
     pub async fn unregister(mut self) -> Result<bool, Error> {
         self.stop_heartbeat();
-        let removed = self
-            .registry
-            .remove_owned(&self.entry.agent_id, self.entry.pid, &self.entry.auth_key)
-            .await;
-        // Done: Drop must not remove again.
         self.registered = false;
-        removed
+        self.registry
+            .remove_owned(&self.entry.agent_id, &Owner::of(&self.entry))
+            .await
     }
 
+    /// Ends the heartbeat, waiting for a renewal in flight.
     fn stop_heartbeat(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.heartbeat.take() {
-            let _ = thread.join();
-        }
+        self.beat.lock().active = false;
+        self.registry.inner.heartbeats.remove(&self.beat);
     }
 }
 
@@ -105,11 +139,8 @@ impl Drop for Registration {
     fn drop(&mut self) {
         self.stop_heartbeat();
         if self.registered {
-            let result = block_on(self.registry.remove_owned(
-                &self.entry.agent_id,
-                self.entry.pid,
-                &self.entry.auth_key,
-            ));
+            let owner = Owner::of(&self.entry);
+            let result = block_on(self.registry.remove_owned(&self.entry.agent_id, &owner));
             if let Err(e) = result {
                 tracing::warn!(agent_id = %self.entry.agent_id, "removing the registration failed: {e}");
             }
@@ -117,30 +148,9 @@ impl Drop for Registration {
     }
 }
 
-/// Rewrites `mine` if the entry is still mine; false when it no longer is
-/// (removed, or re-registered by someone else), which ends the heartbeat.
-async fn refresh(registry: &Registry, mine: &AgentEntry) -> bool {
-    match registry.lookup(&mine.agent_id).await {
-        Ok(Some(current)) if current.pid == mine.pid && current.auth_key == mine.auth_key => {
-            let written = registry
-                .write(
-                    &mine.agent_id,
-                    &current.local_url,
-                    &current.block_id,
-                    mine.pid,
-                    &mine.auth_key,
-                )
-                .await;
-            if let Err(e) = &written {
-                tracing::warn!(agent_id = %mine.agent_id, "heartbeat failed: {e}");
-            }
-            true
-        }
-        Ok(_) => false,
-        // A passing failure: try again next beat.
-        Err(e) => {
-            tracing::warn!(agent_id = %mine.agent_id, "heartbeat lookup failed: {e}");
-            true
-        }
+impl Registry {
+    /// How many registrations this registry's heartbeat driver serves.
+    pub fn heartbeat_count(&self) -> usize {
+        self.inner.heartbeats.len()
     }
 }

@@ -1,16 +1,33 @@
 //! [`Registry`]: the async handle on one data dir's agents directory.
+//!
+//! Every guest call goes through one funnel, [`Lease::call`]: it arms that
+//! call's own deadline, maps a trap to the matching [`Error`], and decides
+//! whether the instance may go back to the pool (only after every call made
+//! on it completed successfully).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agentmux_registry_core::entry::file_name_of;
+use wasmtime::component::ResourceAny;
+
 use crate::agents_dir::AgentsDir;
+use crate::bindings::exports::agentmux::registry::registry as wit;
+use crate::heartbeat::Heartbeats;
 use crate::liveness::{owner_liveness, Liveness};
 use crate::runtime::{Instance, Runtime};
-use crate::{AgentEntry, Error};
+use crate::{AgentEntry, EntryFields, Error, Owner};
 
 /// Instances kept warm per registry, for concurrent callers.
 const MAX_IDLE_INSTANCES: usize = 16;
+
+/// Entries per guest call when listing: bounds the guest's memory (a valid
+/// entry is at most about 4 KiB) and the time of each call.
+const LIST_BATCH: u32 = 256;
+
+/// Names looked at per guest call when sweeping.
+const SWEEP_BATCH: u32 = 2048;
 
 /// Settings for [`Registry::open_with`].
 #[derive(Clone, Debug)]
@@ -31,13 +48,16 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Default options: 30 s per call, 256 MiB of guest memory, the embedded
-    /// component.
+    /// Default options: 30 s per guest call, 256 MiB of guest memory, the
+    /// embedded component.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// How long one call may run before it is stopped with [`Error::Timeout`].
+    /// How long one guest call may run before it is stopped with
+    /// [`Error::Timeout`]. Listing and sweeping make one call per batch, so
+    /// this bounds each batch, not the whole pass. Any duration is accepted;
+    /// very long ones mean "no practical limit".
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
         self
@@ -51,12 +71,34 @@ impl Options {
     }
 
     /// Runs this component instead of the embedded one. It must export the
-    /// `agentmux:registry/registry@0.1.0` interface and import only WASI; it
+    /// `agentmux:registry/registry@0.2.0` interface and import only WASI; it
     /// is compiled when the registry is opened.
     pub fn component(mut self, component: impl Into<Vec<u8>>) -> Self {
         self.component = Some(component.into().into());
         self
     }
+}
+
+/// What [`Registry::renew`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The entry was this registration's and was rewritten.
+    Refreshed,
+    /// There was no entry (or only a malformed file): it was written anew.
+    Restored,
+    /// Another registration owns the id now; nothing was changed.
+    Superseded,
+}
+
+/// How far a sweep has come; see [`Registry::cleanup_stale_with_progress`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SweepProgress {
+    /// Directory names looked at so far.
+    pub examined: u64,
+    /// Directory names removed so far.
+    pub removed: u64,
+    /// True once every name was looked at.
+    pub done: bool,
 }
 
 /// A handle on the agent registry in one data dir.
@@ -67,21 +109,23 @@ impl Options {
 /// [`blocking::Registry`](crate::blocking::Registry) for synchronous code.
 #[derive(Clone)]
 pub struct Registry {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     data_dir: PathBuf,
     runtime: Arc<Runtime>,
     call_timeout: Duration,
     memory_limit: usize,
     state: Mutex<State>,
+    /// The one heartbeat driver serving every [`crate::Registration`].
+    pub(crate) heartbeats: Heartbeats,
 }
 
 struct State {
     dir: Arc<AgentsDir>,
     idle: Vec<Instance>,
-    /// When `dir` was last checked against `{data_dir}/agents`.
+    /// When `dir` was last checked against the data dir's path.
     checked: Instant,
 }
 
@@ -101,6 +145,49 @@ impl std::fmt::Debug for Registry {
             .field("data_dir", &self.inner.data_dir)
             .finish_non_exhaustive()
     }
+}
+
+fn fields_out(f: &EntryFields) -> wit::EntryFields {
+    wit::EntryFields {
+        agent_id: f.agent_id.clone(),
+        local_url: f.local_url.clone(),
+        block_id: f.block_id.clone(),
+        pid: f.pid,
+        auth_key: f.auth_key.clone(),
+        pid_started: f.pid_started,
+        pid_namespace: f.pid_namespace,
+        registration: f.registration.clone(),
+    }
+}
+
+fn entry_in(e: wit::AgentEntry) -> AgentEntry {
+    AgentEntry {
+        agent_id: e.agent_id,
+        local_url: e.local_url,
+        block_id: e.block_id,
+        pid: e.pid,
+        updated_at: e.updated_at,
+        auth_key: e.auth_key,
+        pid_started: e.pid_started,
+        pid_namespace: e.pid_namespace,
+        registration: e.registration,
+    }
+}
+
+/// `fields` with the owner's start time and pid namespace filled in where the
+/// caller left them out and the process can be seen.
+fn with_owner_facts(mut fields: EntryFields) -> EntryFields {
+    if fields.pid != 0 {
+        if fields.pid_started.is_none() {
+            fields.pid_started = crate::liveness::process_start(fields.pid);
+        }
+        // Recorded with the start time only, so an entry whose owner was not
+        // seen stays byte-identical to the historical format.
+        if fields.pid_namespace.is_none() && fields.pid_started.is_some() {
+            fields.pid_namespace = crate::liveness::pid_namespace();
+        }
+    }
+    fields
 }
 
 impl Registry {
@@ -129,6 +216,7 @@ impl Registry {
                     idle: Vec::new(),
                     checked: Instant::now(),
                 }),
+                heartbeats: Heartbeats::default(),
             }),
         })
     }
@@ -143,107 +231,142 @@ impl Registry {
         self.inner.lock().dir.path().to_path_buf()
     }
 
-    /// Creates or replaces the entry of `agent_id`, stamped with the current
-    /// time and with the start time of process `pid` (so a later reuse of the
-    /// pid is not mistaken for the owner), and returns it as stored. The entry
-    /// file is made readable by its owner only.
-    pub async fn write(
-        &self,
-        agent_id: &str,
-        local_url: &str,
-        block_id: &str,
-        pid: u32,
-        auth_key: &str,
-    ) -> Result<AgentEntry, Error> {
-        let pid_started = crate::liveness::process_start(pid);
+    /// Creates or replaces the entry of `fields.agent_id` and returns it as
+    /// stored. When `fields.pid` is a running process and its start time or
+    /// pid namespace are not given, they are recorded (so a later reuse of
+    /// the pid is not mistaken for the owner). The entry file is made
+    /// readable by its owner only.
+    pub async fn write(&self, fields: EntryFields) -> Result<AgentEntry, Error> {
+        let fields = wit_fields(with_owner_facts(fields));
         let mut lease = self.inner.lease(Access::Write).await?;
-        let (written, name) = {
-            let inst = lease.instance();
-            let api = inst.bindings.agentmux_registry_registry();
-            let written = api
-                .call_write(
-                    &mut inst.store,
-                    agent_id,
-                    local_url,
-                    block_id,
-                    pid,
-                    auth_key,
-                    pid_started,
-                )
-                .await;
-            let name = match &written {
-                Ok(Ok(_)) => Some(api.call_entry_file_name(&mut inst.store, agent_id).await),
-                _ => None,
-            };
-            (written, name)
+        let entry = lease
+            .call(async |api, store| api.call_write(store, &fields).await)
+            .await??;
+        lease.restrict(&entry.agent_id)?;
+        Ok(entry_in(entry))
+    }
+
+    /// One atomic heartbeat step for the registration `fields.registration`:
+    /// refreshes the entry if it is still this registration's, restores it if
+    /// it is missing, and changes nothing if another registration owns the
+    /// id (see the WIT contract's `renew`). [`crate::Registration`] calls this
+    /// for you.
+    pub async fn renew(&self, fields: EntryFields) -> Result<Renewal, Error> {
+        let agent_id = fields.agent_id.clone();
+        let fields = wit_fields(with_owner_facts(fields));
+        let mut lease = self.inner.lease(Access::Write).await?;
+        let renewal = lease
+            .call(async |api, store| api.call_renew(store, &fields).await)
+            .await??;
+        let renewal = match renewal {
+            wit::Renewal::Refreshed => Renewal::Refreshed,
+            wit::Renewal::Restored => Renewal::Restored,
+            wit::Renewal::Superseded => Renewal::Superseded,
         };
-        let entry = lease.finish(written)??;
-        if let Some(name) = name {
-            let name = lease.finish(name)??;
-            lease.dir.restrict_entry(&name)?;
+        if renewal != Renewal::Superseded {
+            lease.restrict(&agent_id)?;
         }
-        Ok(entry.into())
+        Ok(renewal)
     }
 
     /// Removes the entry of `agent_id`; true when there was one.
     pub async fn remove(&self, agent_id: &str) -> Result<bool, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
-        let inst = lease.instance();
-        let api = inst.bindings.agentmux_registry_registry();
-        let out = api.call_remove(&mut inst.store, agent_id).await;
-        Ok(lease.finish(out)??)
+        Ok(lease
+            .call(async |api, store| api.call_remove(store, agent_id).await)
+            .await??)
     }
 
-    /// Removes the entry of `agent_id` only while it is still the registration
-    /// of process `pid` with `auth_key`; true when removed. A successor's
-    /// registration under the same id is left alone.
-    pub async fn remove_owned(
-        &self,
-        agent_id: &str,
-        pid: u32,
-        auth_key: &str,
-    ) -> Result<bool, Error> {
+    /// Removes the entry of `agent_id` only while it is still the
+    /// registration `owner` names (pid, auth key and registration token);
+    /// true when removed. A successor's registration under the same id is
+    /// left alone. To evict an entry you looked up, pass
+    /// [`Owner::of`]`(&entry)`.
+    pub async fn remove_owned(&self, agent_id: &str, owner: &Owner) -> Result<bool, Error> {
+        let owner = wit::Owner {
+            pid: owner.pid,
+            auth_key: owner.auth_key.clone(),
+            registration: owner.registration.clone(),
+        };
         let mut lease = self.inner.lease(Access::Write).await?;
-        let inst = lease.instance();
-        let api = inst.bindings.agentmux_registry_registry();
-        let out = api
-            .call_remove_owned(&mut inst.store, agent_id, pid, auth_key)
-            .await;
-        Ok(lease.finish(out)??)
+        Ok(lease
+            .call(async |api, store| api.call_remove_owned(store, agent_id, &owner).await)
+            .await??)
     }
 
     /// The entry of `agent_id`, or `None` when there is no valid one.
     pub async fn lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
         let mut lease = self.inner.lease(Access::Read).await?;
-        let inst = lease.instance();
-        let api = inst.bindings.agentmux_registry_registry();
-        let out = api.call_lookup(&mut inst.store, agent_id).await;
-        Ok(lease.finish(out)??.map(AgentEntry::from))
+        let found = lease
+            .call(async |api, store| api.call_lookup(store, agent_id).await)
+            .await??;
+        Ok(found.map(entry_in))
     }
 
-    /// Every valid entry, sorted by agent id.
+    /// Every valid entry, sorted by agent id. The component's memory stays
+    /// bounded whatever the directory holds (entries cross a batch at a
+    /// time); the result itself is held here. Use [`Registry::listing`] to go
+    /// through a large registry without holding it.
     pub async fn list(&self) -> Result<Vec<AgentEntry>, Error> {
-        let mut lease = self.inner.lease(Access::Read).await?;
-        let inst = lease.instance();
-        let api = inst.bindings.agentmux_registry_registry();
-        let out = api.call_list(&mut inst.store).await;
-        Ok(lease
-            .finish(out)??
-            .into_iter()
-            .map(AgentEntry::from)
-            .collect())
+        let mut listing = self.listing();
+        let mut entries = Vec::new();
+        while let Some(batch) = listing.next_batch().await? {
+            entries.extend(batch);
+        }
+        entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Ok(entries)
+    }
+
+    /// A pass over every valid entry in directory order, a batch at a time;
+    /// memory stays bounded by the batch size. Each batch is one guest call
+    /// with its own deadline.
+    pub fn listing(&self) -> Listing {
+        Listing {
+            inner: self.inner.clone(),
+            lease: None,
+            cursor: None,
+            done: false,
+        }
     }
 
     /// Removes entries last written more than `max_age` ago, malformed entry
     /// files, names that are not regular single-link files, and debris of
     /// interrupted writes. Returns how many names were removed.
-    pub async fn cleanup_stale(&self, max_age: Duration) -> Result<u32, Error> {
+    ///
+    /// The sweep runs in batches, each one guest call with its own deadline,
+    /// so a directory of any size is swept by this one call. If a batch
+    /// fails, the sweep stops and the error is returned (what was removed
+    /// before stays removed).
+    pub async fn cleanup_stale(&self, max_age: Duration) -> Result<u64, Error> {
+        self.cleanup_stale_with_progress(max_age, |_| {}).await
+    }
+
+    /// [`Registry::cleanup_stale`], calling `progress` after every batch.
+    pub async fn cleanup_stale_with_progress(
+        &self,
+        max_age: Duration,
+        mut progress: impl FnMut(SweepProgress),
+    ) -> Result<u64, Error> {
         let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
         let mut lease = self.inner.lease(Access::Write).await?;
-        let inst = lease.instance();
-        let api = inst.bindings.agentmux_registry_registry();
-        let out = api.call_cleanup_stale(&mut inst.store, max_age_ms).await;
-        Ok(lease.finish(out)??)
+        let sweep = lease
+            .call(async |api, store| api.sweep().call_constructor(store, max_age_ms).await)
+            .await?;
+        loop {
+            let p = lease
+                .call(async |api, store| api.sweep().call_next_batch(store, sweep, SWEEP_BATCH).await)
+                .await??;
+            let p = SweepProgress {
+                examined: p.examined,
+                removed: p.removed,
+                done: p.done,
+            };
+            progress(p);
+            if p.done {
+                lease.drop_resource(sweep).await?;
+                return Ok(p.removed);
+            }
+        }
     }
 
     /// Like [`Registry::lookup`], but `None` when the entry's owning process
@@ -256,18 +379,19 @@ impl Registry {
             .filter(|e| owner_liveness(e) != Liveness::Dead))
     }
 
-    /// Removes every entry whose owning process is known to be dead, each by
+    /// Removes every entry whose owning process is provably dead, each by
     /// compare-and-remove (so an entry re-registered meanwhile stays).
     /// Returns how many were removed.
-    pub async fn cleanup_dead_owners(&self) -> Result<u32, Error> {
+    pub async fn cleanup_dead_owners(&self) -> Result<u64, Error> {
         let mut removed = 0;
-        for entry in self.list().await? {
-            if owner_liveness(&entry) == Liveness::Dead
-                && self
-                    .remove_owned(&entry.agent_id, entry.pid, &entry.auth_key)
-                    .await?
-            {
-                removed += 1;
+        let mut listing = self.listing();
+        while let Some(batch) = listing.next_batch().await? {
+            for entry in batch {
+                if owner_liveness(&entry) == Liveness::Dead
+                    && self.remove_owned(&entry.agent_id, &Owner::of(&entry)).await?
+                {
+                    removed += 1;
+                }
             }
         }
         Ok(removed)
@@ -276,10 +400,89 @@ impl Registry {
     /// The name of `agent_id`'s entry file inside [`Registry::agents_dir`].
     pub async fn entry_file_name(&self, agent_id: &str) -> Result<String, Error> {
         let mut lease = self.inner.lease(Access::Read).await?;
-        let inst = lease.instance();
-        let api = inst.bindings.agentmux_registry_registry();
-        let out = api.call_entry_file_name(&mut inst.store, agent_id).await;
-        Ok(lease.finish(out)??)
+        Ok(lease
+            .call(async |api, store| api.call_entry_file_name(store, agent_id).await)
+            .await??)
+    }
+}
+
+fn wit_fields(fields: EntryFields) -> wit::EntryFields {
+    fields_out(&fields)
+}
+
+/// A pass over every valid entry; see [`Registry::listing`].
+///
+/// Holds one component instance for the whole pass. Dropping it early is
+/// fine: the instance is then discarded rather than pooled.
+pub struct Listing {
+    inner: Arc<Inner>,
+    lease: Option<Lease>,
+    cursor: Option<ResourceAny>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listing")
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Listing {
+    /// The next batch of valid entries (possibly empty while the pass goes
+    /// on), or `None` once the pass is over. After an error the pass is over.
+    pub async fn next_batch(&mut self) -> Result<Option<Vec<AgentEntry>>, Error> {
+        if self.done {
+            return Ok(None);
+        }
+        let out = self.step().await;
+        if !matches!(out, Ok(Some(_))) {
+            self.done = true;
+            if let (Some(mut lease), Some(cursor)) = (self.lease.take(), self.cursor.take()) {
+                if out.is_ok() {
+                    lease.drop_resource(cursor).await?;
+                } else {
+                    lease.discard();
+                }
+            }
+        }
+        out
+    }
+
+    async fn step(&mut self) -> Result<Option<Vec<AgentEntry>>, Error> {
+        let lease = match &mut self.lease {
+            Some(lease) => lease,
+            None => self.lease.insert(self.inner.lease(Access::Read).await?),
+        };
+        let cursor = match self.cursor {
+            Some(cursor) => cursor,
+            None => {
+                let cursor = lease
+                    .call(async |api, store| api.entry_listing().call_constructor(store).await)
+                    .await?;
+                *self.cursor.insert(cursor)
+            }
+        };
+        let batch = lease
+            .call(async |api, store| {
+                api.entry_listing()
+                    .call_next_batch(store, cursor, LIST_BATCH)
+                    .await
+            })
+            .await??;
+        Ok(batch.map(|entries| entries.into_iter().map(entry_in).collect()))
+    }
+}
+
+impl Drop for Listing {
+    fn drop(&mut self) {
+        // A cursor still open lives in the instance's store: do not pool it.
+        if self.cursor.is_some() {
+            if let Some(lease) = &mut self.lease {
+                lease.discard();
+            }
+        }
     }
 }
 
@@ -292,12 +495,13 @@ impl Inner {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// An instance for one call. If `{data_dir}/agents` was deleted or
-    /// replaced since it was opened, it is opened (and created) afresh: before
-    /// every call that changes the directory, so no write ever lands in a
-    /// directory nobody else can see; before read-only calls at most every
-    /// [`READ_RECHECK`], since a stale read can only miss entries.
-    async fn lease(&self, access: Access) -> Result<Lease<'_>, Error> {
+    /// An instance for one operation. If the agents directory (or the data
+    /// dir holding it) was deleted or replaced since it was opened, it is
+    /// opened (and created) afresh: before every call that changes the
+    /// directory, so no write ever lands in a directory nobody else can see;
+    /// before read-only calls at most every [`READ_RECHECK`], since a stale
+    /// read can only miss entries.
+    async fn lease(self: &Arc<Self>, access: Access) -> Result<Lease, Error> {
         let (dir, idle) = {
             let mut state = self.lock();
             let due = access == Access::Write || state.checked.elapsed() >= READ_RECHECK;
@@ -310,7 +514,7 @@ impl Inner {
             }
             (state.dir.clone(), state.idle.pop())
         };
-        let mut instance = match idle {
+        let instance = match idle {
             Some(instance) => instance,
             None => {
                 self.runtime
@@ -318,50 +522,77 @@ impl Inner {
                     .await?
             }
         };
-        instance.arm(self.call_timeout);
         Ok(Lease {
-            inner: self,
+            inner: self.clone(),
             dir,
             instance: Some(instance),
-            reusable: false,
+            failed: false,
+            in_call: false,
         })
     }
 }
 
-/// An instance checked out for one call. It goes back to the pool only if the
-/// call completed: one that trapped, or whose call was cancelled mid-way, may
-/// be in any state and is dropped.
-struct Lease<'a> {
-    inner: &'a Inner,
+/// An instance checked out for one operation. It goes back to the pool only
+/// if every call made on it completed successfully: one that trapped, or
+/// whose call was cancelled mid-way, may be in any state and is dropped.
+struct Lease {
+    inner: Arc<Inner>,
     dir: Arc<AgentsDir>,
     instance: Option<Instance>,
-    reusable: bool,
+    /// A call on this instance trapped, or it holds state that must not be
+    /// pooled.
+    failed: bool,
+    /// A call started and has not completed (its future was dropped).
+    in_call: bool,
 }
 
-impl Lease<'_> {
-    fn instance(&mut self) -> &mut Instance {
-        self.reusable = false;
-        self.instance.as_mut().expect("present until drop")
+/// The registry interface's call handles.
+type Api = wit::Guest;
+
+impl Lease {
+    /// Makes one guest call: the only place that arms a deadline, runs guest
+    /// code and maps its traps. `call` gets the interface and the store.
+    async fn call<T>(
+        &mut self,
+        call: impl AsyncFnOnce(&Api, &mut wasmtime::Store<crate::runtime::HostState>) -> wasmtime::Result<T>,
+    ) -> Result<T, Error> {
+        let timeout = self.inner.call_timeout;
+        let instance = self.instance.as_mut().expect("present until drop");
+        instance.arm(timeout);
+        self.in_call = true;
+        let api = instance.bindings.agentmux_registry_registry();
+        let out = call(api, &mut instance.store).await;
+        self.in_call = false;
+        out.map_err(|err| {
+            self.failed = true;
+            instance.call_error(err, timeout)
+        })
     }
 
-    /// Converts a call's outcome; a trap becomes the matching [`Error`].
-    fn finish<T>(&mut self, out: wasmtime::Result<T>) -> Result<T, Error> {
-        match out {
-            Ok(value) => {
-                self.reusable = true;
-                Ok(value)
-            }
-            Err(err) => {
-                let instance = self.instance.as_ref().expect("present until drop");
-                Err(instance.call_error(err, self.inner.call_timeout))
-            }
+    /// Frees a resource the guest created for this lease's operation.
+    async fn drop_resource(&mut self, resource: ResourceAny) -> Result<(), Error> {
+        self.call(async |_, store| resource.resource_drop_async(store).await)
+            .await
+    }
+
+    /// Keeps this instance out of the pool.
+    fn discard(&mut self) {
+        self.failed = true;
+    }
+
+    /// Makes `agent_id`'s entry file private to its owner (what WASI cannot
+    /// express). The name comes from the rule the component follows.
+    fn restrict(&self, agent_id: &str) -> Result<(), Error> {
+        match file_name_of(agent_id) {
+            Ok(name) => self.dir.restrict_entry(&name),
+            Err(_) => Ok(()),
         }
     }
 }
 
-impl Drop for Lease<'_> {
+impl Drop for Lease {
     fn drop(&mut self) {
-        if !self.reusable {
+        if self.failed || self.in_call {
             return;
         }
         if let Some(instance) = self.instance.take() {

@@ -24,7 +24,7 @@ const COMPONENT_DIGEST: &str = env!("AGENTMUX_REGISTRY_COMPONENT_DIGEST");
 const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Per-store state: the WASI context and the memory cap.
-pub(crate) struct HostState {
+pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     memory: MemoryCap,
@@ -189,8 +189,26 @@ impl Instance {
     }
 }
 
+/// Epoch ticks for `timeout`, rounded up, saturating: a duration too long to
+/// count means "no practical limit" (about 700 million years of ticks).
 fn ticks(timeout: Duration) -> u64 {
-    (timeout.as_nanos() / EPOCH_TICK.as_nanos()).max(1) as u64 + 1
+    const MAX_TICKS: u64 = u64::MAX / 4;
+    let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
+    u64::try_from(ticks).unwrap_or(MAX_TICKS).min(MAX_TICKS) + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_ticks_round_up_and_saturate() {
+        assert_eq!(ticks(Duration::ZERO), 2);
+        assert_eq!(ticks(EPOCH_TICK), 2);
+        assert_eq!(ticks(EPOCH_TICK + Duration::from_nanos(1)), 3);
+        assert_eq!(ticks(Duration::MAX), u64::MAX / 4 + 1);
+        assert!(ticks(Duration::from_secs(u64::MAX / 1000)) > ticks(Duration::from_secs(30)));
+    }
 }
 
 impl Instance {

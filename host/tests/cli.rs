@@ -125,7 +125,7 @@ fn exit_codes_say_missing_and_error_apart() {
         tmp.path(),
         &["--data-dir", d, "write", "", "--url", "u", "--block", "b"],
     );
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(3), "a registry error, not a usage error");
     assert!(
         stderr(&out).contains("invalid agent id"),
         "{}",
@@ -296,4 +296,60 @@ fn a_cache_on_a_noexec_file_system_is_loaded_not_recompiled() {
         cached,
         "the cached artifact was used, not compiled and replaced"
     );
+}
+
+#[test]
+fn the_quick_start_entry_survives_a_dead_owner_sweep() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let d = d.to_str().unwrap();
+    let out = cli(
+        tmp.path(),
+        &["--data-dir", d, "write", "demo", "--url", "http://127.0.0.1:8123", "--block", "b"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(tmp.path(), &["--data-dir", d, "--json", "lookup", "demo"]);
+    let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entry["pid"], 0, "no --pid: the owner is unknown, not this short-lived command");
+    let out = cli(tmp.path(), &["--data-dir", d, "cleanup", "--dead-owners"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(cli(tmp.path(), &["--data-dir", d, "lookup", "demo"]).status.success());
+}
+
+#[test]
+fn completions_and_a_man_page_come_from_the_command_definition() {
+    let tmp = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = cli(tmp.path(), &["completions", shell]);
+        assert!(out.status.success(), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(script.contains("agentmux-registry") && script.contains("dead-owners"), "{shell}");
+    }
+    let out = cli(tmp.path(), &["completions", "tcsh"]);
+    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+    let out = cli(tmp.path(), &["man"]);
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && page.contains(".TH"), "{page}");
+    assert!(page.contains("agentmux\\-registry") && page.contains("cleanup"), "{page}");
+}
+
+#[test]
+fn text_output_cannot_be_forged_by_stored_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let d = d.to_str().unwrap();
+    let evil = "b\nforged  http://x  b  1  0s ago  set\u{1b}[2J";
+    let out = cli(
+        tmp.path(),
+        &["--data-dir", d, "write", "a", "--url", "u", "--block", evil],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(tmp.path(), &["--data-dir", d, "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 2, "a header and one row: {text:?}");
+    assert!(!text.contains('\u{1b}') && text.contains("\\u{1b}"), "{text:?}");
+    // JSON keeps the exact value.
+    let out = cli(tmp.path(), &["--data-dir", d, "--json", "lookup", "a"]);
+    let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(entry["block_id"], evil);
 }

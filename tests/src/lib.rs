@@ -125,3 +125,30 @@ fn walk(dir: &Path, skip: &Path, out: &mut BTreeMap<PathBuf, String>) {
         }
     }
 }
+
+/// The fields of a plain write, in the order tests read best.
+pub fn fields(
+    agent_id: &str,
+    local_url: &str,
+    block_id: &str,
+    pid: u32,
+    auth_key: &str,
+) -> agentmux_registry::EntryFields {
+    agentmux_registry::EntryFields {
+        agent_id: agent_id.into(),
+        local_url: local_url.into(),
+        block_id: block_id.into(),
+        pid,
+        auth_key: auth_key.into(),
+        ..Default::default()
+    }
+}
+
+/// The owner of a plain write (no registration token).
+pub fn owner(pid: u32, auth_key: &str) -> agentmux_registry::Owner {
+    agentmux_registry::Owner {
+        pid,
+        auth_key: auth_key.into(),
+        registration: None,
+    }
+}

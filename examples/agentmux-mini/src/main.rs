@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentmux_registry::liveness::{owner_liveness, should_evict_after_failed_forward, Liveness};
-use agentmux_registry::{AgentEntry, Registration, Registry};
+use agentmux_registry::{AgentEntry, EntryFields, Owner, Registration, Registry};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -53,6 +53,9 @@ struct App {
     auth_key: String,
     local_url: String,
     agents: Mutex<HashMap<String, Agent>>,
+    /// Held across a registration, so that the guard kept for an id is
+    /// always the one whose entry was written last.
+    registering: tokio::sync::Mutex<()>,
 }
 
 type Shared = Arc<App>;
@@ -86,30 +89,31 @@ async fn require_key(State(app): State<Shared>, request: Request, next: Next) ->
 }
 
 async fn register(State(app): State<Shared>, Json(body): Json<RegisterBody>) -> Response {
-    // Re-registering: end the old registration first. Both have this
-    // process's pid and key, so the old guard would remove the new entry.
-    let previous = app.agents.lock().unwrap().remove(&body.agent_id);
-    drop(previous);
-    let registration = match Registration::register(
-        &app.registry,
-        &body.agent_id,
-        &app.local_url,
-        &body.block_id,
-        &app.auth_key,
-        HEARTBEAT,
-    )
-    .await
+    // Re-registering replaces the old registration. Each has its own token,
+    // so dropping the old guard (whenever that happens, even after the new
+    // entry is written) never removes the new entry.
+    let fields = EntryFields {
+        agent_id: body.agent_id.clone(),
+        local_url: app.local_url.clone(),
+        block_id: body.block_id.clone(),
+        auth_key: app.auth_key.clone(),
+        ..EntryFields::default()
+    };
+    let _order = app.registering.lock().await;
+    let registration = match Registration::register(&app.registry, fields, HEARTBEAT).await
     {
         Ok(registration) => registration,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    app.agents.lock().unwrap().insert(
+    let replaced = app.agents.lock().unwrap().insert(
         body.agent_id.clone(),
         Agent {
             inbox: Vec::new(),
             _registration: registration,
         },
     );
+    // Outside the map's lock: dropping removes nothing of the new entry.
+    drop(replaced);
     Json(json!({ "registered": body.agent_id })).into_response()
 }
 
@@ -194,7 +198,7 @@ async fn inject(
 async fn evict(app: &App, entry: &AgentEntry) {
     let _ = app
         .registry
-        .remove_owned(&entry.agent_id, entry.pid, &entry.auth_key)
+        .remove_owned(&entry.agent_id, &Owner::of(entry))
         .await;
 }
 
@@ -291,17 +295,25 @@ async fn main() {
     let local_url = format!("http://{}", listener.local_addr().unwrap());
     let registry = Registry::open(&data_dir).expect("open the agent registry");
     // After binding, as agentmux-srv does: sweep old entries and dead instances'.
+    // A failed sweep is logged, never hidden; the server still starts.
     let stale = registry
         .cleanup_stale(Duration::from_secs(4 * 3600))
         .await
-        .unwrap_or(0);
-    let dead = registry.cleanup_dead_owners().await.unwrap_or(0);
+        .unwrap_or_else(|e| {
+            eprintln!("startup sweep of stale entries failed: {e}");
+            0
+        });
+    let dead = registry.cleanup_dead_owners().await.unwrap_or_else(|e| {
+        eprintln!("startup sweep of dead owners' entries failed: {e}");
+        0
+    });
 
     let app = Arc::new(App {
         registry,
         auth_key,
         local_url: local_url.clone(),
         agents: Mutex::new(HashMap::new()),
+        registering: tokio::sync::Mutex::new(()),
     });
     let router = Router::new()
         .route("/agentmux/reactive/register", post(register))

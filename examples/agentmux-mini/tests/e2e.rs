@@ -172,7 +172,14 @@ fn forwarding_key_checks_eviction_and_takeover_between_two_instances() {
 
     // Entries pointing off loopback are never contacted.
     registry
-        .write("remote", "http://192.0.2.1:80", "blk", a.pid(), "k")
+        .write(agentmux_registry::EntryFields {
+            agent_id: "remote".into(),
+            local_url: "http://192.0.2.1:80".into(),
+            block_id: "blk".into(),
+            pid: a.pid(),
+            auth_key: "k".into(),
+            ..Default::default()
+        })
         .unwrap();
     let (status, body) = b.inject("remote", "nope");
     assert_eq!(status, 502, "{body}");

@@ -4,9 +4,23 @@
 //
 // <transpiled-dir> holds `jco transpile registry.wasm --name registry` output.
 // Preopens <agents-dir> as "/", calls one function of the
-// agentmux:registry/registry interface, and prints {"ok": value} or
+// agentmux:registry/registry@0.2.0 interface, and prints {"ok": value} or
 // {"err": {"tag": case, "val": message}} as one line of JSON. Entries are
-// printed with the on-disk (snake_case) keys.
+// printed with the on-disk (snake_case) keys, every optional one included
+// (null when none); a `renewal` prints as its case name.
+//
+// Arguments, as strings:
+//   write <agent-id> <local-url> <block-id> <pid> <auth-key> [<registration>]
+//         [pid-started=N] [pid-namespace=N]
+//   renew (the same arguments; the component requires the registration)
+//   remove-owned <agent-id> <pid> <auth-key> [<registration>]
+//   list-entries <max-entries>
+//   cleanup-stale <max-age-ms>
+//   lookup | remove | entry-file-name <agent-id>
+//
+// jco's mapping: records are objects with camelCase keys, an option is its
+// value or undefined, u64 is a BigInt, an enum is its case name as a string,
+// and an error result is thrown as a ComponentError carrying the variant.
 import { _setPreopens } from "@bytecodealliance/preview2-shim/filesystem";
 import { pathToFileURL } from "node:url";
 import { join } from "node:path";
@@ -16,28 +30,65 @@ _setPreopens({ "/": agentsDir });
 const { registry } = await import(pathToFileURL(join(transpiled, "registry.js")).href);
 
 const camel = (name) => name.replace(/-(.)/g, (_, c) => c.toUpperCase());
-const snake = (name) => name.replace(/[A-Z]/g, (c) => "_" + c.toLowerCase());
+
+// agent-entry's fields as jco names them, with the keys the on-disk format uses.
+const FIELDS = [
+  ["agentId", "agent_id"],
+  ["localUrl", "local_url"],
+  ["blockId", "block_id"],
+  ["pid", "pid"],
+  ["updatedAt", "updated_at"],
+  ["authKey", "auth_key"],
+  ["pidStarted", "pid_started"],
+  ["pidNamespace", "pid_ns"],
+  ["registration", "registration"],
+];
 
 function plain(value) {
-  if (typeof value === "bigint") return Number(value);
   if (value === undefined) return null;
   if (Array.isArray(value)) return value.map(plain);
-  if (value && typeof value === "object") {
-    return Object.fromEntries(Object.entries(value).map(([k, v]) => [snake(k), plain(v)]));
+  if (value && typeof value === "object" && "agentId" in value) {
+    return Object.fromEntries(FIELDS.map(([field, key]) => [key, plain(value[field])]));
   }
+  // boolean, bigint, number, string (also an enum case such as a `renewal`)
   return value;
+}
+
+// JSON with u64 values printed exactly (a BigInt is not a JSON number).
+function toJson(value) {
+  const marked = JSON.stringify(value, (_, v) => (typeof v === "bigint" ? `\u0000${v}\u0000` : v));
+  return marked.replace(/"\\u0000(\d+)\\u0000"/g, "$1");
+}
+
+// write/renew arguments as an `entry-fields` record. A renew without a
+// registration token is passed on as such (the component refuses it).
+function entryFields([agentId, localUrl, blockId, pid, authKey, ...rest]) {
+  const fields = { agentId, localUrl, blockId, pid: Number(pid), authKey };
+  for (const arg of rest) {
+    const m = /^(pid-started|pid-namespace)=(\d+)$/.exec(arg);
+    if (m) {
+      fields[camel(m[1])] = BigInt(m[2]);
+    } else if (fields.registration === undefined) {
+      fields.registration = arg;
+    } else {
+      console.error(`unexpected argument ${JSON.stringify(arg)}`);
+      process.exit(2);
+    }
+  }
+  return fields;
 }
 
 function params() {
   switch (fn) {
-    case "write": {
-      const [id, url, block, pid, key] = args;
-      return [id, url, block, Number(pid), key, undefined];
-    }
+    case "write":
+    case "renew":
+      return [entryFields(args)];
     case "remove-owned": {
-      const [id, pid, key] = args;
-      return [id, Number(pid), key];
+      const [id, pid, authKey, registration] = args;
+      return [id, { pid: Number(pid), authKey, registration }];
     }
+    case "list-entries":
+      return [Number(args[0])];
     case "cleanup-stale":
       return [BigInt(args[0])];
     default:
@@ -47,16 +98,18 @@ function params() {
 
 const func = registry[camel(fn)];
 if (typeof func !== "function") {
-  console.error(`no function ${fn} in agentmux:registry/registry`);
+  console.error(`no function ${fn} in agentmux:registry/registry@0.2.0`);
   process.exit(2);
 }
+let result;
 try {
-  console.log(JSON.stringify({ ok: plain(func(...params())) }));
+  result = { ok: plain(func(...params())) };
 } catch (e) {
   // jco throws a ComponentError whose payload is the registry-error variant.
   if (e && e.payload && e.payload.tag) {
-    console.log(JSON.stringify({ err: { tag: e.payload.tag, val: e.payload.val } }));
+    result = { err: { tag: e.payload.tag, val: e.payload.val } };
   } else {
     throw e;
   }
 }
+console.log(toJson(result));

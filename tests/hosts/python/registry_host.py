@@ -5,7 +5,17 @@ usage: registry_host.py <registry.wasm> <agents-dir> <function> [args...]
 Preopens <agents-dir> as "/", calls one function of the
 agentmux:registry/registry interface, and prints {"ok": value} or
 {"err": {"tag": case, "val": message}} as one line of JSON. Entries are
-printed with the on-disk (snake_case) keys.
+printed with the on-disk (snake_case) keys, every optional one included
+(null when none); a `renewal` prints as its case name.
+
+Arguments, as strings:
+  write <agent-id> <local-url> <block-id> <pid> <auth-key> [<registration>]
+        [pid-started=N] [pid-namespace=N]
+  renew (the same arguments; the component requires the registration)
+  remove-owned <agent-id> <pid> <auth-key> [<registration>]
+  list-entries <max-entries>
+  cleanup-stale <max-age-ms>
+  lookup | remove | entry-file-name <agent-id>
 """
 
 import json
@@ -14,8 +24,28 @@ import sys
 import wasmtime
 import wasmtime.component as wc
 
-INTERFACE = "agentmux:registry/registry@0.1.0"
-FIELDS = ["agent-id", "local-url", "block-id", "pid", "updated-at", "auth-key", "pid-started"]
+INTERFACE = "agentmux:registry/registry@0.2.0"
+# agent-entry's fields, in WIT order, with the keys the on-disk format uses.
+FIELDS = [
+    ("agent-id", "agent_id"),
+    ("local-url", "local_url"),
+    ("block-id", "block_id"),
+    ("pid", "pid"),
+    ("updated-at", "updated_at"),
+    ("auth-key", "auth_key"),
+    ("pid-started", "pid_started"),
+    ("pid-namespace", "pid_ns"),
+    ("registration", "registration"),
+]
+
+
+def record(**fields):
+    """A component record. wasmtime-py reads a record argument's fields as
+    attributes named as in WIT (kebab-case), so a dict will not do."""
+    value = wc.Record()
+    for name, field in fields.items():
+        setattr(value, name.replace("_", "-"), field)
+    return value
 
 
 def plain(value):
@@ -24,20 +54,48 @@ def plain(value):
         return {"tag": value.tag, "val": value.payload}
     if isinstance(value, list):
         return [plain(v) for v in value]
-    if hasattr(value, "__dict__") and "agent-id" in vars(value):
-        return {f.replace("-", "_"): getattr(value, f) for f in FIELDS}
+    if isinstance(value, wc.Record) and hasattr(value, "agent-id"):
+        return {key: getattr(value, field) for field, key in FIELDS}
+    # bool, int, str (also an enum case such as a `renewal`), None
     return value
+
+
+def entry_fields(args):
+    """write/renew arguments as an `entry-fields` record. A renew without a
+    registration token is passed on as such (the component refuses it)."""
+    agent_id, url, block, pid, key, *rest = args
+    extra = {"pid_started": None, "pid_namespace": None, "registration": None}
+    for arg in rest:
+        name, eq, number = arg.partition("=")
+        if eq and name in ("pid-started", "pid-namespace"):
+            extra[name.replace("-", "_")] = int(number)
+        elif extra["registration"] is None:
+            extra["registration"] = arg
+        else:
+            raise SystemExit(f"unexpected argument {arg!r}")
+    return record(
+        agent_id=agent_id,
+        local_url=url,
+        block_id=block,
+        pid=int(pid),
+        auth_key=key,
+        **extra,
+    )
 
 
 def parse_args(function, args):
     """Command-line strings as the function's parameter types."""
-    if function == "write":
-        agent_id, url, block, pid, key = args
-        return [agent_id, url, block, int(pid), key, None]
+    if function in ("write", "renew"):
+        return [entry_fields(args)]
     if function == "remove-owned":
-        agent_id, pid, key = args
-        return [agent_id, int(pid), key]
-    if function == "cleanup-stale":
+        agent_id, pid, key, *registration = args
+        owner = record(
+            pid=int(pid),
+            auth_key=key,
+            registration=registration[0] if registration else None,
+        )
+        return [agent_id, owner]
+    if function in ("list-entries", "cleanup-stale"):
         return [int(args[0])]
     return list(args)
 
@@ -53,7 +111,10 @@ def main():
     linker.add_wasip2()
     instance = linker.instantiate(store, wc.Component.from_file(engine, wasm))
     interface = instance.get_export_index(store, INTERFACE)
-    func = instance.get_func(store, instance.get_export_index(store, function, interface))
+    if interface is None:
+        raise SystemExit(f"the component does not export {INTERFACE}")
+    index = instance.get_export_index(store, function, interface)
+    func = index and instance.get_func(store, index)
     if func is None:
         raise SystemExit(f"no function {function!r} in {INTERFACE}")
     result = func(store, *parse_args(function, args))

@@ -1,31 +1,69 @@
 //! A registry component that misbehaves on purpose: `lookup` never returns,
-//! `write` allocates until memory runs out, `cleanup-stale` recurses until the
-//! stack runs out. `remove` behaves, to show the host recovers after a trap.
+//! `write` allocates until memory runs out, a sweep's batch recurses until the
+//! stack runs out, and a listing's second call (its first batch) marks the
+//! instance broken and traps. `remove` behaves, and reports whether its
+//! instance is one that trapped before: a host must never reuse those.
 #![cfg(target_family = "wasm")]
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 wit_bindgen::generate!({
     path: "../../wit",
     world: "agent-registry",
 });
 
-use exports::agentmux::registry::registry::{AgentEntry, Guest, RegistryError};
+use exports::agentmux::registry::registry::{
+    AgentEntry, EntryFields, Guest, GuestEntryListing, GuestSweep, Owner, RegistryError, Renewal,
+    SweepProgress,
+};
+
+/// Set just before a trap: an instance that has it set is broken.
+static BROKEN: AtomicBool = AtomicBool::new(false);
 
 struct Misbehaving;
 
 #[inline(never)]
+#[allow(unconditional_recursion)]
 fn recurse(depth: u64) -> u64 {
     std::hint::black_box(recurse(std::hint::black_box(depth + 1))) + 1
 }
 
+struct Listing;
+
+impl GuestEntryListing for Listing {
+    fn new() -> Self {
+        Listing
+    }
+
+    fn next_batch(&self, _: u32) -> Result<Option<Vec<AgentEntry>>, RegistryError> {
+        BROKEN.store(true, Ordering::SeqCst);
+        std::process::abort()
+    }
+}
+
+struct Sweep;
+
+impl GuestSweep for Sweep {
+    fn new(_: u64) -> Self {
+        Sweep
+    }
+
+    fn next_batch(&self, _: u32) -> Result<SweepProgress, RegistryError> {
+        BROKEN.store(true, Ordering::SeqCst);
+        Ok(SweepProgress {
+            examined: recurse(0),
+            removed: 0,
+            done: true,
+        })
+    }
+}
+
 impl Guest for Misbehaving {
-    fn write(
-        _: String,
-        _: String,
-        _: String,
-        _: u32,
-        _: String,
-        _: Option<u64>,
-    ) -> Result<AgentEntry, RegistryError> {
+    type EntryListing = Listing;
+    type Sweep = Sweep;
+
+    fn write(_: EntryFields) -> Result<AgentEntry, RegistryError> {
+        BROKEN.store(true, Ordering::SeqCst);
         let mut hoard: Vec<Vec<u8>> = Vec::new();
         loop {
             hoard.push(vec![1u8; 1 << 20]);
@@ -33,20 +71,24 @@ impl Guest for Misbehaving {
         }
     }
 
+    fn renew(_: EntryFields) -> Result<Renewal, RegistryError> {
+        Ok(Renewal::Superseded)
+    }
+
     fn remove(_: String) -> Result<bool, RegistryError> {
+        Ok(BROKEN.load(Ordering::SeqCst))
+    }
+
+    fn remove_owned(_: String, _: Owner) -> Result<bool, RegistryError> {
         Ok(false)
     }
 
-    fn remove_owned(_: String, _: u32, _: String) -> Result<bool, RegistryError> {
-        Ok(false)
-    }
-
-    fn list() -> Result<Vec<AgentEntry>, RegistryError> {
+    fn list_entries(_: u32) -> Result<Vec<AgentEntry>, RegistryError> {
         Ok(Vec::new())
     }
 
-    fn cleanup_stale(_: u64) -> Result<u32, RegistryError> {
-        Ok(recurse(0) as u32)
+    fn cleanup_stale(_: u64) -> Result<u64, RegistryError> {
+        Ok(recurse(0))
     }
 
     fn entry_file_name(agent_id: String) -> Result<String, RegistryError> {
@@ -54,6 +96,7 @@ impl Guest for Misbehaving {
     }
 
     fn lookup(_: String) -> Result<Option<AgentEntry>, RegistryError> {
+        BROKEN.store(true, Ordering::SeqCst);
         loop {
             std::hint::spin_loop();
         }

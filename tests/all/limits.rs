@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use agentmux_registry::blocking::Registry;
 use agentmux_registry::{Error, Options};
+use agentmux_registry_tests::{fields};
 
 static MISBEHAVING: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/misbehaving.wasm"));
 
@@ -37,7 +38,7 @@ fn a_call_that_never_returns_is_stopped_at_its_deadline() {
 #[test]
 fn a_call_that_allocates_without_bound_hits_the_memory_limit() {
     let (_tmp, registry) = open(Options::new().memory_limit(32 << 20));
-    let err = registry.write("a1", "u", "b", 1, "k").unwrap_err();
+    let err = registry.write(fields("a1", "u", "b", 1, "k")).unwrap_err();
     assert!(
         matches!(err, Error::MemoryLimit(limit) if limit == 32 << 20),
         "{err}"
@@ -73,4 +74,33 @@ async fn limits_hold_for_async_calls_inside_a_runtime() {
         registry.lookup("a1").await,
         Err(Error::Timeout(_))
     ));
+}
+
+/// An operation that makes several guest calls on one instance (a listing:
+/// constructor, then batches) whose second call traps: the instance must not
+/// go back to the pool. The misbehaving `remove` reports whether its instance
+/// trapped before.
+#[test]
+fn an_instance_whose_second_call_trapped_is_never_reused() {
+    let (_tmp, registry) = open(Options::new());
+    let err = registry.list().unwrap_err();
+    assert!(matches!(&err, Error::Component(m) if m.contains("trapped")), "{err}");
+    assert!(
+        !registry.remove("a1").unwrap(),
+        "the next call ran on a fresh instance"
+    );
+    // The same after a stack overflow in a sweep's batch (its second call).
+    assert!(registry.cleanup_stale(Duration::ZERO).is_err());
+    assert!(!registry.remove("a1").unwrap());
+}
+
+#[test]
+fn the_longest_call_timeout_means_no_practical_limit() {
+    let (_tmp, registry) = open(Options::new().call_timeout(Duration::MAX));
+    // `remove` returns at once; a wrapped deadline would trap it at once.
+    assert!(!registry.remove("a1").unwrap());
+    let tmp = tempfile::tempdir().unwrap();
+    let real = Registry::open_with(tmp.path(), Options::new().call_timeout(Duration::MAX)).unwrap();
+    real.write(fields("a", "u", "b", 1, "k")).unwrap();
+    assert!(real.lookup("a").unwrap().is_some());
 }

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use agentmux_registry::{blocking, compat, Registry};
+use agentmux_registry_tests::{fields};
 
 async fn exercise_async(registry: &Registry) {
     registry
-        .write("rt-a", "http://127.0.0.1:1", "b", 1, "k")
+        .write(fields("rt-a", "http://127.0.0.1:1", "b", 1, "k"))
         .await
         .unwrap();
     assert_eq!(registry.lookup("rt-a").await.unwrap().unwrap().pid, 1);
@@ -24,7 +25,7 @@ async fn exercise_async(registry: &Registry) {
 
 fn exercise_blocking(registry: &blocking::Registry) {
     registry
-        .write("rt-b", "http://127.0.0.1:2", "b", 2, "k")
+        .write(fields("rt-b", "http://127.0.0.1:2", "b", 2, "k"))
         .unwrap();
     assert_eq!(registry.lookup("rt-b").unwrap().unwrap().pid, 2);
     assert!(registry.remove("rt-b").unwrap());
@@ -41,7 +42,7 @@ async fn async_calls_inside_a_multi_thread_runtime() {
             let registry = registry.clone();
             tokio::spawn(async move {
                 let id = format!("task-{i}");
-                registry.write(&id, "u", "b", i, "k").await.unwrap();
+                registry.write(fields(&id, "u", "b", i, "k")).await.unwrap();
                 registry.lookup(&id).await.unwrap().unwrap().pid
             })
         })

@@ -1,6 +1,6 @@
 //! The component and the original in-process registry read each other's files.
 
-use agentmux_registry_tests::{now_ms, Fixture, SeedEntry};
+use agentmux_registry_tests::{fields, now_ms, Fixture, SeedEntry};
 
 /// Above Linux's largest pid: no process has it, so no start time is recorded.
 const NO_SUCH_PID: u32 = 4_000_000_000;
@@ -31,13 +31,13 @@ fn entries_written_by_the_component_are_the_seed_format_byte_for_byte() {
     let fx = Fixture::new();
     let entry = fx
         .registry
-        .write(
+        .write(fields(
             "Agent_ü-9",
             "http://127.0.0.1:4100",
             "block \"q\"",
             NO_SUCH_PID,
             "k/ey",
-        )
+        ))
         .unwrap();
 
     let raw = fx.read_raw("Agent_ü-9.json");
@@ -81,10 +81,10 @@ fn entries_written_by_the_component_are_the_seed_format_byte_for_byte() {
 fn plain_ids_use_the_seed_file_name_and_others_do_not_collide() {
     let fx = Fixture::new();
     fx.registry
-        .write("a_b", "http://127.0.0.1:1", "b", 1, "k1")
+        .write(fields("a_b", "http://127.0.0.1:1", "b", 1, "k1"))
         .unwrap();
     fx.registry
-        .write("a.b", "http://127.0.0.1:2", "b", 2, "k2")
+        .write(fields("a.b", "http://127.0.0.1:2", "b", 2, "k2"))
         .unwrap();
     assert_eq!(fx.names(), ["a%2Eb.json", "a_b.json"]);
     assert_eq!(fx.registry.lookup("a_b").unwrap().unwrap().auth_key, "k1");
@@ -97,15 +97,16 @@ fn a_live_owners_start_time_is_one_optional_trailing_key() {
     let me = std::process::id();
     let entry = fx
         .registry
-        .write("live", "http://127.0.0.1:1", "b", me, "k")
+        .write(fields("live", "http://127.0.0.1:1", "b", me, "k"))
         .unwrap();
     let raw = fx.read_raw("live.json");
     if cfg!(target_os = "linux") {
         let started = entry
             .pid_started
             .expect("Linux always knows a live process's start time");
+        let ns = entry.pid_namespace.expect("and its pid namespace");
         assert!(
-            raw.ends_with(&format!(r#","auth_key":"k","pid_started":{started}}}"#)),
+            raw.ends_with(&format!(r#","auth_key":"k","pid_started":{started},"pid_ns":{ns}}}"#)),
             "{raw}"
         );
     }

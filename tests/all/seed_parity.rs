@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use agentmux_registry::Error;
-use agentmux_registry_tests::{now_ms, Fixture, SeedEntry};
+use agentmux_registry_tests::{fields, now_ms, Fixture, SeedEntry};
 
 #[test]
 fn write_creates_the_entry_file_and_returns_the_stored_entry() {
@@ -11,13 +11,13 @@ fn write_creates_the_entry_file_and_returns_the_stored_entry() {
     let before = now_ms();
     let entry = fx
         .registry
-        .write(
+        .write(fields(
             "agent-1",
             "http://127.0.0.1:8123",
             "block-7",
             1234,
             "secret",
-        )
+        ))
         .unwrap();
     let after = now_ms();
     assert_eq!(entry.agent_id, "agent-1");
@@ -39,10 +39,10 @@ fn write_creates_the_entry_file_and_returns_the_stored_entry() {
 fn write_replaces_an_existing_entry() {
     let fx = Fixture::new();
     fx.registry
-        .write("a1", "http://127.0.0.1:1", "b1", 1, "k1")
+        .write(fields("a1", "http://127.0.0.1:1", "b1", 1, "k1"))
         .unwrap();
     fx.registry
-        .write("a1", "http://127.0.0.1:2", "b2", 2, "k2")
+        .write(fields("a1", "http://127.0.0.1:2", "b2", 2, "k2"))
         .unwrap();
     let entry = fx.registry.lookup("a1").unwrap().unwrap();
     assert_eq!(
@@ -57,7 +57,7 @@ fn lookup_returns_what_was_written() {
     let fx = Fixture::new();
     let written = fx
         .registry
-        .write("a1", "http://127.0.0.1:9", "b", 7, "k")
+        .write(fields("a1", "http://127.0.0.1:9", "b", 7, "k"))
         .unwrap();
     assert_eq!(fx.registry.lookup("a1").unwrap(), Some(written));
 }
@@ -106,7 +106,7 @@ fn unknown_keys_in_an_entry_are_ignored() {
 #[test]
 fn remove_deletes_the_entry_and_reports_it() {
     let fx = Fixture::new();
-    fx.registry.write("a1", "u", "b", 1, "k").unwrap();
+    fx.registry.write(fields("a1", "u", "b", 1, "k")).unwrap();
     assert!(fx.registry.remove("a1").unwrap());
     assert!(fx.names().is_empty());
     assert_eq!(fx.registry.lookup("a1").unwrap(), None);
@@ -127,7 +127,7 @@ fn cleanup_removes_old_and_malformed_entries_and_keeps_fresh_ones() {
     fx.write_raw("fresh.json", SeedEntry::new("fresh", now - hour).to_json());
     fx.write_raw("broken.json", "{ not an entry");
     fx.write_raw("notes.txt", "not an entry file name: left alone");
-    fx.registry.write("live", "u", "b", 1, "k").unwrap();
+    fx.registry.write(fields("live", "u", "b", 1, "k")).unwrap();
 
     let removed = fx
         .registry
@@ -141,7 +141,7 @@ fn cleanup_removes_old_and_malformed_entries_and_keeps_fresh_ones() {
 #[test]
 fn cleanup_with_zero_max_age_removes_every_entry_written_before_it() {
     let fx = Fixture::new();
-    fx.registry.write("a", "u", "b", 1, "k").unwrap();
+    fx.registry.write(fields("a", "u", "b", 1, "k")).unwrap();
     std::thread::sleep(Duration::from_millis(5));
     assert_eq!(fx.registry.cleanup_stale(Duration::ZERO).unwrap(), 1);
     assert!(fx.names().is_empty());
@@ -150,8 +150,8 @@ fn cleanup_with_zero_max_age_removes_every_entry_written_before_it() {
 #[test]
 fn list_returns_every_valid_entry_sorted() {
     let fx = Fixture::new();
-    fx.registry.write("b", "u", "b", 1, "k").unwrap();
-    fx.registry.write("a", "u", "b", 1, "k").unwrap();
+    fx.registry.write(fields("b", "u", "b", 1, "k")).unwrap();
+    fx.registry.write(fields("a", "u", "b", 1, "k")).unwrap();
     fx.write_raw("c.json", SeedEntry::new("c", 1).to_json());
     fx.write_raw("junk.json", "junk");
     let ids: Vec<String> = fx
@@ -169,7 +169,7 @@ fn an_invalid_agent_id_is_an_error_and_touches_nothing() {
     let fx = Fixture::new();
     let too_long = "x".repeat(10_000);
     for id in ["", too_long.as_str()] {
-        let err = fx.registry.write(id, "u", "b", 1, "k").unwrap_err();
+        let err = fx.registry.write(fields(id, "u", "b", 1, "k")).unwrap_err();
         assert!(matches!(err, Error::InvalidAgentId(_)), "{id:.20?}: {err}");
         assert!(matches!(
             fx.registry.lookup(id),
@@ -187,7 +187,7 @@ fn an_invalid_agent_id_is_an_error_and_touches_nothing() {
 fn over_long_fields_are_refused_with_the_field_named() {
     let fx = Fixture::new();
     let long = "u".repeat(2049);
-    match fx.registry.write("a", &long, "b", 1, "k") {
+    match fx.registry.write(fields("a", &long, "b", 1, "k")) {
         Err(Error::InvalidField(msg)) => assert!(msg.contains("local-url"), "{msg}"),
         other => panic!("expected invalid-field, got {other:?}"),
     }

@@ -3,7 +3,7 @@
 use std::os::unix::fs::symlink;
 
 use agentmux_registry::Error;
-use agentmux_registry_tests::{Fixture, SeedEntry};
+use agentmux_registry_tests::{fields, Fixture, SeedEntry};
 
 const HOSTILE_IDS: &[&str] = &[
     "../x",
@@ -34,7 +34,7 @@ fn hostile_ids_are_rejected_or_contained() {
         .collect();
 
     for id in &ids {
-        match fx.registry.write(id, "http://127.0.0.1:1", "b", 1, "k") {
+        match fx.registry.write(fields(id, "http://127.0.0.1:1", "b", 1, "k")) {
             Ok(entry) => {
                 assert_eq!(entry.agent_id, *id);
                 // Contained: it reads back as itself, from a file directly in
@@ -91,7 +91,7 @@ fn a_symlink_to_a_file_outside_is_neither_read_nor_written_through() {
     );
 
     fx.registry
-        .write("victim", "http://127.0.0.1:2", "b", 1, "mine")
+        .write(fields("victim", "http://127.0.0.1:2", "b", 1, "mine"))
         .unwrap();
     assert_eq!(
         std::fs::read_to_string(&target).unwrap(),
@@ -118,7 +118,7 @@ fn a_symlink_to_a_directory_outside_is_not_entered() {
     let before = fx.outside_snapshot();
 
     assert_eq!(fx.registry.lookup("sub/x").unwrap(), None);
-    fx.registry.write("sub/x", "u", "b", 1, "k").unwrap();
+    fx.registry.write(fields("sub/x", "u", "b", 1, "k")).unwrap();
     fx.registry
         .cleanup_stale(std::time::Duration::ZERO)
         .unwrap();

@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use agentmux_registry::blocking::Registry;
 use serde_json::Value;
+use agentmux_registry_tests::{fields};
 
 const WORKERS: u32 = 4;
 const PINNED_PER_WORKER: u32 = 3;
@@ -27,7 +28,7 @@ fn concurrent_processes_never_see_torn_wrong_or_missing_entries() {
         for k in 0..PINNED_PER_WORKER {
             let id = format!("pin-{w}-{k}");
             registry
-                .write(&id, "http://127.0.0.1:1", "0", 1, &format!("{id}:0"))
+                .write(fields(&id, "http://127.0.0.1:1", "0", 1, &format!("{id}:0")))
                 .unwrap();
         }
     }

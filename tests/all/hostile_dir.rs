@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentmux_registry::blocking::Registry;
 use agentmux_registry::Error;
-use agentmux_registry_tests::{now_ms, Fixture, SeedEntry};
+use agentmux_registry_tests::{fields, owner, now_ms, Fixture, SeedEntry};
 use rustix::fs::{mknodat, FileType, Mode, CWD};
 
 /// Runs `f` on another thread and fails the test if it takes over 20 s: a
@@ -81,7 +81,7 @@ fn no_call_hangs_or_reads_anything_but_a_regular_file() {
         );
     }
     fx.registry
-        .write("real", "http://127.0.0.1:1", "b", 1, "k")
+        .write(fields("real", "http://127.0.0.1:1", "b", 1, "k"))
         .unwrap();
     let registry = fx.registry.clone();
 
@@ -109,7 +109,7 @@ fn cleanup_removes_every_unsafe_name_without_following_it_and_keeps_directories_
     let fx = Fixture::new();
     let has_device = plant_everything(&fx);
     fx.registry
-        .write("real", "http://127.0.0.1:1", "b", 1, "k")
+        .write(fields("real", "http://127.0.0.1:1", "b", 1, "k"))
         .unwrap();
     let outside_before = fx.outside_snapshot();
     let registry = fx.registry.clone();
@@ -141,7 +141,7 @@ fn a_hard_link_to_a_file_outside_is_not_written_through() {
     std::fs::hard_link(&outside, fx.path("hard.json")).unwrap();
 
     fx.registry
-        .write("hard", "http://127.0.0.1:2", "b", 1, "mine")
+        .write(fields("hard", "http://127.0.0.1:2", "b", 1, "mine"))
         .unwrap();
 
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), original);
@@ -155,7 +155,7 @@ fn a_hard_link_to_a_file_outside_is_not_written_through() {
 fn write_over_a_directory_fails_cleanly() {
     let fx = Fixture::new();
     std::fs::create_dir(fx.path("d.json")).unwrap();
-    let err = fx.registry.write("d", "u", "b", 1, "k").unwrap_err();
+    let err = fx.registry.write(fields("d", "u", "b", 1, "k")).unwrap_err();
     assert!(matches!(err, Error::Io(_)), "{err}");
     assert!(fx.path("d.json").is_dir());
     assert_eq!(fx.names(), ["d.json"], "the temporary file was removed");
@@ -195,7 +195,7 @@ fn an_entry_file_holding_another_id_is_never_returned_or_overwritten() {
     fx.write_raw("a_b.json", &legacy);
 
     assert_eq!(fx.registry.lookup("a_b").unwrap(), None, "not a_b's entry");
-    let err = fx.registry.write("a_b", "u", "b", 1, "k").unwrap_err();
+    let err = fx.registry.write(fields("a_b", "u", "b", 1, "k")).unwrap_err();
     assert!(
         matches!(&err, Error::Conflict(m) if m.contains("a.b")),
         "{err}"
@@ -215,25 +215,25 @@ fn an_entry_file_holding_another_id_is_never_returned_or_overwritten() {
 fn remove_owned_removes_only_the_callers_own_registration() {
     let fx = Fixture::new();
     fx.registry
-        .write("a1", "http://127.0.0.1:1", "b", 100, "old-key")
+        .write(fields("a1", "http://127.0.0.1:1", "b", 100, "old-key"))
         .unwrap();
-    assert!(!fx.registry.remove_owned("a1", 100, "wrong-key").unwrap());
-    assert!(!fx.registry.remove_owned("a1", 101, "old-key").unwrap());
+    assert!(!fx.registry.remove_owned("a1", &owner(100, "wrong-key")).unwrap());
+    assert!(!fx.registry.remove_owned("a1", &owner(101, "old-key")).unwrap());
     assert!(fx.registry.lookup("a1").unwrap().is_some());
 
     // A successor re-registers the id; the old owner's exit path runs late.
     fx.registry
-        .write("a1", "http://127.0.0.1:2", "b", 200, "new-key")
+        .write(fields("a1", "http://127.0.0.1:2", "b", 200, "new-key"))
         .unwrap();
-    assert!(!fx.registry.remove_owned("a1", 100, "old-key").unwrap());
+    assert!(!fx.registry.remove_owned("a1", &owner(100, "old-key")).unwrap());
     assert_eq!(
         fx.registry.lookup("a1").unwrap().unwrap().auth_key,
         "new-key"
     );
 
-    assert!(fx.registry.remove_owned("a1", 200, "new-key").unwrap());
+    assert!(fx.registry.remove_owned("a1", &owner(200, "new-key")).unwrap());
     assert!(fx.names().is_empty());
-    assert!(!fx.registry.remove_owned("a1", 200, "new-key").unwrap());
+    assert!(!fx.registry.remove_owned("a1", &owner(200, "new-key")).unwrap());
 }
 
 #[test]
@@ -241,9 +241,9 @@ fn the_agents_dir_is_created_private_and_entries_are_owner_only() {
     let fx = Fixture::new();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&fx.agents()), 0o700);
-    fx.registry.write("a1", "u", "b", 1, "secret").unwrap();
+    fx.registry.write(fields("a1", "u", "b", 1, "secret")).unwrap();
     assert_eq!(mode(&fx.path("a1.json")), 0o600);
-    fx.registry.write("a1", "u", "b", 1, "secret2").unwrap();
+    fx.registry.write(fields("a1", "u", "b", 1, "secret2")).unwrap();
     assert_eq!(
         mode(&fx.path("a1.json")),
         0o600,
@@ -265,23 +265,52 @@ fn an_existing_readable_agents_dir_is_tightened() {
 }
 
 #[test]
-fn an_agents_dir_others_can_write_is_refused() {
+fn an_agents_dir_of_this_user_that_others_could_write_is_adopted() {
+    // What older versions left under a umask of 002 (or worse).
     for mode in [0o775, 0o777, 0o1777] {
         let tmp = tempfile::tempdir().unwrap();
         let agents = tmp.path().join("agents");
         std::fs::create_dir(&agents).unwrap();
+        let old = agents.join("old.json");
+        std::fs::write(&old, SeedEntry::new("old", now_ms()).to_json()).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o664)).unwrap();
         std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(mode)).unwrap();
-        let err = Registry::open(tmp.path()).unwrap_err();
-        assert!(
-            matches!(&err, Error::InsecureDirectory { reason, .. } if reason.contains("writable")),
-            "{mode:o}: {err}"
-        );
-        assert_eq!(
-            std::fs::metadata(&agents).unwrap().permissions().mode() & 0o7777,
-            mode,
-            "left as it was"
-        );
+        let registry = Registry::open(tmp.path()).unwrap();
+        let mode_of = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode_of(&agents), 0o700, "{mode:o}: tightened");
+        assert_eq!(mode_of(&old), 0o600, "{mode:o}: old entries tightened");
+        assert!(registry.lookup("old").unwrap().is_some(), "and kept");
+        registry.write(fields("new", "u", "b", 1, "k")).unwrap();
     }
+}
+
+/// Only root can give a file to another user; elsewhere this is skipped.
+#[test]
+fn an_agents_dir_others_could_write_holding_their_files_is_refused_naming_them() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("note: skipped: needs root to create another user's file");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = tmp.path().join("agents");
+    std::fs::create_dir(&agents).unwrap();
+    std::fs::write(agents.join("planted.json"), "{}").unwrap();
+    std::fs::write(agents.join("mine.json"), "{}").unwrap();
+    rustix::fs::chown(
+        &agents.join("planted.json"),
+        Some(rustix::fs::Uid::from_raw(54321)),
+        None,
+    )
+    .unwrap();
+    std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = Registry::open(tmp.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InsecureDirectory { reason, .. }
+            if reason.contains("planted.json (uid 54321)") && !reason.contains("mine.json")),
+        "{err}"
+    );
+    // Closed while it was checked: nobody else can add to it meanwhile.
+    assert_eq!(std::fs::metadata(&agents).unwrap().permissions().mode() & 0o777, 0o700);
 }
 
 #[test]
@@ -319,14 +348,14 @@ fn an_agents_dir_owned_by_another_user_is_refused() {
 #[test]
 fn a_deleted_and_recreated_agents_dir_is_followed() {
     let fx = Fixture::new();
-    fx.registry.write("before", "u", "b", 1, "k").unwrap();
+    fx.registry.write(fields("before", "u", "b", 1, "k")).unwrap();
     std::fs::remove_dir_all(fx.agents()).unwrap();
     std::fs::create_dir(fx.agents()).unwrap();
     std::fs::set_permissions(fx.agents(), std::fs::Permissions::from_mode(0o700)).unwrap();
     fx.write_raw("other.json", valid_entry("other"));
 
     // A write checks at once: it lands in the new directory.
-    fx.registry.write("after", "u", "b", 1, "k").unwrap();
+    fx.registry.write(fields("after", "u", "b", 1, "k")).unwrap();
     assert_eq!(fx.names(), ["after.json", "other.json"]);
     // Read-only calls check at most every 100 ms.
     std::thread::sleep(Duration::from_millis(150));
@@ -336,7 +365,7 @@ fn a_deleted_and_recreated_agents_dir_is_followed() {
     );
 
     std::fs::remove_dir_all(fx.agents()).unwrap();
-    fx.registry.write("again", "u", "b", 1, "k").unwrap();
+    fx.registry.write(fields("again", "u", "b", 1, "k")).unwrap();
     assert_eq!(
         fx.names(),
         ["again.json"],

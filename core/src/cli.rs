@@ -2,6 +2,13 @@
 //! (`wasmtime run registry.wasm …`) and the host's `agentmux-registry` binary:
 //! argument grammar, usage text, and every line of output, so both print the
 //! same thing for the same call.
+//!
+//! Text output is for people: control characters (and bidirectional-text
+//! controls) in stored fields are escaped, so an entry can never forge rows or
+//! restyle a terminal, and auth keys are never shown. JSON output is for
+//! scripts: entries are printed in their on-disk form, keys in on-disk order.
+
+use std::borrow::Cow;
 
 use serde_json::json;
 
@@ -9,6 +16,9 @@ use crate::entry::Entry;
 
 /// Default `cleanup` age: 4 hours, the same as agentmux-srv's startup sweep.
 pub const DEFAULT_MAX_AGE_MS: u64 = 4 * 60 * 60 * 1000;
+
+/// Entries per listing batch when a CLI lists the whole registry.
+pub const LIST_BATCH: u32 = 256;
 
 /// Usage of the component's command mode.
 pub const USAGE: &str = "\
@@ -33,21 +43,34 @@ pub struct Invocation {
 /// One registry operation with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
+    /// Create or replace an entry.
     Write {
+        /// The agent id.
         agent_id: String,
+        /// The owner's loopback URL.
         url: String,
+        /// The block id.
         block: String,
-        pid: Option<u32>,
+        /// The owning process; 0 (unknown) when not given.
+        pid: u32,
+        /// The owner's auth key.
         auth_key: String,
     },
+    /// Remove an entry.
     Remove {
+        /// The agent id.
         agent_id: String,
     },
+    /// Show an entry.
     Lookup {
+        /// The agent id.
         agent_id: String,
     },
+    /// Show every entry.
     List,
+    /// Sweep stale entries.
     Cleanup {
+        /// Entries older than this are removed.
         max_age_ms: u64,
     },
 }
@@ -100,7 +123,8 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
                     p.parse()
                         .map_err(|_| format!("--pid {p:?} is not a process id"))
                 })
-                .transpose()?,
+                .transpose()?
+                .unwrap_or(0),
             auth_key: option("--auth-key").unwrap_or_default(),
         },
         Some("remove") => Command::Remove {
@@ -127,12 +151,48 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     Ok(Invocation { json, command })
 }
 
+/// `s` safe to print on a terminal: control characters, bidirectional-text
+/// controls and backslashes are escaped as in a Rust string literal.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    let needs = |c: char| {
+        c.is_control()
+            || c == '\\'
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(needs) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if needs(c) {
+            out.extend(c.escape_debug());
+            if c.escape_debug().len() == 1 {
+                // escape_debug leaves some format characters as they are.
+                out.pop();
+                out += &format!("\\u{{{:x}}}", c as u32);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// An entry as JSON, keys in on-disk order.
+fn entry_json(entry: &Entry) -> String {
+    String::from_utf8(entry.to_json()).expect("JSON is UTF-8")
+}
+
 /// Output of `write`.
 pub fn written(entry: &Entry, json: bool) -> String {
     if json {
-        String::from_utf8(entry.to_json()).expect("JSON is UTF-8")
+        entry_json(entry)
     } else {
-        format!("registered {} -> {}", entry.agent_id, entry.local_url)
+        format!(
+            "registered {} -> {}",
+            printable(&entry.agent_id),
+            printable(&entry.local_url)
+        )
     }
 }
 
@@ -140,21 +200,21 @@ pub fn written(entry: &Entry, json: bool) -> String {
 pub fn removed(agent_id: &str, removed: bool, json: bool) -> String {
     match (json, removed) {
         (true, _) => json!({ "removed": removed }).to_string(),
-        (false, true) => format!("removed {agent_id}"),
-        (false, false) => format!("no entry for {agent_id}"),
+        (false, true) => format!("removed {}", printable(agent_id)),
+        (false, false) => format!("no entry for {}", printable(agent_id)),
     }
 }
 
 /// Output of `lookup` when the agent has an entry.
 pub fn found(entry: &Entry, json: bool, now_ms: u64) -> String {
     if json {
-        return String::from_utf8(entry.to_json()).expect("JSON is UTF-8");
+        return entry_json(entry);
     }
     format!(
         "agent-id:   {}\nlocal-url:  {}\nblock-id:   {}\npid:        {}\nupdated-at: {} ({})\nauth-key:   {} (shown with --json)",
-        entry.agent_id,
-        entry.local_url,
-        entry.block_id,
+        printable(&entry.agent_id),
+        printable(&entry.local_url),
+        printable(&entry.block_id),
         entry.pid,
         entry.updated_at,
         age(entry.updated_at, now_ms),
@@ -166,38 +226,44 @@ pub fn found(entry: &Entry, json: bool, now_ms: u64) -> String {
 pub fn not_found(agent_id: &str, json: bool) -> (Option<&'static str>, String) {
     (
         json.then_some("null"),
-        format!("no entry for agent {agent_id:?}"),
+        format!("no entry for agent \"{}\"", printable(agent_id)),
     )
 }
 
 /// Output of `list`.
 pub fn listed(entries: &[Entry], json: bool, now_ms: u64) -> String {
     if json {
-        let values: Vec<serde_json::Value> = entries
-            .iter()
-            .map(|e| serde_json::to_value(e).expect("entries serialise"))
-            .collect();
-        return serde_json::Value::Array(values).to_string();
+        let items: Vec<String> = entries.iter().map(entry_json).collect();
+        return format!("[{}]", items.join(","));
     }
     if entries.is_empty() {
         return "no agents registered".into();
     }
-    let width = |f: fn(&Entry) -> usize, title: &str| {
-        entries.iter().map(f).max().unwrap_or(0).max(title.len())
+    let rows: Vec<[Cow<'_, str>; 3]> = entries
+        .iter()
+        .map(|e| {
+            [
+                printable(&e.agent_id),
+                printable(&e.local_url),
+                printable(&e.block_id),
+            ]
+        })
+        .collect();
+    let width = |column: usize, title: &str| {
+        rows.iter()
+            .map(|r| r[column].chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(title.len())
     };
-    let id_w = width(|e| e.agent_id.chars().count(), "AGENT");
-    let url_w = width(|e| e.local_url.chars().count(), "URL");
-    let block_w = width(|e| e.block_id.chars().count(), "BLOCK");
+    let (id_w, url_w, block_w) = (width(0, "AGENT"), width(1, "URL"), width(2, "BLOCK"));
     let mut out = format!(
         "{:id_w$}  {:url_w$}  {:block_w$}  {:>7}  {:8}  KEY",
         "AGENT", "URL", "BLOCK", "PID", "UPDATED"
     );
-    for e in entries {
+    for (e, [id, url, block]) in entries.iter().zip(&rows) {
         out += &format!(
-            "\n{:id_w$}  {:url_w$}  {:block_w$}  {:>7}  {:8}  {}",
-            e.agent_id,
-            e.local_url,
-            e.block_id,
+            "\n{id:id_w$}  {url:url_w$}  {block:block_w$}  {:>7}  {:8}  {}",
             e.pid,
             age(e.updated_at, now_ms),
             key_state(e)
@@ -207,7 +273,7 @@ pub fn listed(entries: &[Entry], json: bool, now_ms: u64) -> String {
 }
 
 /// Output of `cleanup`.
-pub fn cleaned(removed: u32, json: bool) -> String {
+pub fn cleaned(removed: u64, json: bool) -> String {
     if json {
         json!({ "removed": removed }).to_string()
     } else {
@@ -256,7 +322,7 @@ mod tests {
                     agent_id: "a1".into(),
                     url: "u".into(),
                     block: "b".into(),
-                    pid: Some(7),
+                    pid: 7,
                     auth_key: "k".into()
                 }
             }
@@ -298,6 +364,48 @@ mod tests {
             let err = parse(&args(line)).unwrap_err();
             assert!(err.contains(why), "{line:?}: {err}");
         }
+    }
+
+    #[test]
+    fn write_without_pid_records_an_unknown_owner() {
+        assert!(matches!(
+            parse(&args("write a --url u --block b")).unwrap().command,
+            Command::Write { pid: 0, .. }
+        ));
+    }
+
+    fn entry_with(agent_id: &str, block_id: &str) -> Entry {
+        let mut entry = Entry::parse(br#"{"agent_id":"a","local_url":"u","block_id":"b","pid":1,"updated_at":0,"auth_key":"k","pid_started":5}"#).unwrap();
+        entry.agent_id = agent_id.into();
+        entry.block_id = block_id.into();
+        entry
+    }
+
+    #[test]
+    fn text_output_escapes_control_characters() {
+        let forged = entry_with("a", "b\nevil  http://x  c  1  0s ago  set\u{1b}[31m\u{202e}");
+        for out in [
+            listed(std::slice::from_ref(&forged), false, 0),
+            found(&forged, false, 0),
+        ] {
+            assert!(!out.contains('\u{1b}') && !out.contains('\u{202e}'), "{out:?}");
+            assert!(out.contains("\\u{1b}") && out.contains("\\u{202e}"), "{out:?}");
+        }
+        assert_eq!(listed(&[forged], false, 0).lines().count(), 2, "one row per entry");
+        assert_eq!(printable("plain-id_1"), "plain-id_1");
+        assert_eq!(printable("a\\b\tc"), "a\\\\b\\tc");
+        let (_, err) = not_found("x\ny", false);
+        assert!(!err.contains('\n'), "{err:?}");
+    }
+
+    #[test]
+    fn json_output_keeps_the_on_disk_key_order() {
+        let entry = entry_with("a", "b");
+        let disk = String::from_utf8(entry.to_json()).unwrap();
+        assert_eq!(found(&entry, true, 0), disk);
+        assert_eq!(listed(std::slice::from_ref(&entry), true, 0), format!("[{disk}]"));
+        assert_eq!(listed(&[], true, 0), "[]");
+        assert!(disk.starts_with(r#"{"agent_id":"a","local_url":"u","block_id":"b","pid":1,"updated_at":0,"auth_key":"k""#));
     }
 
     #[test]

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use agentmux_registry::liveness::{
-    owner_liveness, process_start, should_evict_after_failed_forward, Liveness,
+    owner_liveness, pid_namespace, process_start, should_evict_after_failed_forward, Liveness,
 };
 use agentmux_registry::{Registration, Registry};
-use agentmux_registry_tests::{now_ms, SeedEntry};
+use agentmux_registry_tests::{fields, now_ms, SeedEntry};
 
 fn open() -> (tempfile::TempDir, Registry) {
     let tmp = tempfile::tempdir().unwrap();
@@ -20,10 +20,7 @@ async fn the_heartbeat_keeps_the_entry_fresh_and_drop_removes_it() {
     let (_tmp, registry) = open();
     let guard = Registration::register(
         &registry,
-        "hb",
-        "http://127.0.0.1:1",
-        "b",
-        "key",
+        fields("hb", "http://127.0.0.1:1", "b", 0, "key"),
         Duration::from_millis(100),
     )
     .await
@@ -56,17 +53,14 @@ async fn drop_and_heartbeat_leave_a_successors_registration_alone() {
     let (_tmp, registry) = open();
     let guard = Registration::register(
         &registry,
-        "succ",
-        "http://127.0.0.1:1",
-        "b",
-        "old-key",
+        fields("succ", "http://127.0.0.1:1", "b", 0, "old-key"),
         Duration::from_millis(50),
     )
     .await
     .unwrap();
     // Another instance re-registers the same id.
     registry
-        .write("succ", "http://127.0.0.1:2", "b", 999_999, "new-key")
+        .write(fields("succ", "http://127.0.0.1:2", "b", 999_999, "new-key"))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -75,6 +69,7 @@ async fn drop_and_heartbeat_leave_a_successors_registration_alone() {
         "new-key",
         "heartbeat did not take it back"
     );
+    assert!(guard.is_superseded());
     drop(guard);
     assert_eq!(
         registry.lookup("succ").await.unwrap().unwrap().auth_key,
@@ -86,7 +81,7 @@ async fn drop_and_heartbeat_leave_a_successors_registration_alone() {
 #[tokio::test(flavor = "current_thread")]
 async fn unregister_removes_its_own_entry_once() {
     let (_tmp, registry) = open();
-    let guard = Registration::register(&registry, "un", "u", "b", "k", Duration::from_secs(60))
+    let guard = Registration::register(&registry, fields("un", "u", "b", 0, "k"), Duration::from_secs(60))
         .await
         .unwrap();
     assert!(guard.unregister().await.unwrap());
@@ -99,13 +94,17 @@ async fn dead_owners_are_skipped_by_lookup_live_and_swept() {
     let mut child = std::process::Command::new("true").spawn().unwrap();
     let dead_pid = child.id();
     child.wait().unwrap();
-    registry
-        .write("dead", "http://127.0.0.1:1", "b", dead_pid, "k")
-        .await
-        .unwrap();
+    // What its owner wrote while it ran: pid and namespace.
+    let mut dead = serde_json::to_value(SeedEntry {
+        pid: dead_pid,
+        ..SeedEntry::new("dead", now_ms())
+    })
+    .unwrap();
+    dead["pid_ns"] = pid_namespace().unwrap().into();
+    std::fs::write(tmp.path().join("agents/dead.json"), dead.to_string()).unwrap();
     let me = std::process::id();
     registry
-        .write("alive", "http://127.0.0.1:2", "b", me, "k")
+        .write(fields("alive", "http://127.0.0.1:2", "b", me, "k"))
         .await
         .unwrap();
     // Same pid as a live process, but another start time: the pid was reused.
@@ -115,6 +114,7 @@ async fn dead_owners_are_skipped_by_lookup_live_and_swept() {
     };
     let mut raw: serde_json::Value = serde_json::to_value(&reused).unwrap();
     raw["pid_started"] = (process_start(me).unwrap() + 1).into();
+    raw["pid_ns"] = pid_namespace().unwrap().into();
     std::fs::write(tmp.path().join("agents/reused.json"), raw.to_string()).unwrap();
 
     assert!(registry.lookup("dead").await.unwrap().is_some());
@@ -146,6 +146,8 @@ fn eviction_after_a_failed_forward_follows_the_owners_liveness() {
         updated_at,
         auth_key: "k".into(),
         pid_started: None,
+        pid_namespace: pid_namespace(),
+        registration: None,
     };
     let grace = Duration::from_secs(10);
     assert_eq!(owner_liveness(&entry(dead_pid, now_ms())), Liveness::Dead);

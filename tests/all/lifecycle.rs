@@ -1,0 +1,290 @@
+//! The registration lifecycle: tokens, atomic renewal, heartbeats that
+//! restore a swept entry and stop only when superseded, liveness that never
+//! calls an invisible owner dead, and a replaced data dir.
+
+use std::time::{Duration, Instant};
+
+use agentmux_registry::blocking;
+use agentmux_registry::liveness::{owner_liveness, pid_namespace, Liveness};
+use agentmux_registry::{EntryFields, Error, Owner, Registration, Registry, Renewal};
+use agentmux_registry_tests::{fields, now_ms, SeedEntry};
+
+fn open() -> (tempfile::TempDir, Registry) {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = Registry::open(tmp.path()).unwrap();
+    (tmp, registry)
+}
+
+fn with_token(agent_id: &str, token: &str) -> EntryFields {
+    EntryFields {
+        registration: Some(token.into()),
+        ..fields(agent_id, "http://127.0.0.1:1", "b", std::process::id(), "k")
+    }
+}
+
+/// Polls `check` for up to `limit`.
+async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn renew_refreshes_restores_and_yields_to_other_registrations() {
+    let (tmp, registry) = open();
+    let first = registry.write(with_token("r", "t1")).await.unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+
+    assert_eq!(registry.renew(with_token("r", "t1")).await.unwrap(), Renewal::Refreshed);
+    let refreshed = registry.lookup("r").await.unwrap().unwrap();
+    assert!(refreshed.updated_at > first.updated_at);
+
+    // Another registration of the same id owns it: nothing changes.
+    assert_eq!(registry.renew(with_token("r", "t2")).await.unwrap(), Renewal::Superseded);
+    assert_eq!(registry.lookup("r").await.unwrap().unwrap(), refreshed);
+
+    // A plain write (no token) by anyone else also supersedes.
+    registry.write(fields("r", "http://127.0.0.1:2", "b", 7, "other")).await.unwrap();
+    assert_eq!(registry.renew(with_token("r", "t1")).await.unwrap(), Renewal::Superseded);
+
+    // Missing or malformed: restored.
+    assert!(registry.remove("r").await.unwrap());
+    assert_eq!(registry.renew(with_token("r", "t1")).await.unwrap(), Renewal::Restored);
+    assert_eq!(registry.lookup("r").await.unwrap().unwrap().registration.as_deref(), Some("t1"));
+    std::fs::write(tmp.path().join("agents/r.json"), "{ not json").unwrap();
+    assert_eq!(registry.renew(with_token("r", "t1")).await.unwrap(), Renewal::Restored);
+    assert!(registry.lookup("r").await.unwrap().is_some());
+
+    // Only a registration can be renewed.
+    let plain = fields("r", "u", "b", 1, "k");
+    assert!(matches!(registry.renew(plain).await, Err(Error::InvalidField(_))));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn remove_owned_needs_the_registration_token_to_match() {
+    let (_tmp, registry) = open();
+    let entry = registry.write(with_token("o", "t1")).await.unwrap();
+    let same_process_other_registration = Owner {
+        registration: Some("t0".into()),
+        ..Owner::of(&entry)
+    };
+    assert!(!registry.remove_owned("o", &same_process_other_registration).await.unwrap());
+    let untokened = Owner {
+        registration: None,
+        ..Owner::of(&entry)
+    };
+    assert!(!registry.remove_owned("o", &untokened).await.unwrap());
+    assert!(registry.remove_owned("o", &Owner::of(&entry)).await.unwrap());
+}
+
+/// Issue: a heartbeat that found its entry swept (owner stalled past the sweep
+/// age) stopped for good. Now it restores the entry within one beat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_registration_swept_away_is_restored_within_a_beat() {
+    let (_tmp, registry) = open();
+    let beat = Duration::from_millis(100);
+    let guard = Registration::register(&registry, fields("swept", "http://127.0.0.1:1", "b", 0, "k"), beat)
+        .await
+        .unwrap();
+    // Another instance's sweep takes the entry away (as after a long stall).
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(registry.cleanup_stale(Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(registry.lookup("swept").await.unwrap(), None);
+    let back = eventually(Duration::from_secs(3), async || {
+        registry.lookup("swept").await.unwrap().is_some()
+    })
+    .await;
+    assert!(back, "the heartbeat restored the entry");
+    let entry = registry.lookup("swept").await.unwrap().unwrap();
+    assert_eq!(entry.registration.as_deref(), Some(guard.token()));
+    assert!(!guard.is_superseded());
+    drop(guard);
+    assert_eq!(registry.lookup("swept").await.unwrap(), None);
+}
+
+/// Issue: two registrations of one id in one process could not be told apart,
+/// so dropping the older removed the newer's entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_registrations_of_one_id_in_one_process_never_confuse_each_other() {
+    let (_tmp, registry) = open();
+    let beat = Duration::from_millis(20);
+    let older = Registration::register(&registry, fields("twin", "http://127.0.0.1:1", "b", 0, "k"), beat)
+        .await
+        .unwrap();
+    let newer = Registration::register(&registry, fields("twin", "http://127.0.0.1:2", "b", 0, "k"), beat)
+        .await
+        .unwrap();
+    assert_ne!(older.token(), newer.token());
+    assert_eq!(older.entry().pid, newer.entry().pid);
+    let superseded = eventually(Duration::from_secs(3), async || older.is_superseded()).await;
+    assert!(superseded, "the older registration's heartbeat stopped");
+    drop(older);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let entry = registry.lookup("twin").await.unwrap().expect("the newer entry stays");
+    assert_eq!(entry.registration.as_deref(), Some(newer.token()));
+    assert_eq!(entry.local_url, "http://127.0.0.1:2");
+    drop(newer);
+    assert_eq!(registry.lookup("twin").await.unwrap(), None);
+}
+
+/// Issue: a heartbeat was lookup-then-write, so a successor registering in
+/// between was overwritten. Renewal is one conditional component call: a
+/// successor's entry, once written, is never replaced by the predecessor.
+#[test]
+fn a_fast_heartbeat_never_overwrites_a_successor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = blocking::Registry::open(tmp.path()).unwrap();
+    let async_registry = registry.as_async().clone();
+    for trial in 0..100 {
+        let id = format!("race-{trial}");
+        let guard = blocking_register(&async_registry, &id, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(2));
+        let successor = EntryFields {
+            registration: Some(format!("successor-{trial}")),
+            ..fields(&id, "http://127.0.0.1:2", "b", 1, "new")
+        };
+        registry.write(successor).unwrap();
+        // Give the predecessor's heartbeat many beats to misbehave.
+        std::thread::sleep(Duration::from_millis(10));
+        let entry = registry.lookup(&id).unwrap().expect("the successor's entry");
+        assert_eq!(entry.auth_key, "new", "trial {trial}: the successor was overwritten");
+        drop(guard);
+        let entry = registry.lookup(&id).unwrap().expect("drop left the successor alone");
+        assert_eq!(entry.auth_key, "new", "trial {trial}");
+    }
+}
+
+fn blocking_register(registry: &Registry, id: &str, beat: Duration) -> Registration {
+    let fields = fields(id, "http://127.0.0.1:1", "b", 0, "old");
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+        .block_on(Registration::register(registry, fields, beat))
+        .unwrap()
+}
+
+/// Issue: one OS thread per registration. Now one driver serves them all.
+/// Threads are counted per process, so the check runs alone in a child
+/// process of this test binary.
+#[cfg(target_os = "linux")]
+#[test]
+fn one_heartbeat_driver_serves_every_registration() {
+    const CHILD: &str = "AGENTMUX_TEST_HEARTBEAT_CHILD";
+    if std::env::var_os(CHILD).is_some() {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(many_registrations_one_driver());
+        return;
+    }
+    let name = "lifecycle::one_heartbeat_driver_serves_every_registration";
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[cfg(target_os = "linux")]
+async fn many_registrations_one_driver() {
+    let (_tmp, registry) = open();
+    let mut guards = Vec::new();
+    for i in 0..50 {
+        let f = fields(&format!("many-{i}"), "http://127.0.0.1:1", "b", 0, "k");
+        guards.push(Registration::register(&registry, f, Duration::from_millis(50)).await.unwrap());
+    }
+    assert_eq!(registry.heartbeat_count(), 50);
+    let drivers = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim_end() == "agentmux-beat")
+        .count();
+    assert_eq!(drivers, 1, "heartbeat threads for 50 registrations");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 0..50 {
+        let entry = registry.lookup(&format!("many-{i}")).await.unwrap().unwrap();
+        assert!(now_ms() - entry.updated_at < 1_000, "every registration is renewed");
+    }
+    guards.clear();
+    assert_eq!(registry.heartbeat_count(), 0);
+    assert!(registry.list().await.unwrap().is_empty());
+}
+
+/// Issue: a NUL in the id panicked (the heartbeat thread's name) after the
+/// entry was written, leaving an orphan.
+#[tokio::test(flavor = "current_thread")]
+async fn an_id_with_a_nul_registers_and_unregisters() {
+    let (_tmp, registry) = open();
+    let guard = Registration::register(&registry, fields("a\0b", "u", "b", 0, "k"), Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(registry.lookup("a\0b").await.unwrap().is_some());
+    assert!(guard.unregister().await.unwrap());
+    assert!(registry.list().await.unwrap().is_empty());
+}
+
+/// Issue: an owner in another pid namespace (or hidden by `hidepid`) was
+/// judged dead and its live entry swept.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "current_thread")]
+async fn an_owner_this_process_cannot_see_is_never_swept_as_dead() {
+    let (tmp, registry) = open();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let invisible = child.id();
+    child.wait().unwrap();
+    let here = pid_namespace().expect("Linux has pid namespaces");
+    for (id, ns) in [("other-ns", Some(here + 1)), ("unrecorded-ns", None), ("this-ns", Some(here))] {
+        let mut raw = serde_json::to_value(SeedEntry {
+            pid: invisible,
+            ..SeedEntry::new(id, now_ms())
+        })
+        .unwrap();
+        if let Some(ns) = ns {
+            raw["pid_ns"] = ns.into();
+        }
+        std::fs::write(tmp.path().join(format!("agents/{id}.json")), raw.to_string()).unwrap();
+    }
+    let liveness = |id: &str| {
+        let entry = agentmux_registry::AgentEntry::parse(
+            &std::fs::read(tmp.path().join(format!("agents/{id}.json"))).unwrap(),
+        )
+        .unwrap();
+        owner_liveness(&entry)
+    };
+    assert_eq!(liveness("other-ns"), Liveness::Unknown);
+    assert_eq!(liveness("unrecorded-ns"), Liveness::Unknown);
+    assert_eq!(liveness("this-ns"), Liveness::Dead);
+    assert_eq!(registry.cleanup_dead_owners().await.unwrap(), 1);
+    let left: Vec<String> = registry.list().await.unwrap().into_iter().map(|e| e.agent_id).collect();
+    assert_eq!(left, ["other-ns", "unrecorded-ns"]);
+    // Entries this host writes record its namespace, so they can be judged.
+    let me = std::process::id();
+    let written = registry.write(fields("mine", "u", "b", me, "k")).await.unwrap();
+    assert_eq!(written.pid_namespace, Some(here));
+    assert_eq!(owner_liveness(&written), Liveness::Alive);
+}
+
+/// Issue: only `agents` was re-checked, through the old data-dir handle, so
+/// after the data dir itself was replaced writes went to the old one.
+#[cfg(unix)]
+#[tokio::test(flavor = "current_thread")]
+async fn a_replaced_data_dir_is_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let registry = Registry::open(&data).unwrap();
+    registry.write(fields("before", "u", "b", 1, "k")).await.unwrap();
+    std::fs::rename(&data, tmp.path().join("data.old")).unwrap();
+    let newcomer = Registry::open(&data).unwrap();
+    registry.write(fields("after", "u", "b", 1, "k")).await.unwrap();
+    assert!(newcomer.lookup("after").await.unwrap().is_some(), "written where the path leads now");
+    assert!(!tmp.path().join("data.old/agents/after.json").exists());
+    assert!(registry.lookup("before").await.unwrap().is_none());
+}

@@ -1,0 +1,104 @@
+//! Large and hostile directories: listing and sweeping degrade per entry,
+//! never fail as a whole, and keep the component's memory bounded.
+
+use std::time::{Duration, Instant};
+
+use agentmux_registry::blocking::Registry;
+use agentmux_registry::{Options, SweepProgress};
+use agentmux_registry_tests::{now_ms, Fixture, SeedEntry};
+
+/// Small limits that the old all-at-once `list` and `cleanup-stale` broke.
+fn tight() -> Options {
+    Options::new()
+        .memory_limit(16 << 20)
+        .call_timeout(Duration::from_secs(1))
+}
+
+#[test]
+fn a_hundred_thousand_entries_list_and_sweep_in_bounded_memory_and_time() {
+    let fx = Fixture::new();
+    let now = now_ms();
+    for i in 0..100_000u32 {
+        // Half are fresh, half four days old.
+        let age = if i % 2 == 0 { 0 } else { 4 * 24 * 3600 * 1000 };
+        let id = format!("agent-{i:06}");
+        fx.write_raw(
+            &format!("{id}.json"),
+            SeedEntry::new(&id, now - age).to_json(),
+        );
+    }
+    // 16 MiB of guest memory and 1 s per guest call: the whole result is far
+    // larger, and the whole sweep far longer, than one call may take.
+    let registry = Registry::open_with(fx.data_dir(), tight()).unwrap();
+
+    let started = Instant::now();
+    let entries = registry.list().unwrap();
+    let listed_in = started.elapsed();
+    assert_eq!(entries.len(), 100_000);
+    assert!(
+        entries.windows(2).all(|w| w[0].agent_id < w[1].agent_id),
+        "sorted"
+    );
+
+    let mut reports: Vec<SweepProgress> = Vec::new();
+    let started = Instant::now();
+    let removed = registry
+        .cleanup_stale_with_progress(Duration::from_secs(24 * 3600), |p| reports.push(p))
+        .unwrap();
+    let swept_in = started.elapsed();
+    assert_eq!(removed, 50_000);
+    assert!(reports.len() > 10, "progress after every batch: {}", reports.len());
+    assert!(reports.windows(2).all(|w| w[0].examined < w[1].examined));
+    let last = reports.last().unwrap();
+    assert!(last.done && last.removed == 50_000 && last.examined >= 100_000);
+    assert_eq!(registry.list().unwrap().len(), 50_000);
+    eprintln!("100,000 entries: list {listed_in:?}, sweep of half {swept_in:?}");
+}
+
+#[test]
+fn oversized_entries_are_skipped_by_reads_and_swept() {
+    let fx = Fixture::new();
+    let now = now_ms();
+    // Fields over the write limits, in files under the 64 KiB file cap: 300
+    // of them hold ~18 MiB, more than the component may use.
+    for i in 0..300 {
+        let id = format!("big-{i:03}");
+        let big = SeedEntry {
+            local_url: "u".repeat(62_000),
+            ..SeedEntry::new(&id, now)
+        };
+        fx.write_raw(&format!("{id}.json"), big.to_json());
+    }
+    fx.write_raw("huge.json", "x".repeat(100_000));
+    fx.write_raw("fine.json", SeedEntry::new("fine", now).to_json());
+    let registry = Registry::open_with(fx.data_dir(), tight()).unwrap();
+
+    let ids: Vec<String> = registry.list().unwrap().into_iter().map(|e| e.agent_id).collect();
+    assert_eq!(ids, ["fine"]);
+    assert_eq!(registry.lookup("big-000").unwrap(), None);
+    assert_eq!(registry.cleanup_dead_owners().unwrap(), 0);
+    // A sweep of any age removes them: they are malformed.
+    assert_eq!(registry.cleanup_stale(Duration::from_secs(3600)).unwrap(), 301);
+    assert_eq!(fx.names(), ["fine.json"]);
+}
+
+#[test]
+fn a_listing_goes_through_batches_and_can_stop_early() {
+    let fx = Fixture::new();
+    let now = now_ms();
+    for i in 0..1_000 {
+        let id = format!("l-{i:04}");
+        fx.write_raw(&format!("{id}.json"), SeedEntry::new(&id, now).to_json());
+    }
+    let registry = Registry::open(fx.data_dir()).unwrap();
+    let batches: Vec<Vec<_>> = registry.listing().map(Result::unwrap).collect();
+    assert!(batches.len() > 1, "more than one batch");
+    let mut ids: Vec<String> = batches.into_iter().flatten().map(|e| e.agent_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1_000, "every entry exactly once");
+    // Stopping after one batch leaves the registry working.
+    let first = registry.listing().next().unwrap().unwrap();
+    assert!(!first.is_empty());
+    assert_eq!(registry.list().unwrap().len(), 1_000);
+}
