@@ -6,7 +6,7 @@ mod hostile_dir;
 mod interop;
 mod lifecycle;
 mod limits;
-// TEMP mod other_hosts;
+mod other_hosts;
 mod registration;
 mod runtimes;
 mod scale;
