@@ -1,20 +1,25 @@
-//! Builds the registry component from `guest/` and puts it in `OUT_DIR`, where
-//! `src/runtime.rs` embeds it. The component is never checked in: the crate
-//! always runs the guest built from this source tree.
+//! Compiles the shipped registry component (`component/registry.wasm`, built
+//! from `guest/` by `cargo refresh-component`) to native code for the target
+//! being built, so the crate needs no compiler at run time. The result goes to
+//! `$OUT_DIR/registry.cwasm`, which `src/runtime.rs` embeds.
+
+include!("src/engine_config.rs");
 
 fn main() {
-    let component = agentmux_registry_build_support::build_component(
-        "agentmux-registry-guest",
-        "agentmux_registry.wasm",
-    );
-    // Names the component in the compiled-component cache, so no process has
-    // to hash it at start-up.
-    let bytes = std::fs::read(&component).expect("reading the built component");
-    let mut hasher = std::hash::DefaultHasher::new();
-    std::hash::Hash::hash(&bytes, &mut hasher);
-    println!(
-        "cargo:rustc-env=AGENTMUX_REGISTRY_COMPONENT_DIGEST={}-{:016x}",
-        bytes.len(),
-        std::hash::Hasher::finish(&hasher)
-    );
+    println!("cargo:rerun-if-changed=component/registry.wasm");
+    println!("cargo:rerun-if-changed=src/engine_config.rs");
+    let component = std::fs::read("component/registry.wasm")
+        .expect("reading component/registry.wasm (run `cargo refresh-component`)");
+    let target = std::env::var("TARGET").expect("cargo sets TARGET");
+    let mut config = wasmtime::Config::new();
+    configure_engine(&mut config);
+    config
+        .target(&target)
+        .unwrap_or_else(|e| panic!("wasmtime cannot compile for {target}: {e:#}"));
+    let engine = wasmtime::Engine::new(&config).expect("creating the compiling engine");
+    let compiled = engine
+        .precompile_component(&component)
+        .expect("compiling the registry component");
+    let out = std::path::Path::new(&std::env::var_os("OUT_DIR").unwrap()).join("registry.cwasm");
+    std::fs::write(&out, compiled).expect("writing the compiled component");
 }

@@ -17,10 +17,24 @@ pub fn build_component(package: &str, out_name: &str) -> PathBuf {
         .parent()
         .expect("crate sits under the workspace root");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").unwrap());
-
     // A target dir of its own, because the outer cargo holds the lock on the
     // main one; it sits beside the main one so that rebuilds reuse it.
-    let guest_target_dir = target_dir(&out_dir).join("guest");
+    let built = build(workspace, package, &target_dir(&out_dir).join("guest"));
+    let out = out_dir.join(out_name);
+    std::fs::copy(&built, &out).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
+    // Rerun when any file the component was built from changes: the nested
+    // build's own dep-info lists them all (sources, WIT, manifests).
+    rerun_on_dep_info(&built.with_extension("d"));
+    for manifest in ["Cargo.lock", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(manifest).display());
+    }
+    out
+}
+
+/// Builds workspace package `package` of `workspace` as a component into
+/// `target_dir` and returns the path of the `.wasm`. Reproducible: the same
+/// sources and toolchain give the same bytes from any checkout.
+pub fn build(workspace: &Path, package: &str, target_dir: &Path) -> PathBuf {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = Command::new(cargo);
     build
@@ -28,11 +42,10 @@ pub fn build_component(package: &str, out_name: &str) -> PathBuf {
         .args(["build", "--release", "--locked", "-p", package])
         .args(["--target", GUEST_TARGET])
         .arg("--target-dir")
-        .arg(&guest_target_dir);
+        .arg(target_dir);
     // Flags meant for the host build (coverage, sanitizers) must not reach the guest.
     for var in [
         "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
         "CARGO_BUILD_RUSTFLAGS",
         "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET",
@@ -40,6 +53,8 @@ pub fn build_component(package: &str, out_name: &str) -> PathBuf {
     ] {
         build.env_remove(var);
     }
+    // The same bytes from any checkout: no machine paths in the component.
+    build.env("CARGO_ENCODED_RUSTFLAGS", remap_flags(workspace));
     let status = build
         .status()
         .unwrap_or_else(|e| panic!("could not run cargo to build {package}: {e}"));
@@ -49,18 +64,28 @@ pub fn build_component(package: &str, out_name: &str) -> PathBuf {
              Is the target installed? Run: rustup target add {GUEST_TARGET}"
         );
     }
-    let stem = package.replace('-', "_");
-    let release = guest_target_dir.join(GUEST_TARGET).join("release");
-    let built = release.join(format!("{stem}.wasm"));
-    let out = out_dir.join(out_name);
-    std::fs::copy(&built, &out).unwrap_or_else(|e| panic!("copying {}: {e}", built.display()));
-    // Rerun when any file the component was built from changes: the nested
-    // build's own dep-info lists them all (sources, WIT, manifests).
-    rerun_on_dep_info(&release.join(format!("{stem}.d")));
-    for manifest in ["Cargo.lock", "Cargo.toml"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(manifest).display());
+    target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join(format!("{}.wasm", package.replace('-', "_")))
+}
+
+/// `--remap-path-prefix` flags (joined by 0x1f, as `CARGO_ENCODED_RUSTFLAGS`
+/// wants) that replace the workspace and cargo home paths in panic messages
+/// with fixed names, so the component's bytes do not depend on where the
+/// repository or the crate sources are.
+fn remap_flags(workspace: &Path) -> String {
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let mut flags = vec![format!(
+        "--remap-path-prefix={}=/agentmux-registry",
+        workspace.display()
+    )];
+    if let Some(home) = cargo_home {
+        flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
     }
-    out
+    flags.join("\x1f")
 }
 
 /// Prints a `rerun-if-changed` line for every input a cargo dep-info file

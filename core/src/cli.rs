@@ -151,14 +151,35 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     Ok(Invocation { json, command })
 }
 
-/// `s` safe to print on a terminal: control characters, bidirectional-text
-/// controls and backslashes are escaped as in a Rust string literal.
+/// Characters that change how text is laid out or read rather than showing
+/// as themselves: control characters (C0, DEL, C1), the line and paragraph
+/// separators, and the format characters (bidirectional controls, zero-width
+/// characters, byte order mark, tags).
+pub fn is_invisible(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{ad}'
+                | '\u{600}'..='\u{605}'
+                | '\u{61c}'
+                | '\u{6dd}'
+                | '\u{70f}'
+                | '\u{180e}'
+                | '\u{200b}'..='\u{200f}'
+                | '\u{2028}'..='\u{202e}'
+                | '\u{2060}'..='\u{2064}'
+                | '\u{2066}'..='\u{206f}'
+                | '\u{feff}'
+                | '\u{fff9}'..='\u{fffb}'
+                | '\u{e0001}'
+                | '\u{e0020}'..='\u{e007f}'
+        )
+}
+
+/// `s` safe to print on a terminal: invisible characters (see
+/// [`is_invisible`]) and backslashes are escaped as in a Rust string literal.
 pub fn printable(s: &str) -> Cow<'_, str> {
-    let needs = |c: char| {
-        c.is_control()
-            || c == '\\'
-            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
-    };
+    let needs = |c: char| c == '\\' || is_invisible(c);
     if !s.chars().any(needs) {
         return Cow::Borrowed(s);
     }
@@ -178,9 +199,35 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// An entry as JSON, keys in on-disk order.
+/// An entry as JSON, keys in on-disk order. Invisible characters in values
+/// are written as `\uXXXX` escapes (JSON only requires it below U+0020), so
+/// the output is safe on a terminal and still decodes to the exact values.
 fn entry_json(entry: &Entry) -> String {
-    String::from_utf8(entry.to_json()).expect("JSON is UTF-8")
+    let json = String::from_utf8(entry.to_json()).expect("JSON is UTF-8");
+    if !json.chars().any(is_invisible) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if is_invisible(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out += &format!("\\u{unit:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A table cell: [`printable`], and quoted when it holds a space or a quote
+/// (or is empty), so no value can pass for several columns.
+fn cell(s: &str) -> Cow<'_, str> {
+    if !s.is_empty() && !s.contains([' ', '"']) {
+        return printable(s);
+    }
+    Cow::Owned(format!("\"{}\"", printable(s).replace('"', "\\\"")))
 }
 
 /// Output of `write`.
@@ -239,13 +286,14 @@ pub fn listed(entries: &[Entry], json: bool, now_ms: u64) -> String {
     if entries.is_empty() {
         return "no agents registered".into();
     }
-    let rows: Vec<[Cow<'_, str>; 3]> = entries
+    let rows: Vec<[Cow<'_, str>; 4]> = entries
         .iter()
         .map(|e| {
             [
-                printable(&e.agent_id),
-                printable(&e.local_url),
-                printable(&e.block_id),
+                cell(&e.agent_id),
+                cell(&e.local_url),
+                cell(&e.block_id),
+                Cow::Owned(age(e.updated_at, now_ms)),
             ]
         })
         .collect();
@@ -257,15 +305,15 @@ pub fn listed(entries: &[Entry], json: bool, now_ms: u64) -> String {
             .max(title.len())
     };
     let (id_w, url_w, block_w) = (width(0, "AGENT"), width(1, "URL"), width(2, "BLOCK"));
+    let age_w = width(3, "UPDATED");
     let mut out = format!(
-        "{:id_w$}  {:url_w$}  {:block_w$}  {:>7}  {:8}  KEY",
+        "{:id_w$}  {:url_w$}  {:block_w$}  {:>10}  {:age_w$}  KEY",
         "AGENT", "URL", "BLOCK", "PID", "UPDATED"
     );
-    for (e, [id, url, block]) in entries.iter().zip(&rows) {
+    for (e, [id, url, block, updated]) in entries.iter().zip(&rows) {
         out += &format!(
-            "\n{id:id_w$}  {url:url_w$}  {block:block_w$}  {:>7}  {:8}  {}",
+            "\n{id:id_w$}  {url:url_w$}  {block:block_w$}  {:>10}  {updated:age_w$}  {}",
             e.pid,
-            age(e.updated_at, now_ms),
             key_state(e)
         );
     }
@@ -396,6 +444,28 @@ mod tests {
         assert_eq!(printable("a\\b\tc"), "a\\\\b\\tc");
         let (_, err) = not_found("x\ny", false);
         assert!(!err.contains('\n'), "{err:?}");
+    }
+
+    #[test]
+    fn no_stored_value_can_fake_lines_or_columns() {
+        for sneaky in ["u\u{2028}x", "a\u{61c}b", "zero\u{200b}width", "bom\u{feff}", "c1\u{9b}2J", "del\u{7f}"] {
+            let e = entry_with("a", sneaky);
+            let out = listed(std::slice::from_ref(&e), false, 0);
+            assert!(out.lines().all(|l| !l.chars().any(is_invisible)), "{sneaky:?}: {out:?}");
+            assert_eq!(out.lines().count(), 2, "{sneaky:?}: {out:?}");
+            let json = found(&e, true, 0);
+            assert!(!json.chars().any(is_invisible), "{json:?}");
+            let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(back["block_id"], sneaky, "JSON keeps the exact value");
+        }
+        // An id with spaces cannot pose as an id, a URL and a block.
+        let e = entry_with("x  http://attacker:1  blk", "b");
+        let out = listed(std::slice::from_ref(&e), false, 0);
+        assert!(out.contains("\"x  http://attacker:1  blk\""), "{out}");
+        let long_ago = entry_with("a", "b");
+        let out = listed(std::slice::from_ref(&long_ago), false, u64::MAX / 2);
+        let header_key = out.lines().next().unwrap().find("KEY").unwrap();
+        assert_eq!(out.lines().nth(1).unwrap().find("set"), Some(header_key), "{out}");
     }
 
     #[test]

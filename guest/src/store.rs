@@ -40,6 +40,10 @@ const TEMP_PREFIX: &str = ".tmp-";
 const GRAB_PREFIX: &str = ".grab-";
 /// Age after which either is debris of an interrupted call.
 const DEBRIS_MAX_AGE_MS: u64 = 60_000;
+/// How far in the future an entry's `updated_at` may be (clock differences)
+/// before a sweep treats it as malformed: no writer can have stamped it, and
+/// it would otherwise never age.
+const FUTURE_TOLERANCE_MS: u64 = 3_600_000;
 
 thread_local! {
     static AGENTS_DIR: OnceCell<Descriptor> = const { OnceCell::new() };
@@ -518,14 +522,14 @@ impl Names {
         })
     }
 
-    /// The next name; `None` at the end.
+    /// The next name; `None` at the end. Names the host cannot report (not
+    /// UTF-8, or gone) are skipped however many there are: they cannot be
+    /// entries, and each error moves the stream on. (A host whose stream
+    /// failed forever would meet the call's deadline.)
     fn next(&mut self) -> Result<Option<String>, Error> {
-        let mut skipped = 0;
         loop {
-            match self.stream.read_directory_entry() {
-                Ok(entry) => return Ok(entry.map(|e| e.name)),
-                Err(code) if skipped >= 1024 => return Err(io("read directory", ".", code)),
-                Err(_) => skipped += 1,
+            if let Ok(entry) = self.stream.read_directory_entry() {
+                return Ok(entry.map(|e| e.name));
             }
         }
     }
@@ -649,6 +653,7 @@ pub struct Progress {
 pub struct Sweep {
     now: u64,
     cutoff: u64,
+    latest: u64,
     names: Option<Names>,
     progress: Progress,
 }
@@ -659,6 +664,7 @@ impl Sweep {
         Sweep {
             now,
             cutoff: now.saturating_sub(max_age_ms),
+            latest: now.saturating_add(FUTURE_TOLERANCE_MS),
             names: None,
             progress: Progress::default(),
         }
@@ -685,7 +691,7 @@ impl Sweep {
                 let gone = if name.starts_with(TEMP_PREFIX) || name.starts_with(GRAB_PREFIX) {
                     sweep_debris(dir, &name, self.now)
                 } else if is_entry_name(&name) {
-                    sweep_entry(dir, &name, self.cutoff).unwrap_or(false)
+                    sweep_entry(dir, &name, self.cutoff, self.latest).unwrap_or(false)
                 } else {
                     false
                 };
@@ -727,7 +733,7 @@ fn sweep_debris(dir: &Descriptor, name: &str, now: u64) -> bool {
         && dir.unlink_file_at(name).is_ok()
 }
 
-fn sweep_entry(dir: &Descriptor, name: &str, cutoff: u64) -> Result<bool, Error> {
+fn sweep_entry(dir: &Descriptor, name: &str, cutoff: u64, latest: u64) -> Result<bool, Error> {
     match inspect(dir, name)? {
         // Directories are not ours to delete; a second link may be a restore
         // in progress, and a superseded file is no longer at this name.
@@ -743,7 +749,9 @@ fn sweep_entry(dir: &Descriptor, name: &str, cutoff: u64) -> Result<bool, Error>
             entry: Some(entry),
             file,
             ..
-        } if entry.updated_at < cutoff => remove_if_same(dir, name, &file),
+        } if entry.updated_at < cutoff || entry.updated_at > latest => {
+            remove_if_same(dir, name, &file)
+        }
         Slot::File { .. } => Ok(false),
     }
 }

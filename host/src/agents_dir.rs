@@ -35,14 +35,20 @@ impl AgentsDir {
     /// directory (mode 0700) when missing.
     ///
     /// Refused: an agents directory that is a symlink or not a directory, one
-    /// owned by another user, or one that is group- or world-writable. One
-    /// that is merely group- or world-readable is tightened to 0700.
+    /// owned by another user, or one that others could write holding a file
+    /// of another user (left as it was found, so it is refused again until
+    /// dealt with). One of this user's that others could read or write (older
+    /// versions created it with the umask's mode, e.g. 0775) is adopted:
+    /// tightened to 0700 first, then checked, its files tightened to 0600.
     pub(crate) fn open(data_dir: &Path) -> Result<AgentsDir, Error> {
         let path = data_dir.join(AGENTS);
         let dir_error = |source: io::Error| Error::Directory {
             path: path.clone(),
             source,
         };
+        if std::fs::metadata(data_dir).is_ok_and(|m| !m.is_dir()) {
+            return Err(insecure(data_dir, "the data dir is not a directory"));
+        }
         create_private_dir_all(data_dir).map_err(|source| Error::Directory {
             path: data_dir.to_path_buf(),
             source,
@@ -245,7 +251,13 @@ fn check_private(data: &Dir, dir: &Dir, path: &Path) -> Result<(), Error> {
             .map_err(io_error)?;
         if mode & 0o022 != 0 {
             // Others could write: whatever they left must not be trusted.
-            adopt_contents(dir, path, me)?;
+            if let Err(refused) = adopt_contents(dir, path, me) {
+                // Leave it as it was found, so that every later open checks
+                // it again (a 0700 directory is not checked) and refuses
+                // until the user has dealt with it.
+                let _ = data.set_permissions(AGENTS, cap_std::fs::Permissions::from_mode(mode));
+                return Err(refused);
+            }
         }
     }
     #[cfg(not(unix))]
@@ -271,8 +283,11 @@ fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
             continue; // gone meanwhile
         };
         if meta.uid() != me {
-            foreign.push(format!("{} (uid {})", name.to_string_lossy(), meta.uid()));
-        } else if meta.is_file() && meta.nlink() == 1 && meta.mode() & 0o077 != 0 {
+            let shown = agentmux_registry_core::cli::printable(&name.to_string_lossy()).into_owned();
+            foreign.push(format!("{shown} (uid {})", meta.uid()));
+        } else if meta.is_file() && meta.mode() & 0o077 != 0 {
+            // Linked files too: the registry never reads them, but they may
+            // hold auth keys.
             // set_permissions on a name never follows a symlink in cap-std.
             let _ = dir.set_permissions(&name, cap_std::fs::Permissions::from_mode(0o600));
         }

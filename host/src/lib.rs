@@ -39,7 +39,6 @@
 mod agents_dir;
 pub mod blocking;
 pub mod compat;
-mod component_cache;
 mod heartbeat;
 pub mod liveness;
 mod registration;
@@ -48,7 +47,7 @@ mod runtime;
 
 mod bindings {
     wasmtime::component::bindgen!({
-        path: "../wit",
+        path: "wit",
         world: "agent-registry",
         exports: { default: async },
     });
@@ -147,10 +146,10 @@ pub fn component_bytes() -> &'static [u8] {
 }
 
 /// The WIT contract, `wit/registry.wit` (package `agentmux:registry@0.2.0`).
-pub const WIT: &str = include_str!("../../wit/registry.wit");
+pub const WIT: &str = include_str!("../wit/registry.wit");
 
 /// `wit/deps/cli/run.wit`: the one `wasi:cli` interface the WIT package uses.
-pub const WIT_CLI_RUN: &str = include_str!("../../wit/deps/cli/run.wit");
+pub const WIT_CLI_RUN: &str = include_str!("../wit/deps/cli/run.wit");
 
 /// A path that opens exactly the file or directory `descriptor` has open,
 /// whatever has been renamed or replaced since: its `/proc/self/fd` link.

@@ -105,9 +105,15 @@ mod os {
 
     /// `/proc` hides other users' processes or all but this one's.
     fn proc_hides_processes() -> bool {
-        let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
-            return true;
-        };
+        match std::fs::read_to_string("/proc/self/mountinfo") {
+            Ok(mounts) => mountinfo_hides_processes(&mounts),
+            Err(_) => true,
+        }
+    }
+
+    /// Whether a `/proc/self/mountinfo` text mounts `/proc` with an option
+    /// that hides processes (`hidepid=1|2|noaccess|invisible`, `subset=pid`).
+    pub(super) fn mountinfo_hides_processes(mounts: &str) -> bool {
         mounts.lines().any(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
             let Some(sep) = fields.iter().position(|f| *f == "-") else {
@@ -326,6 +332,21 @@ mod tests {
     #[test]
     fn an_unknown_pid_is_never_dead() {
         assert_eq!(owner_liveness(&entry(0, None)), Liveness::Unknown);
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn hidden_proc_mounts_are_recognised() {
+        let line = |opts: &str| {
+            format!("22 26 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc {opts}\n")
+        };
+        let other = "23 26 0:5 / /dev rw shared:2 - devtmpfs udev rw,hidepid=2\n";
+        for hidden in ["rw,hidepid=2", "rw,hidepid=invisible", "rw,hidepid=1", "rw,subset=pid", "rw,hidepid=noaccess"] {
+            assert!(os::mountinfo_hides_processes(&(other.to_owned() + &line(hidden))), "{hidden}");
+        }
+        for visible in ["rw", "rw,hidepid=0", "rw,hidepid=off", "rw,gid=5"] {
+            assert!(!os::mountinfo_hides_processes(&(other.to_owned() + &line(visible))), "{visible}");
+        }
     }
 
     #[test]

@@ -97,10 +97,29 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("agentmux-registry: {e}");
+            // The reader went away (`... | head`): nothing more to say.
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("agentmux-registry: {}", cli::printable(&e.to_string()));
             ExitCode::from(EXIT_FAILED)
         }
     }
+}
+
+/// Writes `bytes` to stdout, reporting failure instead of panicking.
+fn write_out(bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(bytes)?;
+    stdout.flush()
+}
+
+/// Writes one line to stdout.
+fn line(text: &str) -> std::io::Result<()> {
+    write_out(format!("{text}\n").as_bytes())
 }
 
 fn now_ms() -> u64 {
@@ -128,23 +147,22 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match &cli.command {
         Command::ExportWasm { dir } => {
             export_wasm(dir).map_err(|e| format!("exporting to {}: {e}", dir.display()))?;
-            println!(
+            line(&format!(
                 "wrote {0}/registry.wasm and its WIT in {0}/wit",
                 dir.display()
-            );
+            ))?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "agentmux-registry",
-                &mut std::io::stdout(),
-            );
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "agentmux-registry", &mut script);
+            write_out(&script)?;
             return Ok(ExitCode::SUCCESS);
         }
         Command::Man => {
-            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            write_out(&page)?;
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
@@ -176,25 +194,25 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 auth_key,
                 ..EntryFields::default()
             })?;
-            println!("{}", cli::written(&entry, json));
+            line(&cli::written(&entry, json))?;
         }
         Command::Remove { agent_id } => {
             let removed = registry.remove(&agent_id)?;
-            println!("{}", cli::removed(&agent_id, removed, json));
+            line(&cli::removed(&agent_id, removed, json))?;
         }
         Command::Lookup { agent_id } => match registry.lookup(&agent_id)? {
-            Some(entry) => println!("{}", cli::found(&entry, json, now_ms())),
+            Some(entry) => line(&cli::found(&entry, json, now_ms()))?,
             None => {
                 let (out, err) = cli::not_found(&agent_id, json);
                 if let Some(out) = out {
-                    println!("{out}");
+                    line(out)?;
                 }
                 eprintln!("agentmux-registry: {err}");
                 return Ok(ExitCode::from(EXIT_NOT_FOUND));
             }
         },
         Command::List => {
-            println!("{}", cli::listed(&registry.list()?, json, now_ms()));
+            line(&cli::listed(&registry.list()?, json, now_ms()))?;
         }
         Command::Cleanup {
             max_age_ms,
@@ -216,7 +234,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             if dead_owners {
                 removed += registry.cleanup_dead_owners()?;
             }
-            println!("{}", cli::cleaned(removed, json));
+            line(&cli::cleaned(removed, json))?;
         }
     }
     Ok(ExitCode::SUCCESS)

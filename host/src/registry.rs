@@ -27,13 +27,14 @@ const MAX_IDLE_INSTANCES: usize = 16;
 const LIST_BATCH: u32 = 256;
 
 /// Names looked at per guest call when sweeping.
-const SWEEP_BATCH: u32 = 2048;
+const SWEEP_BATCH: u32 = 256;
 
 /// Settings for [`Registry::open_with`].
 #[derive(Clone, Debug)]
 pub struct Options {
     call_timeout: Duration,
     memory_limit: usize,
+    #[cfg(feature = "custom-components")]
     component: Option<Arc<[u8]>>,
 }
 
@@ -42,6 +43,7 @@ impl Default for Options {
         Options {
             call_timeout: Duration::from_secs(30),
             memory_limit: 256 << 20,
+            #[cfg(feature = "custom-components")]
             component: None,
         }
     }
@@ -72,7 +74,9 @@ impl Options {
 
     /// Runs this component instead of the embedded one. It must export the
     /// `agentmux:registry/registry@0.2.0` interface and import only WASI; it
-    /// is compiled when the registry is opened.
+    /// is compiled (in this process, with Cranelift) when the registry is
+    /// opened. Needs the `custom-components` feature.
+    #[cfg(feature = "custom-components")]
     pub fn component(mut self, component: impl Into<Vec<u8>>) -> Self {
         self.component = Some(component.into().into());
         self
@@ -200,10 +204,13 @@ impl Registry {
     /// Opens the registry of `data_dir` with `options`.
     pub fn open_with(data_dir: impl AsRef<Path>, options: Options) -> Result<Registry, Error> {
         let data_dir = data_dir.as_ref().to_path_buf();
+        #[cfg(feature = "custom-components")]
         let runtime = match &options.component {
             None => Runtime::embedded()?,
             Some(bytes) => Arc::new(Runtime::new(bytes)?),
         };
+        #[cfg(not(feature = "custom-components"))]
+        let runtime = Runtime::embedded()?;
         let dir = Arc::new(AgentsDir::open(&data_dir)?);
         Ok(Registry {
             inner: Arc::new(Inner {

@@ -13,12 +13,13 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::bindings::{AgentRegistry, AgentRegistryPre};
 use crate::Error;
 
-/// The registry component built from `guest/`, embedded at build time.
-pub(crate) static COMPONENT: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/agentmux_registry.wasm"));
+include!("engine_config.rs");
 
-/// Identifies [`COMPONENT`]'s bytes; computed by the build script.
-const COMPONENT_DIGEST: &str = env!("AGENTMUX_REGISTRY_COMPONENT_DIGEST");
+/// The registry component built from `guest/` (`cargo refresh-component`).
+pub(crate) static COMPONENT: &[u8] = include_bytes!("../component/registry.wasm");
+
+/// [`COMPONENT`] compiled to native code for this target by the build script.
+static PRECOMPILED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/registry.cwasm"));
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(5);
@@ -86,7 +87,7 @@ fn engine() -> Result<&'static Engine, Error> {
     ENGINE
         .get_or_init(|| {
             let mut config = Config::new();
-            config.epoch_interruption(true);
+            configure_engine(&mut config);
             let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
             let ticker = engine.weak();
             std::thread::Builder::new()
@@ -106,16 +107,20 @@ fn engine() -> Result<&'static Engine, Error> {
 }
 
 impl Runtime {
-    /// The runtime for the embedded component, set up once per process and
-    /// compiled once per user (see `component_cache`).
+    /// The runtime for the embedded component, set up once per process from
+    /// the native code compiled at build time: no compiler, no files.
     pub(crate) fn embedded() -> Result<Arc<Runtime>, Error> {
         static EMBEDDED: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
         EMBEDDED
             .get_or_init(|| {
                 let engine = engine().map_err(|e| e.to_string())?;
-                let component =
-                    crate::component_cache::load_or_compile(engine, COMPONENT, COMPONENT_DIGEST)
-                        .map_err(|e| format!("compiling the component: {e:#}"))?;
+                // SAFETY: the bytes are this crate's own build output, made by
+                // the same wasmtime version with the same configuration
+                // (`engine_config.rs`) for this target, and embedded in this
+                // binary: nothing outside can have altered them. wasmtime still
+                // checks version, target and configuration before loading.
+                let component = unsafe { Component::deserialize(engine, PRECOMPILED) }
+                    .map_err(|e| format!("loading the precompiled component: {e:#}"))?;
                 Runtime::link(engine, &component)
                     .map(Arc::new)
                     .map_err(|e| e.to_string())
@@ -125,6 +130,7 @@ impl Runtime {
     }
 
     /// Compiles and links a component that must export the registry world.
+    #[cfg(feature = "custom-components")]
     pub(crate) fn new(component: &[u8]) -> Result<Runtime, Error> {
         let engine = engine()?;
         let component = Component::new(engine, component)

@@ -274,11 +274,17 @@ fn an_agents_dir_of_this_user_that_others_could_write_is_adopted() {
         let old = agents.join("old.json");
         std::fs::write(&old, SeedEntry::new("old", now_ms()).to_json()).unwrap();
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o664)).unwrap();
+        // A second link of one of this user's files: never read, still private.
+        let linked = agents.join("linked.json");
+        std::fs::write(&linked, "{\"auth_key\":\"secret\"}").unwrap();
+        std::fs::hard_link(&linked, agents.join("linked-too.json")).unwrap();
+        std::fs::set_permissions(&linked, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(mode)).unwrap();
         let registry = Registry::open(tmp.path()).unwrap();
         let mode_of = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode_of(&agents), 0o700, "{mode:o}: tightened");
         assert_eq!(mode_of(&old), 0o600, "{mode:o}: old entries tightened");
+        assert_eq!(mode_of(&linked), 0o600, "{mode:o}: linked files tightened");
         assert!(registry.lookup("old").unwrap().is_some(), "and kept");
         registry.write(fields("new", "u", "b", 1, "k")).unwrap();
     }
@@ -296,20 +302,33 @@ fn an_agents_dir_others_could_write_holding_their_files_is_refused_naming_them()
     std::fs::create_dir(&agents).unwrap();
     std::fs::write(agents.join("planted.json"), "{}").unwrap();
     std::fs::write(agents.join("mine.json"), "{}").unwrap();
-    rustix::fs::chown(
-        &agents.join("planted.json"),
-        Some(rustix::fs::Uid::from_raw(54321)),
-        None,
-    )
-    .unwrap();
+    let escape = "esc\u{1b}[2J.json";
+    std::fs::write(agents.join(escape), "{}").unwrap();
+    for name in ["planted.json", escape] {
+        rustix::fs::chown(
+            &agents.join(name),
+            Some(rustix::fs::Uid::from_raw(54321)),
+            None,
+        )
+        .unwrap();
+    }
     std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let err = Registry::open(tmp.path()).unwrap_err();
-    assert!(
-        matches!(&err, Error::InsecureDirectory { reason, .. }
-            if reason.contains("planted.json (uid 54321)") && !reason.contains("mine.json")),
-        "{err}"
-    );
-    // Closed while it was checked: nobody else can add to it meanwhile.
+    // Refused every time, not just the first: the dir is left as it was found.
+    for attempt in 0..2 {
+        let err = Registry::open(tmp.path()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(&err, Error::InsecureDirectory { reason, .. }
+                if reason.contains("planted.json (uid 54321)") && !reason.contains("mine.json")),
+            "attempt {attempt}: {err}"
+        );
+        assert!(!text.contains('\u{1b}') && text.contains("esc\\u{1b}[2J.json"), "{text:?}");
+        assert_eq!(std::fs::metadata(&agents).unwrap().permissions().mode() & 0o777, 0o777);
+    }
+    // Once the planted files are gone, it is adopted.
+    std::fs::remove_file(agents.join("planted.json")).unwrap();
+    std::fs::remove_file(agents.join(escape)).unwrap();
+    Registry::open(tmp.path()).unwrap();
     assert_eq!(std::fs::metadata(&agents).unwrap().permissions().mode() & 0o777, 0o700);
 }
 

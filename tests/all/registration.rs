@@ -88,6 +88,9 @@ async fn unregister_removes_its_own_entry_once() {
     assert_eq!(registry.lookup("un").await.unwrap(), None);
 }
 
+// Dead needs a pid namespace to match (Linux) or is proven by the OS alone;
+// this test plants Linux facts (`pid_ns`, start ticks).
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "current_thread")]
 async fn dead_owners_are_skipped_by_lookup_live_and_swept() {
     let (tmp, registry) = open();
@@ -133,9 +136,14 @@ async fn dead_owners_are_skipped_by_lookup_live_and_swept() {
     assert_eq!(left, ["alive"]);
 }
 
+#[cfg(any(target_os = "linux", windows))]
 #[test]
 fn eviction_after_a_failed_forward_follows_the_owners_liveness() {
-    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let mut child = if cfg!(windows) {
+        std::process::Command::new("cmd").args(["/C", "exit"]).spawn().unwrap()
+    } else {
+        std::process::Command::new("true").spawn().unwrap()
+    };
     let dead_pid = child.id();
     child.wait().unwrap();
     let entry = |pid: u32, updated_at: u64| agentmux_registry::AgentEntry {

@@ -102,3 +102,37 @@ fn a_listing_goes_through_batches_and_can_stop_early() {
     assert!(!first.is_empty());
     assert_eq!(registry.list().unwrap().len(), 1_000);
 }
+
+/// Names that are not UTF-8 cannot be entries (the component cannot even name
+/// them), but however many there are, the rest of the directory still lists
+/// and sweeps.
+#[cfg(target_os = "linux")]
+#[test]
+fn any_number_of_unnamable_files_leaves_list_and_sweep_working() {
+    use std::os::unix::ffi::OsStrExt;
+    let fx = Fixture::new();
+    for i in 0..1_500 {
+        let name = format!("bad\u{ff}{i}.json").replace('\u{ff}', "\u{1}");
+        let mut bytes = name.into_bytes();
+        bytes[3] = 0xff;
+        std::fs::write(fx.agents().join(std::ffi::OsStr::from_bytes(&bytes)), "{}").unwrap();
+    }
+    fx.write_raw("good.json", SeedEntry::new("good", now_ms()).to_json());
+    fx.write_raw("old.json", SeedEntry::new("old", 1).to_json());
+    let ids: Vec<String> = fx.registry.list().unwrap().into_iter().map(|e| e.agent_id).collect();
+    assert_eq!(ids, ["good", "old"]);
+    assert_eq!(fx.registry.cleanup_stale(Duration::from_secs(3600)).unwrap(), 1);
+}
+
+/// An entry stamped in the future (no writer can have made it) would never
+/// age; a sweep removes it once it is more than an hour ahead.
+#[test]
+fn an_entry_from_the_far_future_is_swept() {
+    let fx = Fixture::new();
+    fx.write_raw("future.json", SeedEntry::new("future", u64::MAX).to_json());
+    let soon = now_ms() + 10 * 60 * 1000;
+    fx.write_raw("skewed.json", SeedEntry::new("skewed", soon).to_json());
+    assert!(fx.registry.lookup("future").unwrap().is_some(), "still a valid entry to read");
+    assert_eq!(fx.registry.cleanup_stale(Duration::from_secs(3600)).unwrap(), 1);
+    assert_eq!(fx.names(), ["skewed.json"], "a clock ten minutes ahead is tolerated");
+}
