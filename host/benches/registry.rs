@@ -445,25 +445,39 @@ fn bench_ops(n: usize) {
 }
 
 /// In a child process: open a registry and complete one call, print the time.
-fn child_open() {
+/// With `compile`, the component is compiled in the process (as before this
+/// crate precompiled it at build time); needs the `custom-components` feature.
+fn child_open(compile: bool) {
     let tmp = tempfile::tempdir_in(bench_root()).unwrap();
     let start = Instant::now();
-    let registry = Registry::open(tmp.path()).unwrap();
+    let registry = if compile {
+        #[cfg(feature = "custom-components")]
+        {
+            let options = agentmux_registry::Options::new().component(agentmux_registry::component_bytes());
+            Registry::open_with(tmp.path(), options).unwrap()
+        }
+        #[cfg(not(feature = "custom-components"))]
+        {
+            println!("0");
+            return;
+        }
+    } else {
+        Registry::open(tmp.path()).unwrap()
+    };
     registry.lookup("a").unwrap();
     println!("{}", start.elapsed().as_nanos());
 }
 
 /// Open + first call in a fresh process, `runs` times; the median.
-fn fresh_process_open(runs: usize, cache: bool) -> Duration {
+fn fresh_process_open(runs: usize, compile: bool) -> Duration {
     let exe = std::env::current_exe().unwrap();
     let mut times: Vec<Duration> = (0..runs)
         .map(|_| {
-            let mut child = std::process::Command::new(&exe);
-            child.env("AGENTMUX_BENCH_CHILD", "open");
-            if !cache {
-                child.env("AGENTMUX_REGISTRY_CACHE", "off");
-            }
-            let out = child.output().unwrap();
+            let mode = if compile { "open-compiling" } else { "open" };
+            let out = std::process::Command::new(&exe)
+                .env("AGENTMUX_BENCH_CHILD", mode)
+                .output()
+                .unwrap();
             let nanos: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
             Duration::from_nanos(nanos)
         })
@@ -473,14 +487,15 @@ fn fresh_process_open(runs: usize, cache: bool) -> Duration {
 }
 
 fn bench_open() {
+    if cfg!(feature = "custom-components") {
+        println!(
+            "open + first call, new process, compiling at run time:  {}",
+            fmt(fresh_process_open(5, true))
+        );
+    }
     println!(
-        "open + first call, new process, compiling (cache off): {}",
-        fmt(fresh_process_open(5, false))
-    );
-    fresh_process_open(1, true); // make sure the cache is filled
-    println!(
-        "open + first call, new process, compiled cache:        {}",
-        fmt(fresh_process_open(11, true))
+        "open + first call, new process, precompiled (shipped):  {}",
+        fmt(fresh_process_open(21, false))
     );
     // Within a process the component is set up once; later opens only instantiate.
     let root = bench_root();
@@ -567,8 +582,10 @@ fn main() {
     if std::env::var("AGENTMUX_BENCH_PROFILE").is_ok_and(|v| v == "lookup") {
         return profile_lookups();
     }
-    if std::env::var("AGENTMUX_BENCH_CHILD").is_ok_and(|v| v == "open") {
-        return child_open();
+    match std::env::var("AGENTMUX_BENCH_CHILD").as_deref() {
+        Ok("open") => return child_open(false),
+        Ok("open-compiling") => return child_open(true),
+        _ => {}
     }
     // `cargo bench` passes `--bench`; a filter argument, if any, is ignored.
     println!("agentmux-registry benchmark: medians; ratio = component time / native time");

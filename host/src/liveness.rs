@@ -141,9 +141,12 @@ mod os {
 
 #[cfg(windows)]
 mod os {
-    use windows_sys::Win32::Foundation::{CloseHandle, ERROR_INVALID_PARAMETER, FILETIME};
+    use windows_sys::Win32::Foundation::{
+        CloseHandle, ERROR_INVALID_PARAMETER, FILETIME, WAIT_OBJECT_0, WAIT_TIMEOUT,
+    };
     use windows_sys::Win32::System::Threading::{
-        GetProcessTimes, OpenProcess, PROCESS_QUERY_LIMITED_INFORMATION,
+        GetProcessTimes, OpenProcess, WaitForSingleObject, PROCESS_QUERY_LIMITED_INFORMATION,
+        PROCESS_SYNCHRONIZE,
     };
 
     use crate::AgentEntry;
@@ -151,7 +154,8 @@ mod os {
     /// A handle to process `pid`, or the OS error code.
     fn open(pid: u32) -> Result<windows_sys::Win32::Foundation::HANDLE, u32> {
         // SAFETY: OpenProcess has no preconditions; a null result is an error.
-        let handle = unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+        let access = PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_SYNCHRONIZE;
+        let handle = unsafe { OpenProcess(access, 0, pid) };
         if handle.is_null() {
             // SAFETY: reads the calling thread's last error.
             Err(unsafe { windows_sys::Win32::Foundation::GetLastError() })
@@ -182,12 +186,22 @@ mod os {
         true
     }
 
+    /// Whether process `pid` runs. A process that exited stays openable while
+    /// anyone holds a handle to it (its parent, say), so an open process is
+    /// asked whether it has exited: signalled means it has.
     pub(super) fn exists(pid: u32) -> Option<bool> {
         match open(pid) {
             Ok(handle) => {
+                // SAFETY: `handle` is open with SYNCHRONIZE; a zero timeout
+                // only polls.
+                let state = unsafe { WaitForSingleObject(handle, 0) };
                 // SAFETY: `handle` was just opened and is closed once.
                 unsafe { CloseHandle(handle) };
-                Some(true)
+                match state {
+                    WAIT_TIMEOUT => Some(true),
+                    WAIT_OBJECT_0 => Some(false),
+                    _ => None,
+                }
             }
             // The pid names no process.
             Err(ERROR_INVALID_PARAMETER) => Some(false),

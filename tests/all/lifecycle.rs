@@ -5,9 +5,12 @@
 use std::time::{Duration, Instant};
 
 use agentmux_registry::blocking;
+#[cfg(target_os = "linux")]
 use agentmux_registry::liveness::{owner_liveness, pid_namespace, Liveness};
 use agentmux_registry::{EntryFields, Error, Owner, Registration, Registry, Renewal};
-use agentmux_registry_tests::{fields, now_ms, SeedEntry};
+use agentmux_registry_tests::fields;
+#[cfg(target_os = "linux")]
+use agentmux_registry_tests::{now_ms, SeedEntry};
 
 fn open() -> (tempfile::TempDir, Registry) {
     let tmp = tempfile::tempdir().unwrap();

@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
+use agentmux_registry::liveness::process_start;
 use agentmux_registry::liveness::{
-    owner_liveness, pid_namespace, process_start, should_evict_after_failed_forward, Liveness,
+    owner_liveness, pid_namespace, should_evict_after_failed_forward, Liveness,
 };
 use agentmux_registry::{Registration, Registry};
-use agentmux_registry_tests::{fields, now_ms, SeedEntry};
+use agentmux_registry_tests::{fields, now_ms};
+#[cfg(target_os = "linux")]
+use agentmux_registry_tests::SeedEntry;
 
 fn open() -> (tempfile::TempDir, Registry) {
     let tmp = tempfile::tempdir().unwrap();
