@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use agentmux_registry::blocking::Registry;
 use agentmux_registry::AgentEntry;
-use agentmux_registry_tests::{fields, owner, now_ms, SeedEntry};
+use agentmux_registry_tests::{fields, now_ms, owner, SeedEntry};
 use serde_json::json;
 
 const PINNED_PER_WORKER: u32 = 3;

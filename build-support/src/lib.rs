@@ -26,7 +26,10 @@ pub fn build_component(package: &str, out_name: &str) -> PathBuf {
     // build's own dep-info lists them all (sources, WIT, manifests).
     rerun_on_dep_info(&built.with_extension("d"));
     for manifest in ["Cargo.lock", "Cargo.toml"] {
-        println!("cargo:rerun-if-changed={}", workspace.join(manifest).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            workspace.join(manifest).display()
+        );
     }
     out
 }

@@ -431,15 +431,28 @@ mod tests {
 
     #[test]
     fn text_output_escapes_control_characters() {
-        let forged = entry_with("a", "b\nevil  http://x  c  1  0s ago  set\u{1b}[31m\u{202e}");
+        let forged = entry_with(
+            "a",
+            "b\nevil  http://x  c  1  0s ago  set\u{1b}[31m\u{202e}",
+        );
         for out in [
             listed(std::slice::from_ref(&forged), false, 0),
             found(&forged, false, 0),
         ] {
-            assert!(!out.contains('\u{1b}') && !out.contains('\u{202e}'), "{out:?}");
-            assert!(out.contains("\\u{1b}") && out.contains("\\u{202e}"), "{out:?}");
+            assert!(
+                !out.contains('\u{1b}') && !out.contains('\u{202e}'),
+                "{out:?}"
+            );
+            assert!(
+                out.contains("\\u{1b}") && out.contains("\\u{202e}"),
+                "{out:?}"
+            );
         }
-        assert_eq!(listed(&[forged], false, 0).lines().count(), 2, "one row per entry");
+        assert_eq!(
+            listed(&[forged], false, 0).lines().count(),
+            2,
+            "one row per entry"
+        );
         assert_eq!(printable("plain-id_1"), "plain-id_1");
         assert_eq!(printable("a\\b\tc"), "a\\\\b\\tc");
         let (_, err) = not_found("x\ny", false);
@@ -448,10 +461,20 @@ mod tests {
 
     #[test]
     fn no_stored_value_can_fake_lines_or_columns() {
-        for sneaky in ["u\u{2028}x", "a\u{61c}b", "zero\u{200b}width", "bom\u{feff}", "c1\u{9b}2J", "del\u{7f}"] {
+        for sneaky in [
+            "u\u{2028}x",
+            "a\u{61c}b",
+            "zero\u{200b}width",
+            "bom\u{feff}",
+            "c1\u{9b}2J",
+            "del\u{7f}",
+        ] {
             let e = entry_with("a", sneaky);
             let out = listed(std::slice::from_ref(&e), false, 0);
-            assert!(out.lines().all(|l| !l.chars().any(is_invisible)), "{sneaky:?}: {out:?}");
+            assert!(
+                out.lines().all(|l| !l.chars().any(is_invisible)),
+                "{sneaky:?}: {out:?}"
+            );
             assert_eq!(out.lines().count(), 2, "{sneaky:?}: {out:?}");
             let json = found(&e, true, 0);
             assert!(!json.chars().any(is_invisible), "{json:?}");
@@ -465,7 +488,11 @@ mod tests {
         let long_ago = entry_with("a", "b");
         let out = listed(std::slice::from_ref(&long_ago), false, u64::MAX / 2);
         let header_key = out.lines().next().unwrap().find("KEY").unwrap();
-        assert_eq!(out.lines().nth(1).unwrap().find("set"), Some(header_key), "{out}");
+        assert_eq!(
+            out.lines().nth(1).unwrap().find("set"),
+            Some(header_key),
+            "{out}"
+        );
     }
 
     #[test]
@@ -473,7 +500,10 @@ mod tests {
         let entry = entry_with("a", "b");
         let disk = String::from_utf8(entry.to_json()).unwrap();
         assert_eq!(found(&entry, true, 0), disk);
-        assert_eq!(listed(std::slice::from_ref(&entry), true, 0), format!("[{disk}]"));
+        assert_eq!(
+            listed(std::slice::from_ref(&entry), true, 0),
+            format!("[{disk}]")
+        );
         assert_eq!(listed(&[], true, 0), "[]");
         assert!(disk.starts_with(r#"{"agent_id":"a","local_url":"u","block_id":"b","pid":1,"updated_at":0,"auth_key":"k""#));
     }

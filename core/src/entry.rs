@@ -41,11 +41,7 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_started: Option<u64>,
     /// The pid namespace `pid` belongs to (Linux), stored as `pid_ns`.
-    #[serde(
-        default,
-        rename = "pid_ns",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "pid_ns", skip_serializing_if = "Option::is_none")]
     pub pid_namespace: Option<u64>,
     /// The token of the registration that wrote the entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -74,7 +74,11 @@ impl wit::GuestEntryListing for EntryListing {
         &self,
         max_entries: u32,
     ) -> Result<Option<Vec<wit::AgentEntry>>, wit::RegistryError> {
-        let batch = self.0.borrow_mut().next_batch(max_entries).map_err(error_out)?;
+        let batch = self
+            .0
+            .borrow_mut()
+            .next_batch(max_entries)
+            .map_err(error_out)?;
         Ok(batch.map(|entries| entries.into_iter().map(entry_out).collect()))
     }
 }

@@ -71,7 +71,6 @@ fn with_dir<T>(f: impl FnOnce(&Descriptor) -> Result<T, Error>) -> Result<T, Err
 }
 
 fn io(op: &str, name: &str, code: ErrorCode) -> Error {
-
     Error::Io(format!("{op} {name:?}: {}", code.message()))
 }
 
@@ -611,7 +610,10 @@ pub fn list_entries(max_entries: u32) -> Result<Vec<Entry>, Error> {
             if let Some(entry) = listed_entry(dir, &name) {
                 if kept.len() < max_entries {
                     kept.push(ById(entry));
-                } else if kept.peek().is_some_and(|top| entry.agent_id < top.0.agent_id) {
+                } else if kept
+                    .peek()
+                    .is_some_and(|top| entry.agent_id < top.0.agent_id)
+                {
                     kept.pop();
                     kept.push(ById(entry));
                 }

@@ -453,7 +453,8 @@ fn child_open(compile: bool) {
     let registry = if compile {
         #[cfg(feature = "custom-components")]
         {
-            let options = agentmux_registry::Options::new().component(agentmux_registry::component_bytes());
+            let options =
+                agentmux_registry::Options::new().component(agentmux_registry::component_bytes());
             Registry::open_with(tmp.path(), options).unwrap()
         }
         #[cfg(not(feature = "custom-components"))]

@@ -78,12 +78,11 @@ impl AgentsDir {
         let dir = data.open_dir_nofollow(AGENTS).map_err(dir_error)?;
         check_private(&data, &dir, &path)?;
         let identity = identity(&dir.dir_metadata().map_err(dir_error)?);
-        let data_identity = identity_of(&data.dir_metadata().map_err(|source| {
-            Error::Directory {
+        let data_identity =
+            identity_of(&data.dir_metadata().map_err(|source| Error::Directory {
                 path: data_dir.to_path_buf(),
                 source,
-            }
-        })?);
+            })?);
         Ok(AgentsDir {
             path,
             data_path: data_dir.to_path_buf(),
@@ -287,7 +286,8 @@ fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
             continue; // gone meanwhile
         };
         if meta.uid() != me {
-            let shown = agentmux_registry_core::cli::printable(&name.to_string_lossy()).into_owned();
+            let shown =
+                agentmux_registry_core::cli::printable(&name.to_string_lossy()).into_owned();
             foreign.push(format!("{shown} (uid {})", meta.uid()));
         } else if meta.is_file() && meta.mode() & 0o077 != 0 {
             // Linked files too: the registry never reads them, but they may

@@ -54,7 +54,10 @@ impl Beat {
                 true
             }
             Ok(Renewal::Superseded) => {
-                tracing::info!(agent_id, "another registration owns the agent id now: heartbeat stopped");
+                tracing::info!(
+                    agent_id,
+                    "another registration owns the agent id now: heartbeat stopped"
+                );
                 state.active = false;
                 state.superseded = true;
                 false

@@ -58,7 +58,11 @@ pub fn owner_liveness(entry: &AgentEntry) -> Liveness {
     if entry.pid == 0 || !os::can_judge(entry) {
         return Liveness::Unknown;
     }
-    match (os::exists(entry.pid), process_start(entry.pid), entry.pid_started) {
+    match (
+        os::exists(entry.pid),
+        process_start(entry.pid),
+        entry.pid_started,
+    ) {
         (Some(false), _, _) => Liveness::Dead,
         (_, Some(now), Some(recorded)) if now != recorded => Liveness::Dead,
         (Some(true), _, _) => Liveness::Alive,
@@ -172,10 +176,12 @@ mod os {
         };
         let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
         // SAFETY: `handle` is open; the out-pointers are valid FILETIMEs.
-        let ok = unsafe { GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) };
+        let ok =
+            unsafe { GetProcessTimes(handle, &mut created, &mut exited, &mut kernel, &mut user) };
         // SAFETY: `handle` was opened above and is closed once.
         unsafe { CloseHandle(handle) };
-        (ok != 0).then(|| (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
+        (ok != 0)
+            .then(|| (u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
     }
 
     pub(super) fn pid_namespace() -> Option<u64> {
@@ -311,7 +317,11 @@ mod tests {
 
     fn exited_pid() -> u32 {
         let mut child = std::process::Command::new(if cfg!(windows) { "cmd" } else { "true" })
-            .args(if cfg!(windows) { &["/C", "exit"][..] } else { &[][..] })
+            .args(if cfg!(windows) {
+                &["/C", "exit"][..]
+            } else {
+                &[][..]
+            })
             .spawn()
             .unwrap();
         let pid = child.id();
@@ -352,14 +362,28 @@ mod tests {
     #[cfg(target_os = "linux")]
     fn hidden_proc_mounts_are_recognised() {
         let line = |opts: &str| {
-            format!("22 26 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc {opts}\n")
+            format!(
+                "22 26 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:13 - proc proc {opts}\n"
+            )
         };
         let other = "23 26 0:5 / /dev rw shared:2 - devtmpfs udev rw,hidepid=2\n";
-        for hidden in ["rw,hidepid=2", "rw,hidepid=invisible", "rw,hidepid=1", "rw,subset=pid", "rw,hidepid=noaccess"] {
-            assert!(os::mountinfo_hides_processes(&(other.to_owned() + &line(hidden))), "{hidden}");
+        for hidden in [
+            "rw,hidepid=2",
+            "rw,hidepid=invisible",
+            "rw,hidepid=1",
+            "rw,subset=pid",
+            "rw,hidepid=noaccess",
+        ] {
+            assert!(
+                os::mountinfo_hides_processes(&(other.to_owned() + &line(hidden))),
+                "{hidden}"
+            );
         }
         for visible in ["rw", "rw,hidepid=0", "rw,hidepid=off", "rw,gid=5"] {
-            assert!(!os::mountinfo_hides_processes(&(other.to_owned() + &line(visible))), "{visible}");
+            assert!(
+                !os::mountinfo_hides_processes(&(other.to_owned() + &line(visible))),
+                "{visible}"
+            );
         }
     }
 

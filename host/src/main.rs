@@ -155,7 +155,12 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
         Command::Completions { shell } => {
             let mut script = Vec::new();
-            clap_complete::generate(*shell, &mut Cli::command(), "agentmux-registry", &mut script);
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "agentmux-registry",
+                &mut script,
+            );
             write_out(&script)?;
             return Ok(ExitCode::SUCCESS);
         }
@@ -220,14 +225,12 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         } => {
             // Progress on a terminal only: scripts read the one result line.
             let show = std::io::stderr().is_terminal();
-            let mut removed = registry.cleanup_stale_with_progress(
-                Duration::from_millis(max_age_ms),
-                |p| {
+            let mut removed =
+                registry.cleanup_stale_with_progress(Duration::from_millis(max_age_ms), |p| {
                     if show && !p.done {
                         eprint!("\rswept {} names, removed {}", p.examined, p.removed);
                     }
-                },
-            )?;
+                })?;
             if show {
                 eprint!("\r\x1b[K");
             }

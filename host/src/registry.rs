@@ -361,7 +361,9 @@ impl Registry {
             .await?;
         loop {
             let p = lease
-                .call(async |api, store| api.sweep().call_next_batch(store, sweep, SWEEP_BATCH).await)
+                .call(async |api, store| {
+                    api.sweep().call_next_batch(store, sweep, SWEEP_BATCH).await
+                })
                 .await??;
             let p = SweepProgress {
                 examined: p.examined,
@@ -395,7 +397,9 @@ impl Registry {
         while let Some(batch) = listing.next_batch().await? {
             for entry in batch {
                 if owner_liveness(&entry) == Liveness::Dead
-                    && self.remove_owned(&entry.agent_id, &Owner::of(&entry)).await?
+                    && self
+                        .remove_owned(&entry.agent_id, &Owner::of(&entry))
+                        .await?
                 {
                     removed += 1;
                 }
@@ -561,7 +565,10 @@ impl Lease {
     /// code and maps its traps. `call` gets the interface and the store.
     async fn call<T>(
         &mut self,
-        call: impl AsyncFnOnce(&Api, &mut wasmtime::Store<crate::runtime::HostState>) -> wasmtime::Result<T>,
+        call: impl AsyncFnOnce(
+            &Api,
+            &mut wasmtime::Store<crate::runtime::HostState>,
+        ) -> wasmtime::Result<T>,
     ) -> Result<T, Error> {
         let timeout = self.inner.call_timeout;
         let instance = self.instance.as_mut().expect("present until drop");

@@ -124,7 +124,11 @@ fn exit_codes_say_missing_and_error_apart() {
         tmp.path(),
         &["--data-dir", d, "write", "", "--url", "u", "--block", "b"],
     );
-    assert_eq!(out.status.code(), Some(3), "a registry error, not a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a registry error, not a usage error"
+    );
     assert!(
         stderr(&out).contains("invalid agent id"),
         "{}",
@@ -174,7 +178,10 @@ fn a_run_writes_nothing_outside_the_data_dir() {
     std::fs::create_dir(&home).unwrap();
     let d = tmp.path().join("data");
     let d = d.to_str().unwrap();
-    let out = cli(&home, &["--data-dir", d, "write", "a", "--url", "u", "--block", "b"]);
+    let out = cli(
+        &home,
+        &["--data-dir", d, "write", "a", "--url", "u", "--block", "b"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(cli(&home, &["--data-dir", d, "list"]).status.success());
     let left: Vec<_> = std::fs::read_dir(&home).unwrap().collect();
@@ -195,15 +202,29 @@ fn the_quick_start_entry_survives_a_dead_owner_sweep() {
     let d = d.to_str().unwrap();
     let out = cli(
         tmp.path(),
-        &["--data-dir", d, "write", "demo", "--url", "http://127.0.0.1:8123", "--block", "b"],
+        &[
+            "--data-dir",
+            d,
+            "write",
+            "demo",
+            "--url",
+            "http://127.0.0.1:8123",
+            "--block",
+            "b",
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let out = cli(tmp.path(), &["--data-dir", d, "--json", "lookup", "demo"]);
     let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(entry["pid"], 0, "no --pid: the owner is unknown, not this short-lived command");
+    assert_eq!(
+        entry["pid"], 0,
+        "no --pid: the owner is unknown, not this short-lived command"
+    );
     let out = cli(tmp.path(), &["--data-dir", d, "cleanup", "--dead-owners"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(cli(tmp.path(), &["--data-dir", d, "lookup", "demo"]).status.success());
+    assert!(cli(tmp.path(), &["--data-dir", d, "lookup", "demo"])
+        .status
+        .success());
 }
 
 #[test]
@@ -213,14 +234,24 @@ fn completions_and_a_man_page_come_from_the_command_definition() {
         let out = cli(tmp.path(), &["completions", shell]);
         assert!(out.status.success(), "{shell}: {}", stderr(&out));
         let script = String::from_utf8_lossy(&out.stdout);
-        assert!(script.contains("agentmux-registry") && script.contains("dead-owners"), "{shell}");
+        assert!(
+            script.contains("agentmux-registry") && script.contains("dead-owners"),
+            "{shell}"
+        );
     }
     let out = cli(tmp.path(), &["completions", "tcsh"]);
-    assert_eq!(out.status.code(), Some(2), "an unknown shell is a usage error");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
     let out = cli(tmp.path(), &["man"]);
     let page = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && page.contains(".TH"), "{page}");
-    assert!(page.contains("agentmux\\-registry") && page.contains("cleanup"), "{page}");
+    assert!(
+        page.contains("agentmux\\-registry") && page.contains("cleanup"),
+        "{page}"
+    );
 }
 
 #[test]
@@ -237,7 +268,10 @@ fn text_output_cannot_be_forged_by_stored_fields() {
     let out = cli(tmp.path(), &["--data-dir", d, "list"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(text.lines().count(), 2, "a header and one row: {text:?}");
-    assert!(!text.contains('\u{1b}') && text.contains("\\u{1b}"), "{text:?}");
+    assert!(
+        !text.contains('\u{1b}') && text.contains("\\u{1b}"),
+        "{text:?}"
+    );
     // JSON keeps the exact value.
     let out = cli(tmp.path(), &["--data-dir", d, "--json", "lookup", "a"]);
     let entry: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -253,10 +287,19 @@ fn a_failing_stdout_is_reported_not_a_panic() {
     let d = d.to_str().unwrap();
     for i in 0..200 {
         let id = format!("a{i}");
-        assert!(cli(tmp.path(), &["--data-dir", d, "write", &id, "--url", "u", "--block", "b"]).status.success());
+        assert!(cli(
+            tmp.path(),
+            &["--data-dir", d, "write", &id, "--url", "u", "--block", "b"]
+        )
+        .status
+        .success());
     }
     if std::path::Path::new("/dev/full").exists() {
-        for args in [&["--data-dir", d, "list"][..], &["completions", "bash"], &["man"]] {
+        for args in [
+            &["--data-dir", d, "list"][..],
+            &["completions", "bash"],
+            &["man"],
+        ] {
             let out = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))
                 .args(args)
                 .stdout(std::fs::File::create("/dev/full").unwrap())

@@ -34,7 +34,10 @@ fn hostile_ids_are_rejected_or_contained() {
         .collect();
 
     for id in &ids {
-        match fx.registry.write(fields(id, "http://127.0.0.1:1", "b", 1, "k")) {
+        match fx
+            .registry
+            .write(fields(id, "http://127.0.0.1:1", "b", 1, "k"))
+        {
             Ok(entry) => {
                 assert_eq!(entry.agent_id, *id);
                 // Contained: it reads back as itself, from a file directly in
@@ -118,7 +121,9 @@ fn a_symlink_to_a_directory_outside_is_not_entered() {
     let before = fx.outside_snapshot();
 
     assert_eq!(fx.registry.lookup("sub/x").unwrap(), None);
-    fx.registry.write(fields("sub/x", "u", "b", 1, "k")).unwrap();
+    fx.registry
+        .write(fields("sub/x", "u", "b", 1, "k"))
+        .unwrap();
     fx.registry
         .cleanup_stale(std::time::Duration::ZERO)
         .unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use agentmux_registry::blocking::Registry;
 use agentmux_registry::Error;
-use agentmux_registry_tests::{fields, owner, now_ms, Fixture, SeedEntry};
+use agentmux_registry_tests::{fields, now_ms, owner, Fixture, SeedEntry};
 use rustix::fs::{mknodat, FileType, Mode, CWD};
 
 /// Runs `f` on another thread and fails the test if it takes over 20 s: a
@@ -155,7 +155,10 @@ fn a_hard_link_to_a_file_outside_is_not_written_through() {
 fn write_over_a_directory_fails_cleanly() {
     let fx = Fixture::new();
     std::fs::create_dir(fx.path("d.json")).unwrap();
-    let err = fx.registry.write(fields("d", "u", "b", 1, "k")).unwrap_err();
+    let err = fx
+        .registry
+        .write(fields("d", "u", "b", 1, "k"))
+        .unwrap_err();
     assert!(matches!(err, Error::Io(_)), "{err}");
     assert!(fx.path("d.json").is_dir());
     assert_eq!(fx.names(), ["d.json"], "the temporary file was removed");
@@ -195,7 +198,10 @@ fn an_entry_file_holding_another_id_is_never_returned_or_overwritten() {
     fx.write_raw("a_b.json", &legacy);
 
     assert_eq!(fx.registry.lookup("a_b").unwrap(), None, "not a_b's entry");
-    let err = fx.registry.write(fields("a_b", "u", "b", 1, "k")).unwrap_err();
+    let err = fx
+        .registry
+        .write(fields("a_b", "u", "b", 1, "k"))
+        .unwrap_err();
     assert!(
         matches!(&err, Error::Conflict(m) if m.contains("a.b")),
         "{err}"
@@ -217,23 +223,38 @@ fn remove_owned_removes_only_the_callers_own_registration() {
     fx.registry
         .write(fields("a1", "http://127.0.0.1:1", "b", 100, "old-key"))
         .unwrap();
-    assert!(!fx.registry.remove_owned("a1", &owner(100, "wrong-key")).unwrap());
-    assert!(!fx.registry.remove_owned("a1", &owner(101, "old-key")).unwrap());
+    assert!(!fx
+        .registry
+        .remove_owned("a1", &owner(100, "wrong-key"))
+        .unwrap());
+    assert!(!fx
+        .registry
+        .remove_owned("a1", &owner(101, "old-key"))
+        .unwrap());
     assert!(fx.registry.lookup("a1").unwrap().is_some());
 
     // A successor re-registers the id; the old owner's exit path runs late.
     fx.registry
         .write(fields("a1", "http://127.0.0.1:2", "b", 200, "new-key"))
         .unwrap();
-    assert!(!fx.registry.remove_owned("a1", &owner(100, "old-key")).unwrap());
+    assert!(!fx
+        .registry
+        .remove_owned("a1", &owner(100, "old-key"))
+        .unwrap());
     assert_eq!(
         fx.registry.lookup("a1").unwrap().unwrap().auth_key,
         "new-key"
     );
 
-    assert!(fx.registry.remove_owned("a1", &owner(200, "new-key")).unwrap());
+    assert!(fx
+        .registry
+        .remove_owned("a1", &owner(200, "new-key"))
+        .unwrap());
     assert!(fx.names().is_empty());
-    assert!(!fx.registry.remove_owned("a1", &owner(200, "new-key")).unwrap());
+    assert!(!fx
+        .registry
+        .remove_owned("a1", &owner(200, "new-key"))
+        .unwrap());
 }
 
 #[test]
@@ -241,9 +262,13 @@ fn the_agents_dir_is_created_private_and_entries_are_owner_only() {
     let fx = Fixture::new();
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&fx.agents()), 0o700);
-    fx.registry.write(fields("a1", "u", "b", 1, "secret")).unwrap();
+    fx.registry
+        .write(fields("a1", "u", "b", 1, "secret"))
+        .unwrap();
     assert_eq!(mode(&fx.path("a1.json")), 0o600);
-    fx.registry.write(fields("a1", "u", "b", 1, "secret2")).unwrap();
+    fx.registry
+        .write(fields("a1", "u", "b", 1, "secret2"))
+        .unwrap();
     assert_eq!(
         mode(&fx.path("a1.json")),
         0o600,
@@ -281,7 +306,8 @@ fn an_agents_dir_of_this_user_that_others_could_write_is_adopted() {
         std::fs::set_permissions(&linked, std::fs::Permissions::from_mode(0o644)).unwrap();
         std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(mode)).unwrap();
         let registry = Registry::open(tmp.path()).unwrap();
-        let mode_of = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let mode_of =
+            |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode_of(&agents), 0o700, "{mode:o}: tightened");
         assert_eq!(mode_of(&old), 0o600, "{mode:o}: old entries tightened");
         assert_eq!(mode_of(&linked), 0o600, "{mode:o}: linked files tightened");
@@ -322,14 +348,23 @@ fn an_agents_dir_others_could_write_holding_their_files_is_refused_naming_them()
                 if reason.contains("planted.json (uid 54321)") && !reason.contains("mine.json")),
             "attempt {attempt}: {err}"
         );
-        assert!(!text.contains('\u{1b}') && text.contains("esc\\u{1b}[2J.json"), "{text:?}");
-        assert_eq!(std::fs::metadata(&agents).unwrap().permissions().mode() & 0o777, 0o777);
+        assert!(
+            !text.contains('\u{1b}') && text.contains("esc\\u{1b}[2J.json"),
+            "{text:?}"
+        );
+        assert_eq!(
+            std::fs::metadata(&agents).unwrap().permissions().mode() & 0o777,
+            0o777
+        );
     }
     // Once the planted files are gone, it is adopted.
     std::fs::remove_file(agents.join("planted.json")).unwrap();
     std::fs::remove_file(agents.join(escape)).unwrap();
     Registry::open(tmp.path()).unwrap();
-    assert_eq!(std::fs::metadata(&agents).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(&agents).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
 }
 
 #[test]
@@ -367,14 +402,18 @@ fn an_agents_dir_owned_by_another_user_is_refused() {
 #[test]
 fn a_deleted_and_recreated_agents_dir_is_followed() {
     let fx = Fixture::new();
-    fx.registry.write(fields("before", "u", "b", 1, "k")).unwrap();
+    fx.registry
+        .write(fields("before", "u", "b", 1, "k"))
+        .unwrap();
     std::fs::remove_dir_all(fx.agents()).unwrap();
     std::fs::create_dir(fx.agents()).unwrap();
     std::fs::set_permissions(fx.agents(), std::fs::Permissions::from_mode(0o700)).unwrap();
     fx.write_raw("other.json", valid_entry("other"));
 
     // A write checks at once: it lands in the new directory.
-    fx.registry.write(fields("after", "u", "b", 1, "k")).unwrap();
+    fx.registry
+        .write(fields("after", "u", "b", 1, "k"))
+        .unwrap();
     assert_eq!(fx.names(), ["after.json", "other.json"]);
     // Read-only calls check at most every 100 ms.
     std::thread::sleep(Duration::from_millis(150));
@@ -384,7 +423,9 @@ fn a_deleted_and_recreated_agents_dir_is_followed() {
     );
 
     std::fs::remove_dir_all(fx.agents()).unwrap();
-    fx.registry.write(fields("again", "u", "b", 1, "k")).unwrap();
+    fx.registry
+        .write(fields("again", "u", "b", 1, "k"))
+        .unwrap();
     assert_eq!(
         fx.names(),
         ["again.json"],

@@ -106,7 +106,9 @@ fn a_live_owners_start_time_is_one_optional_trailing_key() {
             .expect("Linux always knows a live process's start time");
         let ns = entry.pid_namespace.expect("and its pid namespace");
         assert!(
-            raw.ends_with(&format!(r#","auth_key":"k","pid_started":{started},"pid_ns":{ns}}}"#)),
+            raw.ends_with(&format!(
+                r#","auth_key":"k","pid_started":{started},"pid_ns":{ns}}}"#
+            )),
             "{raw}"
         );
     }

@@ -43,29 +43,59 @@ async fn renew_refreshes_restores_and_yields_to_other_registrations() {
     let first = registry.write(with_token("r", "t1")).await.unwrap();
     std::thread::sleep(Duration::from_millis(5));
 
-    assert_eq!(registry.renew(with_token("r", "t1")).await.unwrap(), Renewal::Refreshed);
+    assert_eq!(
+        registry.renew(with_token("r", "t1")).await.unwrap(),
+        Renewal::Refreshed
+    );
     let refreshed = registry.lookup("r").await.unwrap().unwrap();
     assert!(refreshed.updated_at > first.updated_at);
 
     // Another registration of the same id owns it: nothing changes.
-    assert_eq!(registry.renew(with_token("r", "t2")).await.unwrap(), Renewal::Superseded);
+    assert_eq!(
+        registry.renew(with_token("r", "t2")).await.unwrap(),
+        Renewal::Superseded
+    );
     assert_eq!(registry.lookup("r").await.unwrap().unwrap(), refreshed);
 
     // A plain write (no token) by anyone else also supersedes.
-    registry.write(fields("r", "http://127.0.0.1:2", "b", 7, "other")).await.unwrap();
-    assert_eq!(registry.renew(with_token("r", "t1")).await.unwrap(), Renewal::Superseded);
+    registry
+        .write(fields("r", "http://127.0.0.1:2", "b", 7, "other"))
+        .await
+        .unwrap();
+    assert_eq!(
+        registry.renew(with_token("r", "t1")).await.unwrap(),
+        Renewal::Superseded
+    );
 
     // Missing or malformed: restored.
     assert!(registry.remove("r").await.unwrap());
-    assert_eq!(registry.renew(with_token("r", "t1")).await.unwrap(), Renewal::Restored);
-    assert_eq!(registry.lookup("r").await.unwrap().unwrap().registration.as_deref(), Some("t1"));
+    assert_eq!(
+        registry.renew(with_token("r", "t1")).await.unwrap(),
+        Renewal::Restored
+    );
+    assert_eq!(
+        registry
+            .lookup("r")
+            .await
+            .unwrap()
+            .unwrap()
+            .registration
+            .as_deref(),
+        Some("t1")
+    );
     std::fs::write(tmp.path().join("agents/r.json"), "{ not json").unwrap();
-    assert_eq!(registry.renew(with_token("r", "t1")).await.unwrap(), Renewal::Restored);
+    assert_eq!(
+        registry.renew(with_token("r", "t1")).await.unwrap(),
+        Renewal::Restored
+    );
     assert!(registry.lookup("r").await.unwrap().is_some());
 
     // Only a registration can be renewed.
     let plain = fields("r", "u", "b", 1, "k");
-    assert!(matches!(registry.renew(plain).await, Err(Error::InvalidField(_))));
+    assert!(matches!(
+        registry.renew(plain).await,
+        Err(Error::InvalidField(_))
+    ));
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -76,13 +106,19 @@ async fn remove_owned_needs_the_registration_token_to_match() {
         registration: Some("t0".into()),
         ..Owner::of(&entry)
     };
-    assert!(!registry.remove_owned("o", &same_process_other_registration).await.unwrap());
+    assert!(!registry
+        .remove_owned("o", &same_process_other_registration)
+        .await
+        .unwrap());
     let untokened = Owner {
         registration: None,
         ..Owner::of(&entry)
     };
     assert!(!registry.remove_owned("o", &untokened).await.unwrap());
-    assert!(registry.remove_owned("o", &Owner::of(&entry)).await.unwrap());
+    assert!(registry
+        .remove_owned("o", &Owner::of(&entry))
+        .await
+        .unwrap());
 }
 
 /// Issue: a heartbeat that found its entry swept (owner stalled past the sweep
@@ -91,9 +127,13 @@ async fn remove_owned_needs_the_registration_token_to_match() {
 async fn a_live_registration_swept_away_is_restored_within_a_beat() {
     let (_tmp, registry) = open();
     let beat = Duration::from_millis(100);
-    let guard = Registration::register(&registry, fields("swept", "http://127.0.0.1:1", "b", 0, "k"), beat)
-        .await
-        .unwrap();
+    let guard = Registration::register(
+        &registry,
+        fields("swept", "http://127.0.0.1:1", "b", 0, "k"),
+        beat,
+    )
+    .await
+    .unwrap();
     // Another instance's sweep takes the entry away (as after a long stall).
     tokio::time::sleep(Duration::from_millis(5)).await;
     assert_eq!(registry.cleanup_stale(Duration::ZERO).await.unwrap(), 1);
@@ -116,19 +156,31 @@ async fn a_live_registration_swept_away_is_restored_within_a_beat() {
 async fn two_registrations_of_one_id_in_one_process_never_confuse_each_other() {
     let (_tmp, registry) = open();
     let beat = Duration::from_millis(20);
-    let older = Registration::register(&registry, fields("twin", "http://127.0.0.1:1", "b", 0, "k"), beat)
-        .await
-        .unwrap();
-    let newer = Registration::register(&registry, fields("twin", "http://127.0.0.1:2", "b", 0, "k"), beat)
-        .await
-        .unwrap();
+    let older = Registration::register(
+        &registry,
+        fields("twin", "http://127.0.0.1:1", "b", 0, "k"),
+        beat,
+    )
+    .await
+    .unwrap();
+    let newer = Registration::register(
+        &registry,
+        fields("twin", "http://127.0.0.1:2", "b", 0, "k"),
+        beat,
+    )
+    .await
+    .unwrap();
     assert_ne!(older.token(), newer.token());
     assert_eq!(older.entry().pid, newer.entry().pid);
     let superseded = eventually(Duration::from_secs(3), async || older.is_superseded()).await;
     assert!(superseded, "the older registration's heartbeat stopped");
     drop(older);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let entry = registry.lookup("twin").await.unwrap().expect("the newer entry stays");
+    let entry = registry
+        .lookup("twin")
+        .await
+        .unwrap()
+        .expect("the newer entry stays");
     assert_eq!(entry.registration.as_deref(), Some(newer.token()));
     assert_eq!(entry.local_url, "http://127.0.0.1:2");
     drop(newer);
@@ -154,10 +206,19 @@ fn a_fast_heartbeat_never_overwrites_a_successor() {
         registry.write(successor).unwrap();
         // Give the predecessor's heartbeat many beats to misbehave.
         std::thread::sleep(Duration::from_millis(10));
-        let entry = registry.lookup(&id).unwrap().expect("the successor's entry");
-        assert_eq!(entry.auth_key, "new", "trial {trial}: the successor was overwritten");
+        let entry = registry
+            .lookup(&id)
+            .unwrap()
+            .expect("the successor's entry");
+        assert_eq!(
+            entry.auth_key, "new",
+            "trial {trial}: the successor was overwritten"
+        );
         drop(guard);
-        let entry = registry.lookup(&id).unwrap().expect("drop left the successor alone");
+        let entry = registry
+            .lookup(&id)
+            .unwrap()
+            .expect("drop left the successor alone");
         assert_eq!(entry.auth_key, "new", "trial {trial}");
     }
 }
@@ -193,7 +254,11 @@ fn one_heartbeat_driver_serves_every_registration() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("1 passed"), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[cfg(target_os = "linux")]
@@ -202,7 +267,11 @@ async fn many_registrations_one_driver() {
     let mut guards = Vec::new();
     for i in 0..50 {
         let f = fields(&format!("many-{i}"), "http://127.0.0.1:1", "b", 0, "k");
-        guards.push(Registration::register(&registry, f, Duration::from_millis(50)).await.unwrap());
+        guards.push(
+            Registration::register(&registry, f, Duration::from_millis(50))
+                .await
+                .unwrap(),
+        );
     }
     assert_eq!(registry.heartbeat_count(), 50);
     let drivers = std::fs::read_dir("/proc/self/task")
@@ -233,9 +302,13 @@ async fn many_registrations_one_driver() {
 #[tokio::test(flavor = "current_thread")]
 async fn an_id_with_a_nul_registers_and_unregisters() {
     let (_tmp, registry) = open();
-    let guard = Registration::register(&registry, fields("a\0b", "u", "b", 0, "k"), Duration::from_millis(50))
-        .await
-        .unwrap();
+    let guard = Registration::register(
+        &registry,
+        fields("a\0b", "u", "b", 0, "k"),
+        Duration::from_millis(50),
+    )
+    .await
+    .unwrap();
     assert!(registry.lookup("a\0b").await.unwrap().is_some());
     assert!(guard.unregister().await.unwrap());
     assert!(registry.list().await.unwrap().is_empty());
@@ -251,7 +324,11 @@ async fn an_owner_this_process_cannot_see_is_never_swept_as_dead() {
     let invisible = child.id();
     child.wait().unwrap();
     let here = pid_namespace().expect("Linux has pid namespaces");
-    for (id, ns) in [("other-ns", Some(here + 1)), ("unrecorded-ns", None), ("this-ns", Some(here))] {
+    for (id, ns) in [
+        ("other-ns", Some(here + 1)),
+        ("unrecorded-ns", None),
+        ("this-ns", Some(here)),
+    ] {
         let mut raw = serde_json::to_value(SeedEntry {
             pid: invisible,
             ..SeedEntry::new(id, now_ms())
@@ -260,7 +337,11 @@ async fn an_owner_this_process_cannot_see_is_never_swept_as_dead() {
         if let Some(ns) = ns {
             raw["pid_ns"] = ns.into();
         }
-        std::fs::write(tmp.path().join(format!("agents/{id}.json")), raw.to_string()).unwrap();
+        std::fs::write(
+            tmp.path().join(format!("agents/{id}.json")),
+            raw.to_string(),
+        )
+        .unwrap();
     }
     let liveness = |id: &str| {
         let entry = agentmux_registry::AgentEntry::parse(
@@ -273,11 +354,20 @@ async fn an_owner_this_process_cannot_see_is_never_swept_as_dead() {
     assert_eq!(liveness("unrecorded-ns"), Liveness::Unknown);
     assert_eq!(liveness("this-ns"), Liveness::Dead);
     assert_eq!(registry.cleanup_dead_owners().await.unwrap(), 1);
-    let left: Vec<String> = registry.list().await.unwrap().into_iter().map(|e| e.agent_id).collect();
+    let left: Vec<String> = registry
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.agent_id)
+        .collect();
     assert_eq!(left, ["other-ns", "unrecorded-ns"]);
     // Entries this host writes record its namespace, so they can be judged.
     let me = std::process::id();
-    let written = registry.write(fields("mine", "u", "b", me, "k")).await.unwrap();
+    let written = registry
+        .write(fields("mine", "u", "b", me, "k"))
+        .await
+        .unwrap();
     assert_eq!(written.pid_namespace, Some(here));
     assert_eq!(owner_liveness(&written), Liveness::Alive);
 }
@@ -290,11 +380,20 @@ async fn a_replaced_data_dir_is_followed() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let registry = Registry::open(&data).unwrap();
-    registry.write(fields("before", "u", "b", 1, "k")).await.unwrap();
+    registry
+        .write(fields("before", "u", "b", 1, "k"))
+        .await
+        .unwrap();
     std::fs::rename(&data, tmp.path().join("data.old")).unwrap();
     let newcomer = Registry::open(&data).unwrap();
-    registry.write(fields("after", "u", "b", 1, "k")).await.unwrap();
-    assert!(newcomer.lookup("after").await.unwrap().is_some(), "written where the path leads now");
+    registry
+        .write(fields("after", "u", "b", 1, "k"))
+        .await
+        .unwrap();
+    assert!(
+        newcomer.lookup("after").await.unwrap().is_some(),
+        "written where the path leads now"
+    );
     assert!(!tmp.path().join("data.old/agents/after.json").exists());
     assert!(registry.lookup("before").await.unwrap().is_none());
 }

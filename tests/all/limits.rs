@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use agentmux_registry::blocking::Registry;
 use agentmux_registry::{Error, Options};
-use agentmux_registry_tests::{fields};
+use agentmux_registry_tests::fields;
 
 static MISBEHAVING: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/misbehaving.wasm"));
 
@@ -84,7 +84,10 @@ async fn limits_hold_for_async_calls_inside_a_runtime() {
 fn an_instance_whose_second_call_trapped_is_never_reused() {
     let (_tmp, registry) = open(Options::new());
     let err = registry.list().unwrap_err();
-    assert!(matches!(&err, Error::Component(m) if m.contains("trapped")), "{err}");
+    assert!(
+        matches!(&err, Error::Component(m) if m.contains("trapped")),
+        "{err}"
+    );
     assert!(
         !registry.remove("a1").unwrap(),
         "the next call ran on a fresh instance"

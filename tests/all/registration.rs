@@ -9,9 +9,9 @@ use agentmux_registry::liveness::{
     owner_liveness, pid_namespace, should_evict_after_failed_forward, Liveness,
 };
 use agentmux_registry::{Registration, Registry};
-use agentmux_registry_tests::{fields, now_ms};
 #[cfg(target_os = "linux")]
 use agentmux_registry_tests::SeedEntry;
+use agentmux_registry_tests::{fields, now_ms};
 
 fn open() -> (tempfile::TempDir, Registry) {
     let tmp = tempfile::tempdir().unwrap();
@@ -64,7 +64,13 @@ async fn drop_and_heartbeat_leave_a_successors_registration_alone() {
     .unwrap();
     // Another instance re-registers the same id.
     registry
-        .write(fields("succ", "http://127.0.0.1:2", "b", 999_999, "new-key"))
+        .write(fields(
+            "succ",
+            "http://127.0.0.1:2",
+            "b",
+            999_999,
+            "new-key",
+        ))
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -85,9 +91,13 @@ async fn drop_and_heartbeat_leave_a_successors_registration_alone() {
 #[tokio::test(flavor = "current_thread")]
 async fn unregister_removes_its_own_entry_once() {
     let (_tmp, registry) = open();
-    let guard = Registration::register(&registry, fields("un", "u", "b", 0, "k"), Duration::from_secs(60))
-        .await
-        .unwrap();
+    let guard = Registration::register(
+        &registry,
+        fields("un", "u", "b", 0, "k"),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     assert!(guard.unregister().await.unwrap());
     assert_eq!(registry.lookup("un").await.unwrap(), None);
 }
@@ -144,7 +154,10 @@ async fn dead_owners_are_skipped_by_lookup_live_and_swept() {
 #[test]
 fn eviction_after_a_failed_forward_follows_the_owners_liveness() {
     let mut child = if cfg!(windows) {
-        std::process::Command::new("cmd").args(["/C", "exit"]).spawn().unwrap()
+        std::process::Command::new("cmd")
+            .args(["/C", "exit"])
+            .spawn()
+            .unwrap()
     } else {
         std::process::Command::new("true").spawn().unwrap()
     };

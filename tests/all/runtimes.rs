@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use agentmux_registry::{blocking, compat, Registry};
-use agentmux_registry_tests::{fields};
+use agentmux_registry_tests::fields;
 
 async fn exercise_async(registry: &Registry) {
     registry

@@ -47,7 +47,11 @@ fn a_hundred_thousand_entries_list_and_sweep_in_bounded_memory_and_time() {
         .unwrap();
     let swept_in = started.elapsed();
     assert_eq!(removed, 50_000);
-    assert!(reports.len() > 10, "progress after every batch: {}", reports.len());
+    assert!(
+        reports.len() > 10,
+        "progress after every batch: {}",
+        reports.len()
+    );
     assert!(reports.windows(2).all(|w| w[0].examined < w[1].examined));
     let last = reports.last().unwrap();
     assert!(last.done && last.removed == 50_000 && last.examined >= 100_000);
@@ -73,12 +77,20 @@ fn oversized_entries_are_skipped_by_reads_and_swept() {
     fx.write_raw("fine.json", SeedEntry::new("fine", now).to_json());
     let registry = Registry::open_with(fx.data_dir(), tight()).unwrap();
 
-    let ids: Vec<String> = registry.list().unwrap().into_iter().map(|e| e.agent_id).collect();
+    let ids: Vec<String> = registry
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.agent_id)
+        .collect();
     assert_eq!(ids, ["fine"]);
     assert_eq!(registry.lookup("big-000").unwrap(), None);
     assert_eq!(registry.cleanup_dead_owners().unwrap(), 0);
     // A sweep of any age removes them: they are malformed.
-    assert_eq!(registry.cleanup_stale(Duration::from_secs(3600)).unwrap(), 301);
+    assert_eq!(
+        registry.cleanup_stale(Duration::from_secs(3600)).unwrap(),
+        301
+    );
     assert_eq!(fx.names(), ["fine.json"]);
 }
 
@@ -119,9 +131,20 @@ fn any_number_of_unnamable_files_leaves_list_and_sweep_working() {
     }
     fx.write_raw("good.json", SeedEntry::new("good", now_ms()).to_json());
     fx.write_raw("old.json", SeedEntry::new("old", 1).to_json());
-    let ids: Vec<String> = fx.registry.list().unwrap().into_iter().map(|e| e.agent_id).collect();
+    let ids: Vec<String> = fx
+        .registry
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.agent_id)
+        .collect();
     assert_eq!(ids, ["good", "old"]);
-    assert_eq!(fx.registry.cleanup_stale(Duration::from_secs(3600)).unwrap(), 1);
+    assert_eq!(
+        fx.registry
+            .cleanup_stale(Duration::from_secs(3600))
+            .unwrap(),
+        1
+    );
 }
 
 /// An entry stamped in the future (no writer can have made it) would never
@@ -132,7 +155,19 @@ fn an_entry_from_the_far_future_is_swept() {
     fx.write_raw("future.json", SeedEntry::new("future", u64::MAX).to_json());
     let soon = now_ms() + 10 * 60 * 1000;
     fx.write_raw("skewed.json", SeedEntry::new("skewed", soon).to_json());
-    assert!(fx.registry.lookup("future").unwrap().is_some(), "still a valid entry to read");
-    assert_eq!(fx.registry.cleanup_stale(Duration::from_secs(3600)).unwrap(), 1);
-    assert_eq!(fx.names(), ["skewed.json"], "a clock ten minutes ahead is tolerated");
+    assert!(
+        fx.registry.lookup("future").unwrap().is_some(),
+        "still a valid entry to read"
+    );
+    assert_eq!(
+        fx.registry
+            .cleanup_stale(Duration::from_secs(3600))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        fx.names(),
+        ["skewed.json"],
+        "a clock ten minutes ahead is tolerated"
+    );
 }

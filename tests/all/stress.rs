@@ -9,8 +9,8 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 
 use agentmux_registry::blocking::Registry;
+use agentmux_registry_tests::fields;
 use serde_json::Value;
-use agentmux_registry_tests::{fields};
 
 const WORKERS: u32 = 4;
 const PINNED_PER_WORKER: u32 = 3;
@@ -28,7 +28,13 @@ fn concurrent_processes_never_see_torn_wrong_or_missing_entries() {
         for k in 0..PINNED_PER_WORKER {
             let id = format!("pin-{w}-{k}");
             registry
-                .write(fields(&id, "http://127.0.0.1:1", "0", 1, &format!("{id}:0")))
+                .write(fields(
+                    &id,
+                    "http://127.0.0.1:1",
+                    "0",
+                    1,
+                    &format!("{id}:0"),
+                ))
                 .unwrap();
         }
     }

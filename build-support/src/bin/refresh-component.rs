@@ -14,7 +14,9 @@ fn main() -> ExitCode {
         None => false,
         Some("--check") => true,
         Some(other) => {
-            eprintln!("refresh-component: unknown argument {other:?}; usage: refresh-component [--check]");
+            eprintln!(
+                "refresh-component: unknown argument {other:?}; usage: refresh-component [--check]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -30,8 +32,8 @@ fn main() -> ExitCode {
     )];
     for wit in ["registry.wit", "deps/cli/run.wit"] {
         let source = workspace.join("wit").join(wit);
-        let bytes = std::fs::read(&source)
-            .unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
+        let bytes =
+            std::fs::read(&source).unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
         shipped.push((workspace.join("host/wit").join(wit), bytes));
     }
     let mut stale = Vec::new();
@@ -43,7 +45,8 @@ fn main() -> ExitCode {
             stale.push(path.display().to_string());
         } else {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, bytes).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+            std::fs::write(path, bytes)
+                .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
             println!("refreshed {}", path.display());
         }
     }

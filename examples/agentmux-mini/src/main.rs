@@ -100,8 +100,7 @@ async fn register(State(app): State<Shared>, Json(body): Json<RegisterBody>) -> 
         ..EntryFields::default()
     };
     let _order = app.registering.lock().await;
-    let registration = match Registration::register(&app.registry, fields, HEARTBEAT).await
-    {
+    let registration = match Registration::register(&app.registry, fields, HEARTBEAT).await {
         Ok(registration) => registration,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
