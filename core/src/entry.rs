@@ -158,6 +158,21 @@ impl Entry {
             .is_ok()
     }
 
+    /// The fields this entry was written from (all but its time stamp): what
+    /// a rewrite of the same entry passes.
+    pub fn fields(&self) -> EntryFields {
+        EntryFields {
+            agent_id: self.agent_id.clone(),
+            local_url: self.local_url.clone(),
+            block_id: self.block_id.clone(),
+            pid: self.pid,
+            auth_key: self.auth_key.clone(),
+            pid_started: self.pid_started,
+            pid_namespace: self.pid_namespace,
+            registration: self.registration.clone(),
+        }
+    }
+
     /// The bytes of this entry's file.
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising plain strings and integers cannot fail.
@@ -319,7 +334,8 @@ mod tests {
             json.ends_with(r#","auth_key":"k","pid_started":123,"pid_ns":7,"registration":"t1"}"#),
             "{json}"
         );
-        assert_eq!(Entry::parse(json.as_bytes()), Some(with));
+        assert_eq!(Entry::parse(json.as_bytes()), Some(with.clone()));
+        assert_eq!(with.fields().into_entry(with.updated_at), with);
     }
 
     #[test]

@@ -599,14 +599,14 @@ impl Listing {
 /// The valid entries with the smallest ids, at most `max_entries`, sorted.
 pub fn list_entries(max_entries: u32) -> Result<Vec<Entry>, Error> {
     let max_entries = max_entries as usize;
+    if max_entries == 0 {
+        return Ok(Vec::new());
+    }
     with_dir(|dir| {
         let mut names = Names::open(dir)?;
         // A max-heap by id holding the smallest ids seen so far.
         let mut kept: BinaryHeap<ById> = BinaryHeap::new();
         while let Some(name) = names.next()? {
-            if max_entries == 0 {
-                break;
-            }
             if let Some(entry) = listed_entry(dir, &name) {
                 if kept.len() < max_entries {
                     kept.push(ById(entry));

@@ -77,12 +77,11 @@ impl AgentsDir {
         }
         let dir = data.open_dir_nofollow(AGENTS).map_err(dir_error)?;
         check_private(&data, &dir, &path)?;
+        let data_identity = identity(&data.dir_metadata().map_err(|source| Error::Directory {
+            path: data_dir.to_path_buf(),
+            source,
+        })?);
         let identity = identity(&dir.dir_metadata().map_err(dir_error)?);
-        let data_identity =
-            identity_of(&data.dir_metadata().map_err(|source| Error::Directory {
-                path: data_dir.to_path_buf(),
-                source,
-            })?);
         Ok(AgentsDir {
             path,
             data_path: data_dir.to_path_buf(),
@@ -171,10 +170,6 @@ fn std_identity(meta: &std::fs::Metadata) -> (u64, u64) {
         let _ = meta;
         (0, 0)
     }
-}
-
-fn identity_of(meta: &cap_std::fs::Metadata) -> (u64, u64) {
-    identity(meta)
 }
 
 /// Device and inode number (zeros where the OS has none).

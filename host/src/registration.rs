@@ -77,16 +77,7 @@ impl Registration {
         };
         let entry = registry.write(fields).await?;
         // Renew with what was stored, owner facts included.
-        let fields = EntryFields {
-            agent_id: entry.agent_id.clone(),
-            local_url: entry.local_url.clone(),
-            block_id: entry.block_id.clone(),
-            pid: entry.pid,
-            auth_key: entry.auth_key.clone(),
-            pid_started: entry.pid_started,
-            pid_namespace: entry.pid_namespace,
-            registration: entry.registration.clone(),
-        };
+        let fields = entry.fields();
         let beat = Beat::new(fields, heartbeat.max(Duration::from_millis(1)));
         let guard = Registration {
             registry: registry.clone(),

@@ -244,7 +244,7 @@ impl Registry {
     /// the pid is not mistaken for the owner). The entry file is made
     /// readable by its owner only.
     pub async fn write(&self, fields: EntryFields) -> Result<AgentEntry, Error> {
-        let fields = wit_fields(with_owner_facts(fields));
+        let fields = fields_out(&with_owner_facts(fields));
         let mut lease = self.inner.lease(Access::Write).await?;
         let entry = lease
             .call(async |api, store| api.call_write(store, &fields).await)
@@ -260,7 +260,7 @@ impl Registry {
     /// for you.
     pub async fn renew(&self, fields: EntryFields) -> Result<Renewal, Error> {
         let agent_id = fields.agent_id.clone();
-        let fields = wit_fields(with_owner_facts(fields));
+        let fields = fields_out(&with_owner_facts(fields));
         let mut lease = self.inner.lease(Access::Write).await?;
         let renewal = lease
             .call(async |api, store| api.call_renew(store, &fields).await)
@@ -415,10 +415,6 @@ impl Registry {
             .call(async |api, store| api.call_entry_file_name(store, agent_id).await)
             .await??)
     }
-}
-
-fn wit_fields(fields: EntryFields) -> wit::EntryFields {
-    fields_out(&fields)
 }
 
 /// A pass over every valid entry; see [`Registry::listing`].
