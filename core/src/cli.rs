@@ -221,10 +221,12 @@ fn entry_json(entry: &Entry) -> String {
     out
 }
 
-/// A table cell: [`printable`], and quoted when it holds a space or a quote
+/// A table cell: [`printable`], and quoted when it holds white space or a quote
 /// (or is empty), so no value can pass for several columns.
 fn cell(s: &str) -> Cow<'_, str> {
-    if !s.is_empty() && !s.contains([' ', '"']) {
+    // Any white space (U+3000 and the other wide spaces too) could pass for
+    // a column gap.
+    if !s.is_empty() && !s.contains(|c: char| c == '"' || c.is_whitespace()) {
         return printable(s);
     }
     Cow::Owned(format!("\"{}\"", printable(s).replace('"', "\\\"")))
@@ -485,6 +487,10 @@ mod tests {
         let e = entry_with("x  http://attacker:1  blk", "b");
         let out = listed(std::slice::from_ref(&e), false, 0);
         assert!(out.contains("\"x  http://attacker:1  blk\""), "{out}");
+        // Nor with wide spaces.
+        let wide = "x\u{3000}\u{3000}http://attacker:1\u{3000}blk";
+        let out = listed(&[entry_with(wide, "b")], false, 0);
+        assert!(out.contains(&format!("\"{wide}\"")), "{out}");
         let long_ago = entry_with("a", "b");
         let out = listed(std::slice::from_ref(&long_ago), false, u64::MAX / 2);
         let header_key = out.lines().next().unwrap().find("KEY").unwrap();

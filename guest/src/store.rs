@@ -222,42 +222,79 @@ fn write_temp(dir: &Descriptor, bytes: &[u8]) -> Result<String, Error> {
     Ok(name)
 }
 
+/// How often a rename or link refused with `access` is tried again, a
+/// millisecond apart.
+const ACCESS_RETRIES: u32 = 50;
+
+/// Runs a rename, link or create at an entry's name, trying again for a
+/// while when it is refused with `access`. Windows refuses to replace a file
+/// another process has open (a reader, for microseconds) and keeps a removed
+/// file's name until its last handle closes; elsewhere `access` is a real
+/// permission problem and costs this wait once before it is reported.
+fn patiently<T>(mut op: impl FnMut() -> Result<T, ErrorCode>) -> Result<T, ErrorCode> {
+    for _ in 0..ACCESS_RETRIES {
+        match op() {
+            Err(ErrorCode::Access) => pause_a_millisecond(),
+            done => return done,
+        }
+    }
+    op()
+}
+
+/// Waits a millisecond without a pollable: hosts that run calls outside an
+/// async runtime (this crate's blocking API) have no timer to wake one.
+fn pause_a_millisecond() {
+    use wasi::clocks::monotonic_clock::now;
+    let until = now().saturating_add(1_000_000);
+    while now() < until {}
+}
+
 /// Puts a grabbed file back at `name` unless something newer is there now.
 fn restore(dir: &Descriptor, grabbed: &str, name: &str) {
-    match dir.link_at(PathFlags::empty(), grabbed, dir, name) {
+    match patiently(|| dir.link_at(PathFlags::empty(), grabbed, dir, name)) {
         Ok(()) | Err(ErrorCode::Exist) => {
             let _ = dir.unlink_file_at(grabbed);
         }
         // A file system without hard links: rename back, which may replace a
         // newer entry written in the last microseconds.
         Err(_) => {
-            let _ = dir.rename_at(grabbed, dir, name);
+            let _ = patiently(|| dir.rename_at(grabbed, dir, name));
         }
     }
 }
 
+/// Closes a judged file and returns its identity. Nothing is renamed while
+/// its descriptor is still open: Windows refuses to rename an open file.
+fn identity_of(file: Descriptor, name: &str) -> Result<MetadataHashValue, Error> {
+    file.metadata_hash()
+        .map_err(|code| io("identify", name, code))
+}
+
+/// Whether the file now at `path` is the one identified by `judged`.
+fn is_same(dir: &Descriptor, path: &str, judged: MetadataHashValue) -> bool {
+    matches!(
+        dir.metadata_hash_at(PathFlags::empty(), path),
+        Ok(hash) if (hash.lower, hash.upper) == (judged.lower, judged.upper)
+    )
+}
+
 /// Removes `name` only if it is still the file `judged` (by identity); true
 /// when removed.
-fn remove_if_same(dir: &Descriptor, name: &str, judged: &Descriptor) -> Result<bool, Error> {
-    let judged_hash: MetadataHashValue = judged
-        .metadata_hash()
-        .map_err(|code| io("identify", name, code))?;
+fn remove_if_same(dir: &Descriptor, name: &str, judged: Descriptor) -> Result<bool, Error> {
+    let judged = identity_of(judged, name)?;
     let grabbed = unique_name(GRAB_PREFIX);
-    match dir.rename_at(name, dir, &grabbed) {
+    match patiently(|| dir.rename_at(name, dir, &grabbed)) {
         Ok(()) => {}
         Err(ErrorCode::NoEntry) => return Ok(false),
         Err(code) => return Err(io("rename", name, code)),
     }
-    match dir.metadata_hash_at(PathFlags::empty(), &grabbed) {
-        Ok(hash) if (hash.lower, hash.upper) == (judged_hash.lower, judged_hash.upper) => {
-            dir.unlink_file_at(&grabbed)
-                .map_err(|code| io("unlink", &grabbed, code))?;
-            Ok(true)
-        }
-        _ => {
-            restore(dir, &grabbed, name);
-            Ok(false)
-        }
+    if is_same(dir, &grabbed, judged) {
+        dir.unlink_file_at(&grabbed)
+            .map_err(|code| io("unlink", &grabbed, code))?;
+        Ok(true)
+    } else {
+        restore(dir, &grabbed, name);
+        Ok(false)
     }
 }
 
@@ -274,13 +311,13 @@ enum Placement {
 /// Links the new file `temp` into place at `name` only if the name is free,
 /// and removes `temp`.
 fn link_into_place(dir: &Descriptor, temp: &str, name: &str) -> Result<Placement, Error> {
-    let placed = match dir.link_at(PathFlags::empty(), temp, dir, name) {
+    let placed = match patiently(|| dir.link_at(PathFlags::empty(), temp, dir, name)) {
         Ok(()) => Placement::Placed,
         Err(ErrorCode::Exist) => Placement::Taken,
         // A file system without hard links: rename, which may replace an entry
         // created in the last microseconds.
         Err(_) => {
-            return match dir.rename_at(temp, dir, name) {
+            return match patiently(|| dir.rename_at(temp, dir, name)) {
                 Ok(()) => Ok(Placement::Placed),
                 Err(code) => {
                     let _ = dir.unlink_file_at(temp);
@@ -305,15 +342,13 @@ fn create_new(dir: &Descriptor, name: &str, bytes: &[u8]) -> Result<Placement, E
 fn replace_judged(
     dir: &Descriptor,
     name: &str,
-    judged: &Descriptor,
+    judged: Descriptor,
     bytes: &[u8],
 ) -> Result<Placement, Error> {
-    let judged_hash = judged
-        .metadata_hash()
-        .map_err(|code| io("identify", name, code))?;
+    let judged = identity_of(judged, name)?;
     let temp = write_temp(dir, bytes)?;
     let grabbed = unique_name(GRAB_PREFIX);
-    match dir.rename_at(name, dir, &grabbed) {
+    match patiently(|| dir.rename_at(name, dir, &grabbed)) {
         Ok(()) => {}
         Err(code) => {
             let _ = dir.unlink_file_at(&temp);
@@ -323,11 +358,7 @@ fn replace_judged(
             };
         }
     }
-    let same = matches!(
-        dir.metadata_hash_at(PathFlags::empty(), &grabbed),
-        Ok(hash) if (hash.lower, hash.upper) == (judged_hash.lower, judged_hash.upper)
-    );
-    if !same {
+    if !is_same(dir, &grabbed, judged) {
         restore(dir, &grabbed, name);
         let _ = dir.unlink_file_at(&temp);
         return Ok(Placement::Changed);
@@ -351,7 +382,7 @@ pub fn write(fields: EntryFields) -> Result<Entry, Error> {
         }
         let entry = fields.into_entry(now_ms());
         let temp = write_temp(dir, &entry.to_json())?;
-        if let Err(code) = dir.rename_at(&temp, dir, &name) {
+        if let Err(code) = patiently(|| dir.rename_at(&temp, dir, &name)) {
             let _ = dir.unlink_file_at(&temp);
             return Err(io("rename into", &name, code));
         }
@@ -405,7 +436,7 @@ pub fn renew(fields: EntryFields) -> Result<Renewal, Error> {
                         continue;
                     }
                     (
-                        replace_judged(dir, &name, &file, &bytes())?,
+                        replace_judged(dir, &name, file, &bytes())?,
                         Renewal::Refreshed,
                     )
                 }
@@ -419,7 +450,7 @@ pub fn renew(fields: EntryFields) -> Result<Renewal, Error> {
                         continue;
                     }
                     (
-                        replace_judged(dir, &name, &file, &bytes())?,
+                        replace_judged(dir, &name, file, &bytes())?,
                         Renewal::Restored,
                     )
                 }
@@ -473,7 +504,7 @@ pub fn remove_owned(agent_id: &str, owner: &Owner) -> Result<bool, Error> {
                     entry: Some(entry),
                     current,
                 } if entry.is_owned_by(agent_id, owner) => {
-                    if current && remove_if_same(dir, &name, &file)? {
+                    if current && remove_if_same(dir, &name, file)? {
                         return Ok(true);
                     }
                 }
@@ -746,13 +777,13 @@ fn sweep_entry(dir: &Descriptor, name: &str, cutoff: u64, latest: u64) -> Result
         Slot::Special(_) => Ok(dir.unlink_file_at(name).is_ok()),
         Slot::File {
             entry: None, file, ..
-        } => remove_if_same(dir, name, &file),
+        } => remove_if_same(dir, name, file),
         Slot::File {
             entry: Some(entry),
             file,
             ..
         } if entry.updated_at < cutoff || entry.updated_at > latest => {
-            remove_if_same(dir, name, &file)
+            remove_if_same(dir, name, file)
         }
         Slot::File { .. } => Ok(false),
     }

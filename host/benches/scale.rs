@@ -12,6 +12,7 @@
 //! - `cleanup`: `Registry::cleanup_stale` removing all N (every entry is
 //!   stale), in batches from one call.
 //!
+//! Every size runs with the component's memory capped at 16 MiB.
 //! Peak memory is the child's `VmHWM` (peak resident set) after `listing`,
 //! and again at the end. Set `AGENTMUX_SCALE_SIZES` (comma-separated) to
 //! choose sizes and `AGENTMUX_BENCH_DIR` to choose where entries live
@@ -21,8 +22,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use agentmux_registry::blocking::Registry;
+use agentmux_registry::Options;
 
 const CHILD: &str = "AGENTMUX_SCALE_CHILD";
+/// The component's memory limit at every size.
+const GUEST_MEMORY_CAP: usize = 16 << 20;
 
 fn main() {
     if let Ok(n) = std::env::var(CHILD) {
@@ -75,7 +79,10 @@ fn per_entry(d: Duration, n: usize) -> f64 {
 
 fn child(n: usize) {
     let root = tempfile::tempdir_in(bench_root()).unwrap();
-    let registry = Registry::open(root.path()).unwrap();
+    // The component's memory is capped at 16 MiB (the default is 256 MiB):
+    // every size must pass under the same small cap.
+    let options = Options::new().memory_limit(GUEST_MEMORY_CAP);
+    let registry = Registry::open_with(root.path(), options).unwrap();
     let agents = root.path().join("agents");
     // Four days old: every entry is stale for the sweep below.
     let old = std::time::SystemTime::now()

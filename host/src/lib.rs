@@ -128,14 +128,21 @@ impl From<bindings::exports::agentmux::registry::registry::RegistryError> for Er
 }
 
 /// agentmux-srv's data dir: `$AGENTMUX_DATA_HOME` when set and non-empty,
-/// else `~/.agentmux`. `None` when neither is known.
+/// else `~/.agentmux`, where `~` is `$HOME` (on Windows, when `HOME` is not
+/// set, `%USERPROFILE%`). `None` when neither is known.
 pub fn default_data_dir() -> Option<PathBuf> {
-    match std::env::var_os("AGENTMUX_DATA_HOME") {
-        Some(dir) if !dir.is_empty() => Some(PathBuf::from(dir)),
-        _ => std::env::var_os("HOME")
-            .filter(|home| !home.is_empty())
-            .map(|home| PathBuf::from(home).join(".agentmux")),
+    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
+    if let Some(dir) = non_empty("AGENTMUX_DATA_HOME") {
+        return Some(PathBuf::from(dir));
     }
+    let home = non_empty("HOME").or_else(|| {
+        if cfg!(windows) {
+            non_empty("USERPROFILE")
+        } else {
+            None
+        }
+    })?;
+    Some(PathBuf::from(home).join(".agentmux"))
 }
 
 /// The registry component this crate runs, as a WebAssembly component binary.

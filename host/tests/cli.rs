@@ -27,6 +27,9 @@ fn every_subcommand_round_trips_with_text_and_json_output() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let d = data.to_str().unwrap();
+    // A live owner (this test), so `cleanup --dead-owners` below keeps it on
+    // every platform.
+    let pid = std::process::id().to_string();
 
     let out = cli(
         tmp.path(),
@@ -40,7 +43,7 @@ fn every_subcommand_round_trips_with_text_and_json_output() {
             "--block",
             "b7",
             "--pid",
-            "42",
+            &pid,
             "--auth-key",
             "s3cret",
         ],
@@ -52,7 +55,8 @@ fn every_subcommand_round_trips_with_text_and_json_output() {
     assert!(out.status.success());
     let text = stdout(&out);
     assert!(
-        text.contains("local-url:  http://127.0.0.1:8123") && text.contains("pid:        42"),
+        text.contains("local-url:  http://127.0.0.1:8123")
+            && text.contains(&format!("pid:        {pid}")),
         "{text}"
     );
     assert!(
@@ -68,7 +72,11 @@ fn every_subcommand_round_trips_with_text_and_json_output() {
             entry["block_id"].as_str(),
             entry["pid"].as_u64()
         ),
-        (Some("s3cret"), Some("b7"), Some(42))
+        (
+            Some("s3cret"),
+            Some("b7"),
+            Some(u64::from(std::process::id()))
+        )
     );
 
     let out = cli(tmp.path(), &["--data-dir", d, "list"]);
@@ -166,6 +174,25 @@ fn the_data_dir_defaults_to_agentmux_data_home_then_home() {
     assert!(tmp
         .path()
         .join(".agentmux/agents/home-agent.json")
+        .is_file());
+}
+
+/// Windows sets no `HOME`: `~` is the user's profile there.
+#[cfg(windows)]
+#[test]
+fn on_windows_the_data_dir_defaults_to_the_user_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))
+        .args(["write", "profile-agent", "--url", "u", "--block", "b"])
+        .env_remove("AGENTMUX_DATA_HOME")
+        .env_remove("HOME")
+        .env("USERPROFILE", tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(tmp
+        .path()
+        .join(".agentmux/agents/profile-agent.json")
         .is_file());
 }
 
