@@ -58,6 +58,13 @@ pub fn build(workspace: &Path, package: &str, target_dir: &Path) -> PathBuf {
     }
     // The same bytes from any checkout: no machine paths in the component.
     build.env("CARGO_ENCODED_RUSTFLAGS", remap_flags(workspace));
+    // Whole-program optimisation: a fifth fewer bytes of WebAssembly, and so
+    // of native code to compile into every consumer and to load when a
+    // registry is opened. (The guest has its own target dir: nothing else is
+    // built with these settings.)
+    build
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1");
     let status = build
         .status()
         .unwrap_or_else(|e| panic!("could not run cargo to build {package}: {e}"));

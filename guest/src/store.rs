@@ -372,13 +372,20 @@ pub fn write(fields: EntryFields) -> Result<Entry, Error> {
     fields.check()?;
     let name = file_name_of(&fields.agent_id)?;
     with_dir(|dir| {
-        if let Slot::File {
-            entry: Some(entry), ..
-        } = inspect(dir, &name)?
-        {
-            if entry.agent_id != fields.agent_id {
+        match inspect(dir, &name)? {
+            Slot::File {
+                entry: Some(entry), ..
+            } if entry.agent_id != fields.agent_id => {
                 return Err(other_agent(&name, &entry, &fields.agent_id));
             }
+            // Nothing can be renamed over a directory. Anything else planted
+            // at the name (a symlink, a FIFO) is replaced, never followed.
+            Slot::Special(DescriptorType::Directory) => {
+                return Err(Error::Conflict(format!(
+                    "entry name {name:?} is a directory, not a regular file"
+                )))
+            }
+            _ => {}
         }
         let entry = fields.into_entry(now_ms());
         let temp = write_temp(dir, &entry.to_json())?;
