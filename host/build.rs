@@ -12,7 +12,8 @@ fn main() {
         .expect("reading component/registry.wasm (run `cargo refresh-component`)");
     let target = std::env::var("TARGET").expect("cargo sets TARGET");
     let mut config = wasmtime::Config::new();
-    configure_engine(&mut config);
+    let for_windows = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "windows");
+    configure_engine(&mut config, for_windows);
     config
         .target(&target)
         .unwrap_or_else(|e| panic!("wasmtime cannot compile for {target}: {e:#}"));

@@ -257,12 +257,15 @@ fn create_private_dir_all(path: &Path) -> io::Result<()> {
 }
 
 fn create_private_dir(parent: &Dir, name: &str) -> io::Result<()> {
-    let mut builder = cap_std::fs::DirBuilder::new();
     #[cfg(unix)]
-    {
+    let builder = {
         use cap_std::fs::DirBuilderExt;
+        let mut builder = cap_std::fs::DirBuilder::new();
         builder.mode(0o700);
-    }
+        builder
+    };
+    #[cfg(not(unix))]
+    let builder = cap_std::fs::DirBuilder::new();
     parent.create_dir_with(name, &builder)
 }
 

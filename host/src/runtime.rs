@@ -87,7 +87,7 @@ fn engine() -> Result<&'static Engine, Error> {
     ENGINE
         .get_or_init(|| {
             let mut config = Config::new();
-            configure_engine(&mut config);
+            configure_engine(&mut config, cfg!(windows));
             let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
             let ticker = engine.weak();
             std::thread::Builder::new()

@@ -8,7 +8,7 @@ use agentmux_registry::blocking;
 #[cfg(target_os = "linux")]
 use agentmux_registry::liveness::{owner_liveness, pid_namespace, Liveness};
 use agentmux_registry::{EntryFields, Error, Owner, Registration, Registry, Renewal};
-use agentmux_registry_tests::fields;
+use agentmux_registry_tests::{fields, lookup_through_renewals};
 #[cfg(target_os = "linux")]
 use agentmux_registry_tests::{now_ms, SeedEntry};
 
@@ -206,10 +206,7 @@ fn a_fast_heartbeat_never_overwrites_a_successor() {
         registry.write(successor).unwrap();
         // Give the predecessor's heartbeat many beats to misbehave.
         std::thread::sleep(Duration::from_millis(10));
-        let entry = registry
-            .lookup(&id)
-            .unwrap()
-            .expect("the successor's entry");
+        let entry = lookup_through_renewals(&registry, &id).expect("the successor's entry");
         assert_eq!(
             entry.auth_key, "new",
             "trial {trial}: the successor was overwritten"

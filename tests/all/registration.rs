@@ -11,7 +11,7 @@ use agentmux_registry::liveness::{
 use agentmux_registry::{Registration, Registry};
 #[cfg(target_os = "linux")]
 use agentmux_registry_tests::SeedEntry;
-use agentmux_registry_tests::{fields, now_ms};
+use agentmux_registry_tests::{fields, lookup_through_renewals, now_ms};
 
 fn open() -> (tempfile::TempDir, Registry) {
     let tmp = tempfile::tempdir().unwrap();
@@ -32,7 +32,9 @@ async fn the_heartbeat_keeps_the_entry_fresh_and_drop_removes_it() {
     let first = guard.entry().updated_at;
     assert_eq!(guard.entry().pid, std::process::id());
     tokio::time::sleep(Duration::from_millis(450)).await;
-    let now = registry.lookup("hb").await.unwrap().unwrap();
+    // Looked up from the blocking side, through any renewal in progress.
+    let blocking = agentmux_registry::blocking::Registry::from(registry.clone());
+    let now = lookup_through_renewals(&blocking, "hb").expect("the entry");
     assert!(
         now.updated_at >= first + 200,
         "refreshed: {first} -> {}",
