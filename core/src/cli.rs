@@ -331,6 +331,15 @@ pub fn cleaned(removed: u64, json: bool) -> String {
     }
 }
 
+/// What a sweep could not do: `failed` names it could not remove, and why the
+/// first failed. They stay for the next sweep.
+pub fn sweep_failures(failed: u64, first_failure: Option<&str>) -> String {
+    let why = first_failure
+        .map(|why| format!("; the first: {why}"))
+        .unwrap_or_default();
+    format!("could not remove {failed} name(s) that should have gone, left for the next sweep{why}")
+}
+
 /// "5s ago", "3m ago", "2h ago", "4d ago".
 fn age(updated_at: u64, now_ms: u64) -> String {
     let secs = now_ms.saturating_sub(updated_at) / 1000;

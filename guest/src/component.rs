@@ -58,6 +58,8 @@ fn progress_out(p: store::Progress) -> wit::SweepProgress {
     wit::SweepProgress {
         examined: p.examined,
         removed: p.removed,
+        failed: p.failed,
+        first_failure: p.first_failure,
         done: p.done,
     }
 }
@@ -135,7 +137,9 @@ impl wit::Guest for Registry {
     }
 
     fn cleanup_stale(max_age_ms: u64) -> Result<u64, wit::RegistryError> {
-        store::cleanup_stale(max_age_ms).map_err(error_out)
+        store::cleanup_stale(max_age_ms)
+            .map(|progress| progress.removed)
+            .map_err(error_out)
     }
 
     fn entry_file_name(agent_id: String) -> Result<String, wit::RegistryError> {
@@ -171,7 +175,8 @@ impl exports::wasi::cli::run::Guest for Registry {
     }
 }
 
-/// Runs one command; `Ok(false)` when it found nothing to show (lookup).
+/// Runs one command; `Ok(false)` when it found nothing to show (lookup) or
+/// could not do all of it (names a sweep could not remove).
 fn run_command(command: Command, json: bool) -> Result<bool, Error> {
     match command {
         Command::Write {
@@ -216,7 +221,15 @@ fn run_command(command: Command, json: bool) -> Result<bool, Error> {
             println!("{}", cli::listed(&entries, json, store::now_ms()));
         }
         Command::Cleanup { max_age_ms } => {
-            println!("{}", cli::cleaned(store::cleanup_stale(max_age_ms)?, json));
+            let progress = store::cleanup_stale(max_age_ms)?;
+            println!("{}", cli::cleaned(progress.removed, json));
+            if progress.failed > 0 {
+                eprintln!(
+                    "registry: {}",
+                    cli::sweep_failures(progress.failed, progress.first_failure.as_deref())
+                );
+                return Ok(false);
+            }
         }
     }
     Ok(true)

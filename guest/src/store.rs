@@ -283,7 +283,7 @@ fn is_same(dir: &Descriptor, path: &str, judged: MetadataHashValue) -> bool {
 fn remove_if_same(dir: &Descriptor, name: &str, judged: Descriptor) -> Result<bool, Error> {
     let judged = identity_of(judged, name)?;
     let grabbed = unique_name(GRAB_PREFIX);
-    match patiently(|| dir.rename_at(name, dir, &grabbed)) {
+    match dir.rename_at(name, dir, &grabbed) {
         Ok(()) => {}
         Err(ErrorCode::NoEntry) => return Ok(false),
         Err(code) => return Err(io("rename", name, code)),
@@ -348,7 +348,7 @@ fn replace_judged(
     let judged = identity_of(judged, name)?;
     let temp = write_temp(dir, bytes)?;
     let grabbed = unique_name(GRAB_PREFIX);
-    match patiently(|| dir.rename_at(name, dir, &grabbed)) {
+    match dir.rename_at(name, dir, &grabbed) {
         Ok(()) => {}
         Err(code) => {
             let _ = dir.unlink_file_at(&temp);
@@ -682,10 +682,12 @@ impl Ord for ById {
 }
 
 /// Totals of a sweep so far; mirrors the WIT `sweep-progress` record.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct Progress {
     pub examined: u64,
     pub removed: u64,
+    pub failed: u64,
+    pub first_failure: Option<String>,
     pub done: bool,
 }
 
@@ -712,7 +714,7 @@ impl Sweep {
 
     pub fn next_batch(&mut self, max_names: u32) -> Result<Progress, Error> {
         if self.progress.done {
-            return Ok(self.progress);
+            return Ok(self.progress.clone());
         }
         with_dir(|dir| {
             let names = match &mut self.names {
@@ -726,35 +728,56 @@ impl Sweep {
                     break;
                 };
                 self.progress.examined += 1;
-                // Per-name failures are skipped: another instance may be
-                // sweeping or rewriting the same names right now.
+                // A name that fails is counted and left for the next sweep;
+                // one bad name must not stop the rest. (Names another
+                // instance removes or rewrites meanwhile are not failures.)
                 let gone = if name.starts_with(TEMP_PREFIX) || name.starts_with(GRAB_PREFIX) {
                     sweep_debris(dir, &name, self.now)
                 } else if is_entry_name(&name) {
-                    sweep_entry(dir, &name, self.cutoff, self.latest).unwrap_or(false)
+                    sweep_entry(dir, &name, self.cutoff, self.latest)
                 } else {
-                    false
+                    Ok(false)
                 };
-                self.progress.removed += u64::from(gone);
+                match gone {
+                    Ok(gone) => self.progress.removed += u64::from(gone),
+                    Err(error) => {
+                        self.progress.failed += 1;
+                        self.progress
+                            .first_failure
+                            .get_or_insert_with(|| error.to_string());
+                    }
+                }
             }
-            Ok(self.progress)
+            Ok(self.progress.clone())
         })
     }
 }
 
 /// A whole sweep in one call.
-pub fn cleanup_stale(max_age_ms: u64) -> Result<u64, Error> {
+pub fn cleanup_stale(max_age_ms: u64) -> Result<Progress, Error> {
     let mut sweep = Sweep::new(max_age_ms);
     loop {
         let progress = sweep.next_batch(u32::MAX)?;
         if progress.done {
-            return Ok(progress.removed);
+            return Ok(progress);
         }
     }
 }
-fn sweep_debris(dir: &Descriptor, name: &str, now: u64) -> bool {
-    let Ok(stat) = dir.stat_at(PathFlags::empty(), name) else {
-        return false;
+
+/// Unlinks `name`; false when it was already gone.
+fn unlink(dir: &Descriptor, name: &str) -> Result<bool, Error> {
+    match dir.unlink_file_at(name) {
+        Ok(()) => Ok(true),
+        Err(ErrorCode::NoEntry) => Ok(false),
+        Err(code) => Err(io("unlink", name, code)),
+    }
+}
+
+fn sweep_debris(dir: &Descriptor, name: &str, now: u64) -> Result<bool, Error> {
+    let stat = match dir.stat_at(PathFlags::empty(), name) {
+        Ok(stat) => stat,
+        Err(ErrorCode::NoEntry) => return Ok(false),
+        Err(code) => return Err(io("stat", name, code)),
     };
     // A temporary file is written right after it is created, so its
     // modification time is its age. A grabbed entry keeps the entry's old
@@ -765,12 +788,14 @@ fn sweep_debris(dir: &Descriptor, name: &str, now: u64) -> bool {
         stat.data_modification_timestamp
     };
     let Some(since) = since else {
-        return false;
+        return Ok(false);
     };
     let since_ms = since.seconds.saturating_mul(1000);
-    stat.type_ != DescriptorType::Directory
-        && now.saturating_sub(since_ms) > DEBRIS_MAX_AGE_MS
-        && dir.unlink_file_at(name).is_ok()
+    if stat.type_ == DescriptorType::Directory || now.saturating_sub(since_ms) <= DEBRIS_MAX_AGE_MS
+    {
+        return Ok(false);
+    }
+    unlink(dir, name)
 }
 
 fn sweep_entry(dir: &Descriptor, name: &str, cutoff: u64, latest: u64) -> Result<bool, Error> {
@@ -781,7 +806,7 @@ fn sweep_entry(dir: &Descriptor, name: &str, cutoff: u64, latest: u64) -> Result
         Slot::File { current: false, .. } => Ok(false),
         // The registry never creates these. Unlinking removes the name only;
         // it never opens or follows what the name points at.
-        Slot::Special(_) => Ok(dir.unlink_file_at(name).is_ok()),
+        Slot::Special(_) => unlink(dir, name),
         Slot::File {
             entry: None, file, ..
         } => remove_if_same(dir, name, file),

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentmux_registry::blocking::Registry;
-use agentmux_registry::EntryFields;
+use agentmux_registry::{EntryFields, SweepProgress};
 use agentmux_registry_core::cli;
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -225,11 +225,13 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         } => {
             // Progress on a terminal only: scripts read the one result line.
             let show = std::io::stderr().is_terminal();
+            let mut last = SweepProgress::default();
             let mut removed =
                 registry.cleanup_stale_with_progress(Duration::from_millis(max_age_ms), |p| {
                     if show && !p.done {
                         eprint!("\rswept {} names, removed {}", p.examined, p.removed);
                     }
+                    last = p;
                 })?;
             if show {
                 eprint!("\r\x1b[K");
@@ -238,6 +240,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
                 removed += registry.cleanup_dead_owners()?;
             }
             line(&cli::cleaned(removed, json))?;
+            if last.failed > 0 {
+                let why = cli::sweep_failures(last.failed, last.first_failure.as_deref());
+                eprintln!("agentmux-registry: {}", cli::printable(&why));
+                return Ok(ExitCode::from(EXIT_FAILED));
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -95,12 +95,18 @@ pub enum Renewal {
 }
 
 /// How far a sweep has come; see [`Registry::cleanup_stale_with_progress`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepProgress {
     /// Directory names looked at so far.
     pub examined: u64,
     /// Directory names removed so far.
     pub removed: u64,
+    /// Names that could not be read or removed so far (for example,
+    /// permission denied); they stay for the next sweep. A name another
+    /// instance removed or rewrote meanwhile is not a failure.
+    pub failed: u64,
+    /// Why the first of the `failed` names failed.
+    pub first_failure: Option<String>,
     /// True once every name was looked at.
     pub done: bool,
 }
@@ -368,12 +374,22 @@ impl Registry {
             let p = SweepProgress {
                 examined: p.examined,
                 removed: p.removed,
+                failed: p.failed,
+                first_failure: p.first_failure,
                 done: p.done,
             };
+            let (done, removed, failed) = (p.done, p.removed, p.failed);
+            if done && failed > 0 {
+                tracing::warn!(
+                    data_dir = %self.inner.data_dir.display(),
+                    "agent registry sweep: {}",
+                    agentmux_registry_core::cli::sweep_failures(failed, p.first_failure.as_deref())
+                );
+            }
             progress(p);
-            if p.done {
+            if done {
                 lease.drop_resource(sweep).await?;
-                return Ok(p.removed);
+                return Ok(removed);
             }
         }
     }

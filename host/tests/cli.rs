@@ -347,3 +347,44 @@ fn a_failing_stdout_is_reported_not_a_panic() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
 }
+
+/// A sweep that could not remove everything says so: the result line, then
+/// the reason on stderr, and exit code 3.
+#[cfg(target_os = "linux")]
+#[test]
+fn cleanup_that_could_not_remove_a_stale_entry_fails_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let agents = data.join("agents");
+    std::fs::create_dir_all(&agents).unwrap();
+    let stuck = agents.join("stuck.json");
+    std::fs::write(
+        &stuck,
+        r#"{"agent_id":"stuck","local_url":"u","block_id":"b","pid":0,"updated_at":1,"auth_key":"k"}"#,
+    )
+    .unwrap();
+    let chattr = |flag: &str| {
+        Command::new("chattr")
+            .arg(flag)
+            .arg(&stuck)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    // Immutable: not even root can rename or unlink it.
+    if !chattr("+i") {
+        eprintln!("note: skipped: cannot make a file immutable here (needs root and chattr)");
+        return;
+    }
+    let out = cli(
+        tmp.path(),
+        &["--data-dir", data.to_str().unwrap(), "cleanup"],
+    );
+    chattr("-i");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("removed 0"), "{}", stdout(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("could not remove 1") && err.contains("stuck.json"),
+        "{err}"
+    );
+}

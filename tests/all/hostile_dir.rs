@@ -511,3 +511,53 @@ fn a_deleted_and_recreated_agents_dir_is_followed() {
         "a deleted directory is recreated"
     );
 }
+
+/// Makes one file impossible to rename or unlink, even for root, until
+/// dropped: the immutable attribute (`chattr +i`). `None` where it cannot be
+/// set (not root, no `chattr`, or a file system without it).
+struct Unremovable(std::path::PathBuf);
+
+impl Unremovable {
+    fn set(path: &std::path::Path) -> Option<Unremovable> {
+        let set = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .is_ok_and(|out| out.status.success());
+        set.then(|| Unremovable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Unremovable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue: a name a sweep could not remove was skipped silently, so
+/// `cleanup` reported success while a stale entry stayed forever. It is now
+/// counted, with the first reason, and the rest of the sweep goes on.
+#[test]
+fn a_name_a_sweep_cannot_remove_is_counted_and_explained() {
+    let fx = Fixture::new();
+    fx.write_raw("stuck.json", SeedEntry::new("stuck", 1).to_json());
+    fx.write_raw("old.json", SeedEntry::new("old", 1).to_json());
+    let Some(_stuck) = Unremovable::set(&fx.path("stuck.json")) else {
+        eprintln!("note: skipped: cannot make a file immutable here (needs root and chattr)");
+        return;
+    };
+    let mut last = None;
+    let removed = fx
+        .registry
+        .cleanup_stale_with_progress(Duration::from_secs(3600), |p| last = Some(p))
+        .unwrap();
+    assert_eq!(removed, 1, "the other stale entry is still removed");
+    let last = last.expect("progress");
+    assert_eq!((last.removed, last.failed), (1, 1));
+    let why = last.first_failure.expect("a reason");
+    assert!(why.contains("stuck.json"), "{why}");
+    assert_eq!(fx.names(), ["stuck.json"]);
+}

@@ -53,6 +53,8 @@ impl GuestSweep for Sweep {
         Ok(SweepProgress {
             examined: recurse(0),
             removed: 0,
+            failed: 0,
+            first_failure: None,
             done: true,
         })
     }
