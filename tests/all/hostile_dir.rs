@@ -363,16 +363,24 @@ fn an_adopted_dir_holding_files_others_could_change_is_refused() {
     assert!(registry.lookup("mine").unwrap().is_some());
 }
 
-/// Only root can give a file to another user; elsewhere this is skipped.
-#[test]
-fn an_agents_dir_others_could_write_holding_their_files_is_refused_naming_them() {
+/// A data dir holding an empty `agents/`, for a test that gives files to
+/// another user: only root can, so elsewhere `None` (and the test is skipped).
+fn agents_dir_as_root() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     if !rustix::process::geteuid().is_root() {
         eprintln!("note: skipped: needs root to create another user's file");
-        return;
+        return None;
     }
     let tmp = tempfile::tempdir().unwrap();
     let agents = tmp.path().join("agents");
     std::fs::create_dir(&agents).unwrap();
+    Some((tmp, agents))
+}
+
+#[test]
+fn an_agents_dir_others_could_write_holding_their_files_is_refused_naming_them() {
+    let Some((tmp, agents)) = agents_dir_as_root() else {
+        return;
+    };
     std::fs::write(agents.join("planted.json"), "{}").unwrap();
     std::fs::write(agents.join("mine.json"), "{}").unwrap();
     let escape = "esc\u{1b}[2J.json";
@@ -426,13 +434,9 @@ fn an_agents_dir_others_could_write_holding_their_files_is_refused_naming_them()
 /// check has passed.
 #[test]
 fn a_directory_whose_adoption_was_interrupted_is_checked_again() {
-    if !rustix::process::geteuid().is_root() {
-        eprintln!("note: skipped: needs root to create another user's file");
+    let Some((tmp, agents)) = agents_dir_as_root() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let agents = tmp.path().join("agents");
-    std::fs::create_dir(&agents).unwrap();
+    };
     let planted = agents.join("evil.json");
     std::fs::write(&planted, SeedEntry::new("evil", now_ms()).to_json()).unwrap();
     rustix::fs::chown(&planted, Some(rustix::fs::Uid::from_raw(54321)), None).unwrap();
