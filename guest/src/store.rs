@@ -115,7 +115,10 @@ impl Slot {
 
 fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
     // Look before opening: opening a FIFO would block.
-    let stat = match dir.stat_at(PathFlags::empty(), name) {
+    // Both may meet a file that another process removed while it was still
+    // open: Windows keeps such a name, refusing access, until its last
+    // handle closes.
+    let stat = match patiently(|| dir.stat_at(PathFlags::empty(), name)) {
         Ok(stat) => stat,
         Err(ErrorCode::NoEntry) => return Ok(Slot::Missing),
         Err(code) => return Err(io("stat", name, code)),
@@ -126,12 +129,14 @@ fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
     if stat.link_count > 1 {
         return Ok(Slot::Linked);
     }
-    let file = match dir.open_at(
-        PathFlags::empty(),
-        name,
-        OpenFlags::empty(),
-        DescriptorFlags::READ,
-    ) {
+    let file = match patiently(|| {
+        dir.open_at(
+            PathFlags::empty(),
+            name,
+            OpenFlags::empty(),
+            DescriptorFlags::READ,
+        )
+    }) {
         Ok(file) => file,
         Err(ErrorCode::NoEntry) => return Ok(Slot::Missing),
         // Replaced by a symlink since the stat.
@@ -226,11 +231,12 @@ fn write_temp(dir: &Descriptor, bytes: &[u8]) -> Result<String, Error> {
 /// millisecond apart.
 const ACCESS_RETRIES: u32 = 50;
 
-/// Runs a rename, link or create at an entry's name, trying again for a
-/// while when it is refused with `access`. Windows refuses to replace a file
-/// another process has open (a reader, for microseconds) and keeps a removed
-/// file's name until its last handle closes; elsewhere `access` is a real
-/// permission problem and costs this wait once before it is reported.
+/// Runs a call on an entry's name (stat, open, rename or link onto it),
+/// trying again for a while when it is refused with `access`. Windows
+/// refuses to replace a file another process has open (a reader, for
+/// microseconds) and keeps a removed file's name, refusing access, until its
+/// last handle closes; elsewhere `access` is a real permission problem and
+/// costs this wait once before it is reported.
 fn patiently<T>(mut op: impl FnMut() -> Result<T, ErrorCode>) -> Result<T, ErrorCode> {
     for _ in 0..ACCESS_RETRIES {
         match op() {
