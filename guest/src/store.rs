@@ -227,7 +227,7 @@ fn write_temp(dir: &Descriptor, bytes: &[u8]) -> Result<String, Error> {
     Ok(name)
 }
 
-/// How often a rename or link refused with `access` is tried again, a
+/// How often [`patiently`] tries a call refused with `access` again, a
 /// millisecond apart.
 const ACCESS_RETRIES: u32 = 50;
 

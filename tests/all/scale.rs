@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use agentmux_registry::blocking::Registry;
 use agentmux_registry::{Options, SweepProgress};
-use agentmux_registry_tests::{now_ms, Fixture, SeedEntry};
+use agentmux_registry_tests::{listed_ids, now_ms, Fixture, SeedEntry};
 
 /// Small limits that the old all-at-once `list` and `cleanup-stale` broke.
 fn tight() -> Options {
@@ -97,13 +97,7 @@ fn oversized_entries_are_skipped_by_reads_and_swept() {
     fx.write_raw("fine.json", fine.to_json());
     let registry = Registry::open_with(fx.data_dir(), tight()).unwrap();
 
-    let ids: Vec<String> = registry
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.agent_id)
-        .collect();
-    assert_eq!(ids, ["fine"]);
+    assert_eq!(listed_ids(&registry), ["fine"]);
     assert_eq!(registry.lookup("big-000").unwrap(), None);
     assert_eq!(registry.cleanup_dead_owners().unwrap(), 0);
     // A sweep of any age removes them: they are malformed.
@@ -151,14 +145,7 @@ fn any_number_of_unnamable_files_leaves_list_and_sweep_working() {
     }
     fx.write_raw("good.json", SeedEntry::new("good", now_ms()).to_json());
     fx.write_raw("old.json", SeedEntry::new("old", 1).to_json());
-    let ids: Vec<String> = fx
-        .registry
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.agent_id)
-        .collect();
-    assert_eq!(ids, ["good", "old"]);
+    assert_eq!(listed_ids(&fx.registry), ["good", "old"]);
     assert_eq!(
         fx.registry
             .cleanup_stale(Duration::from_secs(3600))

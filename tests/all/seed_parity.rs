@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use agentmux_registry::Error;
-use agentmux_registry_tests::{fields, now_ms, Fixture, SeedEntry};
+use agentmux_registry_tests::{fields, listed_ids, now_ms, Fixture, SeedEntry};
 
 #[test]
 fn write_creates_the_entry_file_and_returns_the_stored_entry() {
@@ -154,14 +154,7 @@ fn list_returns_every_valid_entry_sorted() {
     fx.registry.write(fields("a", "u", "b", 1, "k")).unwrap();
     fx.write_raw("c.json", SeedEntry::new("c", 1).to_json());
     fx.write_raw("junk.json", "junk");
-    let ids: Vec<String> = fx
-        .registry
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|e| e.agent_id)
-        .collect();
-    assert_eq!(ids, ["a", "b", "c"]);
+    assert_eq!(listed_ids(&fx.registry), ["a", "b", "c"]);
 }
 
 #[test]

@@ -173,3 +173,13 @@ pub fn lookup_through_renewals(
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// The ids `list` returns, in its order.
+pub fn listed_ids(registry: &Registry) -> Vec<String> {
+    registry
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|entry| entry.agent_id)
+        .collect()
+}
