@@ -11,5 +11,6 @@
 //! host gave the preopen.
 #![cfg(target_family = "wasm")]
 
+mod claim;
 mod component;
 mod store;

@@ -2,43 +2,45 @@
 //!
 //! Rules every operation follows:
 //! - Nothing is ever followed: every `*_at` call passes no `symlink-follow`.
-//! - A name is an entry only if it is a regular file with exactly one link, of
-//!   at most [`MAX_ENTRY_FILE_BYTES`]; it is `stat`ed before it is opened (so
-//!   a FIFO is never opened) and `stat`ed again through the opened descriptor
-//!   (so what is read is what was checked; a link count of zero there means
-//!   the file was replaced after it was opened, and what was read is the
-//!   complete previous version).
+//! - A name is an entry only if it is a regular file of at most
+//!   [`MAX_ENTRY_FILE_BYTES`]; it is `stat`ed before it is opened (so a FIFO
+//!   is never opened) and `stat`ed again through the opened descriptor (so
+//!   what is read is what was checked; a link count of zero there means the
+//!   file was replaced after it was opened, and what was read is the complete
+//!   previous version).
 //! - Entries are never written in place: a write goes to a fresh temporary
 //!   file that is renamed over the entry, so readers see the old entry or the
-//!   new one, never a partial one, and a hard link planted at an entry's name
-//!   is replaced rather than written through.
-//! - A removal that depends on what an entry holds (sweeping, compare-and-
-//!   remove) first renames the entry to a private name, then checks that it
-//!   grabbed the very file it judged; if a writer replaced it in between, the
-//!   newer entry is put back, never deleted.
-//! - A replacement that depends on what an entry holds (renewing) takes the
-//!   judged file aside the same way, then links the new entry into place,
-//!   which fails if anyone created the name meanwhile: a successor's entry is
-//!   never overwritten.
-//! - The directory is read as a stream, one name at a time, so no operation's
-//!   memory grows with the number of entries.
+//!   new one, never a partial one and never no entry, and a hard link planted
+//!   at an entry's name is replaced rather than written through.
+//! - Every change to an entry name is made under that name's claim (see
+//!   [`crate::claim`]): the entry judged is the entry replaced or removed,
+//!   so a renewal never overwrites a successor and a sweep never removes a
+//!   registration renewed after it was judged.
+//! - The directory is read as a stream, one name at a time; a listing keeps
+//!   only the ids it returned (to return each once).
 
-use std::cell::OnceCell;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashSet};
 
 use agentmux_registry_core::entry::{file_name_of, MAX_ENTRY_FILE_BYTES};
 use agentmux_registry_core::name::ENTRY_SUFFIX;
 use agentmux_registry_core::{Entry, EntryFields, Error, Owner};
+use std::cell::OnceCell;
 use wasi::filesystem::types::{
-    Descriptor, DescriptorFlags, DescriptorType, DirectoryEntryStream, ErrorCode,
-    MetadataHashValue, OpenFlags, PathFlags,
+    Descriptor, DescriptorFlags, DescriptorType, DirectoryEntryStream, ErrorCode, OpenFlags,
+    PathFlags,
+};
+
+use crate::claim::{
+    break_if_stale, busy, is_identity, patiently, reset_retry_budget, Claim, Taken, CLAIM_PREFIX,
 };
 
 /// Prefix of a new entry being written. Entry names never start with `.`.
 const TEMP_PREFIX: &str = ".tmp-";
-/// Prefix of an entry taken aside by a removal that checks what it removes.
-const GRAB_PREFIX: &str = ".grab-";
-/// Age after which either is debris of an interrupted call.
+/// Prefix of a file taken aside to be removed only if it is the one judged
+/// (stale claims; earlier versions took entries aside this way too).
+pub const GRAB_PREFIX: &str = ".grab-";
+/// Age after which a temporary or grabbed file is debris of an interrupted
+/// call.
 const DEBRIS_MAX_AGE_MS: u64 = 60_000;
 /// How far in the future an entry's `updated_at` may be (clock differences)
 /// before a sweep treats it as malformed: no writer can have stamped it, and
@@ -49,9 +51,11 @@ thread_local! {
     static AGENTS_DIR: OnceCell<Descriptor> = const { OnceCell::new() };
 }
 
-/// Runs `f` with the agents directory: the first (and only) preopen, whatever
-/// its guest name.
+/// Runs one operation with the agents directory: the first (and only)
+/// preopen, whatever its guest name. Each operation gets a fresh retry
+/// budget.
 fn with_dir<T>(f: impl FnOnce(&Descriptor) -> Result<T, Error>) -> Result<T, Error> {
+    reset_retry_budget();
     AGENTS_DIR.with(|cell| {
         if cell.get().is_none() {
             let dir = wasi::filesystem::preopens::get_directories()
@@ -70,7 +74,7 @@ fn with_dir<T>(f: impl FnOnce(&Descriptor) -> Result<T, Error>) -> Result<T, Err
     })
 }
 
-fn io(op: &str, name: &str, code: ErrorCode) -> Error {
+pub(crate) fn io(op: &str, name: &str, code: ErrorCode) -> Error {
     Error::Io(format!("{op} {name:?}: {}", code.message()))
 }
 
@@ -88,9 +92,6 @@ enum Slot {
     Missing,
     /// Not a regular file: a symlink, FIFO, socket, device or directory.
     Special(DescriptorType),
-    /// A regular file with more than one link: planted, or a restore in
-    /// progress (see [`restore`]). Never read, never swept.
-    Linked,
     /// A regular file, opened and read; `entry` is `None` when it is not a
     /// valid entry. `current` is false when it was replaced or removed after
     /// it was opened: what was read is then a complete but superseded version.
@@ -114,10 +115,9 @@ impl Slot {
 }
 
 fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
-    // Look before opening: opening a FIFO would block.
-    // Both may meet a file that another process removed while it was still
-    // open: Windows keeps such a name, refusing access, until its last
-    // handle closes.
+    // Look before opening: opening a FIFO would block. Windows refuses even
+    // a stat, with `access`, at the name of a file removed while still open
+    // until its last handle closes.
     let stat = match patiently(|| dir.stat_at(PathFlags::empty(), name)) {
         Ok(stat) => stat,
         Err(ErrorCode::NoEntry) => return Ok(Slot::Missing),
@@ -126,21 +126,24 @@ fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
     if stat.type_ != DescriptorType::RegularFile {
         return Ok(Slot::Special(stat.type_));
     }
-    if stat.link_count > 1 {
-        return Ok(Slot::Linked);
-    }
-    let file = match patiently(|| {
-        dir.open_at(
-            PathFlags::empty(),
-            name,
-            OpenFlags::empty(),
-            DescriptorFlags::READ,
-        )
-    }) {
+    // A refusal here, after the stat succeeded, is a real permission
+    // problem (a file of another user): reported at once, never waited on.
+    let file = match dir.open_at(
+        PathFlags::empty(),
+        name,
+        OpenFlags::empty(),
+        DescriptorFlags::READ,
+    ) {
         Ok(file) => file,
         Err(ErrorCode::NoEntry) => return Ok(Slot::Missing),
         // Replaced by a symlink since the stat.
         Err(ErrorCode::Loop) => return Ok(Slot::Special(DescriptorType::SymbolicLink)),
+        Err(ErrorCode::Access | ErrorCode::NotPermitted) => {
+            return Err(Error::Io(format!(
+                "entry file {name:?} cannot be read: permission denied (is it another \
+                 user's? remove it or give it back to this user)"
+            )))
+        }
         Err(code) => return Err(io("open", name, code)),
     };
     // Check what was actually opened: the name may have changed hands.
@@ -148,10 +151,7 @@ fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
     if stat.type_ != DescriptorType::RegularFile {
         return Ok(Slot::Special(stat.type_));
     }
-    if stat.link_count > 1 {
-        return Ok(Slot::Linked);
-    }
-    let current = stat.link_count == 1;
+    let current = stat.link_count > 0;
     let entry = if stat.size > MAX_ENTRY_FILE_BYTES {
         None
     } else {
@@ -190,7 +190,7 @@ fn read_capped(file: &Descriptor, name: &str, size: u64) -> Result<Option<Vec<u8
     }
 }
 
-fn unique_name(prefix: &str) -> String {
+pub(crate) fn unique_name(prefix: &str) -> String {
     format!("{prefix}{:016x}", wasi::random::random::get_random_u64())
 }
 
@@ -227,162 +227,74 @@ fn write_temp(dir: &Descriptor, bytes: &[u8]) -> Result<String, Error> {
     Ok(name)
 }
 
-/// How often [`patiently`] tries a call refused with `access` again, a
-/// millisecond apart.
-const ACCESS_RETRIES: u32 = 50;
-
-/// Runs a call on an entry's name (stat, open, rename or link onto it),
-/// trying again for a while when it is refused with `access`. Windows
-/// refuses to replace a file another process has open (a reader, for
-/// microseconds) and keeps a removed file's name, refusing access, until its
-/// last handle closes; elsewhere `access` is a real permission problem and
-/// costs this wait once before it is reported.
-fn patiently<T>(mut op: impl FnMut() -> Result<T, ErrorCode>) -> Result<T, ErrorCode> {
-    for _ in 0..ACCESS_RETRIES {
-        match op() {
-            Err(ErrorCode::Access) => pause_a_millisecond(),
-            done => return done,
-        }
+/// Writes `entry` to a new file and renames it over `name`, whose claim the
+/// caller holds.
+fn replace_with(dir: &Descriptor, claim: &Claim, name: &str, entry: &Entry) -> Result<(), Error> {
+    let temp = write_temp(dir, &entry.to_json())?;
+    let placed = claim.check(name).and_then(|()| {
+        patiently(|| dir.rename_at(&temp, dir, name)).map_err(|code| io("rename into", name, code))
+    });
+    if placed.is_err() {
+        let _ = dir.unlink_file_at(&temp);
     }
-    op()
+    placed
 }
 
-/// Waits a millisecond without a pollable: hosts that run calls outside an
-/// async runtime (this crate's blocking API) have no timer to wake one.
-fn pause_a_millisecond() {
-    use wasi::clocks::monotonic_clock::now;
-    let until = now().saturating_add(1_000_000);
-    while now() < until {}
-}
-
-/// Puts a grabbed file back at `name` unless something newer is there now.
-fn restore(dir: &Descriptor, grabbed: &str, name: &str) {
-    match patiently(|| dir.link_at(PathFlags::empty(), grabbed, dir, name)) {
-        Ok(()) | Err(ErrorCode::Exist) => {
-            let _ = dir.unlink_file_at(grabbed);
-        }
-        // A file system without hard links: rename back, which may replace a
-        // newer entry written in the last microseconds.
-        Err(_) => {
-            let _ = patiently(|| dir.rename_at(grabbed, dir, name));
-        }
+/// Takes `name`'s claim, waiting for a call that holds it.
+fn claim<'d>(dir: &'d Descriptor, name: &str) -> Result<Claim<'d>, Error> {
+    match Claim::take(dir, name, true)? {
+        Taken::Held(claim) => Ok(claim),
+        Taken::Busy => Err(busy(name)),
     }
 }
 
-/// Closes a judged file and returns its identity. Nothing is renamed while
-/// its descriptor is still open: Windows refuses to rename an open file.
-fn identity_of(file: Descriptor, name: &str) -> Result<MetadataHashValue, Error> {
-    file.metadata_hash()
-        .map_err(|code| io("identify", name, code))
-}
+/// How often an operation judges a name again when the file it read was
+/// replaced after it was opened (by a writer that takes no claim: an
+/// in-process instance of the original module).
+const ATTEMPTS: usize = 8;
 
-/// Whether the file now at `path` is the one identified by `judged`.
-fn is_same(dir: &Descriptor, path: &str, judged: MetadataHashValue) -> bool {
-    matches!(
-        dir.metadata_hash_at(PathFlags::empty(), path),
-        Ok(hash) if (hash.lower, hash.upper) == (judged.lower, judged.upper)
-    )
-}
-
-/// Removes `name` only if it is still the file `judged` (by identity); true
-/// when removed.
-fn remove_if_same(dir: &Descriptor, name: &str, judged: Descriptor) -> Result<bool, Error> {
-    let judged = identity_of(judged, name)?;
-    let grabbed = unique_name(GRAB_PREFIX);
-    match dir.rename_at(name, dir, &grabbed) {
-        Ok(()) => {}
-        Err(ErrorCode::NoEntry) => return Ok(false),
-        Err(code) => return Err(io("rename", name, code)),
-    }
-    if is_same(dir, &grabbed, judged) {
-        dir.unlink_file_at(&grabbed)
-            .map_err(|code| io("unlink", &grabbed, code))?;
-        Ok(true)
-    } else {
-        restore(dir, &grabbed, name);
-        Ok(false)
-    }
-}
-
-/// What happened to a name that was to be replaced or created.
-enum Placement {
-    /// The new entry is in place.
-    Placed,
-    /// The name changed since it was judged: judge it again.
-    Changed,
-    /// Someone else created the name meanwhile; nothing was written.
-    Taken,
-}
-
-/// Links the new file `temp` into place at `name` only if the name is free,
-/// and removes `temp`.
-fn link_into_place(dir: &Descriptor, temp: &str, name: &str) -> Result<Placement, Error> {
-    let placed = match patiently(|| dir.link_at(PathFlags::empty(), temp, dir, name)) {
-        Ok(()) => Placement::Placed,
-        Err(ErrorCode::Exist) => Placement::Taken,
-        // A file system without hard links: rename, which may replace an entry
-        // created in the last microseconds.
-        Err(_) => {
-            return match patiently(|| dir.rename_at(temp, dir, name)) {
-                Ok(()) => Ok(Placement::Placed),
-                Err(code) => {
-                    let _ = dir.unlink_file_at(temp);
-                    Err(io("rename into", name, code))
-                }
-            }
+/// Inspects `name` until what was read is the file at the name.
+fn judge(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
+    for _ in 0..ATTEMPTS {
+        match inspect(dir, name)? {
+            Slot::File { current: false, .. } => continue,
+            slot => return Ok(slot),
         }
-    };
-    let _ = dir.unlink_file_at(temp);
-    Ok(placed)
+    }
+    Err(Error::Io(format!(
+        "{name:?} kept being replaced while it was read; try again"
+    )))
 }
 
-/// Creates `name` holding `bytes` if nothing is there.
-fn create_new(dir: &Descriptor, name: &str, bytes: &[u8]) -> Result<Placement, Error> {
-    let temp = write_temp(dir, bytes)?;
-    link_into_place(dir, &temp, name)
-}
-
-/// Replaces `name` with `bytes` only if it is still the file `judged`, and
-/// only if nobody creates the name between taking `judged` aside and linking
-/// the new file in (the name is then briefly absent).
-fn replace_judged(
+/// Removes the judged file at `name`. Under the claim nothing else changes
+/// the name; the identity check keeps writers that take no claim safe too.
+fn remove_judged(
     dir: &Descriptor,
+    claim: &Claim,
     name: &str,
     judged: Descriptor,
-    bytes: &[u8],
-) -> Result<Placement, Error> {
-    let judged = identity_of(judged, name)?;
-    let temp = write_temp(dir, bytes)?;
-    let grabbed = unique_name(GRAB_PREFIX);
-    match dir.rename_at(name, dir, &grabbed) {
-        Ok(()) => {}
-        Err(code) => {
-            let _ = dir.unlink_file_at(&temp);
-            return match code {
-                ErrorCode::NoEntry => Ok(Placement::Changed),
-                code => Err(io("rename", name, code)),
-            };
-        }
+) -> Result<bool, Error> {
+    // Closed before the removal: Windows refuses to remove an open file.
+    let judged = judged
+        .metadata_hash()
+        .map_err(|code| io("identify", name, code))?;
+    claim.check(name)?;
+    if !is_identity(dir, name, judged) {
+        return Ok(false);
     }
-    if !is_same(dir, &grabbed, judged) {
-        restore(dir, &grabbed, name);
-        let _ = dir.unlink_file_at(&temp);
-        return Ok(Placement::Changed);
-    }
-    let placed = link_into_place(dir, &temp, name);
-    let _ = dir.unlink_file_at(&grabbed);
-    placed
+    unlink(dir, name)
 }
 
 pub fn write(fields: EntryFields) -> Result<Entry, Error> {
     fields.check()?;
     let name = file_name_of(&fields.agent_id)?;
     with_dir(|dir| {
+        let claim = claim(dir, &name)?;
         match inspect(dir, &name)? {
             Slot::File {
-                entry: Some(entry), ..
-            } if entry.agent_id != fields.agent_id => {
-                return Err(other_agent(&name, &entry, &fields.agent_id));
+                entry: Some(other), ..
+            } if other.agent_id != fields.agent_id => {
+                return Err(other_agent(&name, &other, &fields.agent_id));
             }
             // Nothing can be renamed over a directory. Anything else planted
             // at the name (a symlink, a FIFO) is replaced, never followed.
@@ -393,12 +305,9 @@ pub fn write(fields: EntryFields) -> Result<Entry, Error> {
             }
             _ => {}
         }
+        // Stamped once the claim is held, however long it took to get it.
         let entry = fields.into_entry(now_ms());
-        let temp = write_temp(dir, &entry.to_json())?;
-        if let Err(code) = patiently(|| dir.rename_at(&temp, dir, &name)) {
-            let _ = dir.unlink_file_at(&temp);
-            return Err(io("rename into", &name, code));
-        }
+        replace_with(dir, &claim, &name, &entry)?;
         Ok(entry)
     })
 }
@@ -417,10 +326,6 @@ pub enum Renewal {
     Superseded,
 }
 
-/// How often a renewal or conditional removal judges a name again when it
-/// changed under it (each retry means another writer or sweeper moved).
-const ATTEMPTS: usize = 8;
-
 pub fn renew(fields: EntryFields) -> Result<Renewal, Error> {
     fields.check()?;
     let Some(token) = fields.registration.clone() else {
@@ -431,65 +336,34 @@ pub fn renew(fields: EntryFields) -> Result<Renewal, Error> {
     let agent_id = fields.agent_id.clone();
     let name = file_name_of(&agent_id)?;
     with_dir(|dir| {
-        for _ in 0..ATTEMPTS {
-            let bytes = || fields.clone().into_entry(now_ms()).to_json();
-            let (outcome, done) = match inspect(dir, &name)? {
-                Slot::Missing => (create_new(dir, &name, &bytes())?, Renewal::Restored),
-                Slot::File {
-                    entry: Some(entry), ..
-                } if entry.agent_id != agent_id => {
-                    return Err(other_agent(&name, &entry, &agent_id))
-                }
-                Slot::File {
-                    entry: Some(entry),
-                    file,
-                    current,
-                } if entry.is_registration(&agent_id, &token) => {
-                    if !current {
-                        continue;
-                    }
-                    (
-                        replace_judged(dir, &name, file, &bytes())?,
-                        Renewal::Refreshed,
-                    )
-                }
-                Slot::File { entry: Some(_), .. } => return Ok(Renewal::Superseded),
-                Slot::File {
-                    entry: None,
-                    file,
-                    current,
-                } => {
-                    if !current {
-                        continue;
-                    }
-                    (
-                        replace_judged(dir, &name, file, &bytes())?,
-                        Renewal::Restored,
-                    )
-                }
-                // A restore in progress elsewhere: look again.
-                Slot::Linked => continue,
-                Slot::Special(kind) => {
-                    return Err(Error::Conflict(format!(
-                        "entry name {name:?} is a {kind:?}, not a regular file"
-                    )))
-                }
-            };
-            match outcome {
-                Placement::Placed => return Ok(done),
-                Placement::Taken => return Ok(Renewal::Superseded),
-                Placement::Changed => continue,
+        let claim = claim(dir, &name)?;
+        let renewal = match judge(dir, &name)? {
+            Slot::Missing => Renewal::Restored,
+            Slot::File {
+                entry: Some(entry), ..
+            } if entry.agent_id != agent_id => return Err(other_agent(&name, &entry, &agent_id)),
+            Slot::File {
+                entry: Some(entry), ..
+            } if entry.is_registration(&agent_id, &token) => Renewal::Refreshed,
+            // Under the claim, another registration's entry here was written
+            // after this registration's last renewal: it is newer.
+            Slot::File { entry: Some(_), .. } => return Ok(Renewal::Superseded),
+            Slot::File { entry: None, .. } => Renewal::Restored,
+            Slot::Special(kind) => {
+                return Err(Error::Conflict(format!(
+                    "entry name {name:?} is a {kind:?}, not a regular file"
+                )))
             }
-        }
-        Err(Error::Io(format!(
-            "renew {name:?}: the entry kept changing; try again"
-        )))
+        };
+        replace_with(dir, &claim, &name, &fields.into_entry(now_ms()))?;
+        Ok(renewal)
     })
 }
 
 pub fn remove(agent_id: &str) -> Result<bool, Error> {
     let name = file_name_of(agent_id)?;
     with_dir(|dir| {
+        let claim = claim(dir, &name)?;
         match inspect(dir, &name)? {
             Slot::Missing | Slot::Special(DescriptorType::Directory) => return Ok(false),
             Slot::File {
@@ -497,35 +371,23 @@ pub fn remove(agent_id: &str) -> Result<bool, Error> {
             } if entry.agent_id != agent_id => return Ok(false),
             _ => {}
         }
-        match dir.unlink_file_at(&name) {
-            Ok(()) => Ok(true),
-            Err(ErrorCode::NoEntry) => Ok(false),
-            Err(code) => Err(io("unlink", &name, code)),
-        }
+        claim.check(&name)?;
+        unlink(dir, &name)
     })
 }
 
 pub fn remove_owned(agent_id: &str, owner: &Owner) -> Result<bool, Error> {
     let name = file_name_of(agent_id)?;
     with_dir(|dir| {
-        // The file read may be replaced under us, by a rewrite of the same
-        // registration or by a successor's.
-        for _ in 0..ATTEMPTS {
-            match inspect(dir, &name)? {
-                Slot::File {
-                    file,
-                    entry: Some(entry),
-                    current,
-                } if entry.is_owned_by(agent_id, owner) => {
-                    if current && remove_if_same(dir, &name, file)? {
-                        return Ok(true);
-                    }
-                }
-                Slot::Linked => {}
-                _ => return Ok(false),
-            }
+        let claim = claim(dir, &name)?;
+        match judge(dir, &name)? {
+            Slot::File {
+                file,
+                entry: Some(entry),
+                ..
+            } if entry.is_owned_by(agent_id, owner) => remove_judged(dir, &claim, &name, file),
+            _ => Ok(false),
         }
-        Ok(false)
     })
 }
 
@@ -541,7 +403,9 @@ pub fn lookup(agent_id: &str) -> Result<Option<Entry>, Error> {
 struct Names {
     // Declared before the descriptor it reads, so it is dropped first.
     stream: DirectoryEntryStream,
-    _listing: Descriptor,
+    listing: Descriptor,
+    /// The directory's modification time before it was read.
+    began: Option<(u64, u32)>,
 }
 
 impl Names {
@@ -556,12 +420,14 @@ impl Names {
                 DescriptorFlags::READ,
             )
             .map_err(|code| io("open directory", ".", code))?;
+        let began = modified(&listing);
         let stream = listing
             .read_directory()
             .map_err(|code| io("read directory", ".", code))?;
         Ok(Names {
             stream,
-            _listing: listing,
+            listing,
+            began,
         })
     }
 
@@ -576,6 +442,57 @@ impl Names {
             }
         }
     }
+}
+
+/// Most passes a listing makes over a directory that keeps changing.
+const MAX_PASSES: u32 = 4;
+
+/// The names of a listing: passes over the directory until one ran while
+/// nothing in it changed. Some file systems (tmpfs, with reads that take
+/// several system calls) skip or repeat a name that is replaced while the
+/// directory is read; a name present throughout is reported by the first
+/// pass during which it was not replaced. Repeats are the caller's to drop.
+struct Scan {
+    names: Option<Names>,
+    passes: u32,
+}
+
+impl Scan {
+    fn new() -> Scan {
+        Scan {
+            names: None,
+            passes: 0,
+        }
+    }
+
+    /// The next name; `None` once a pass saw the directory unchanged, or
+    /// after [`MAX_PASSES`].
+    fn next(&mut self, dir: &Descriptor) -> Result<Option<String>, Error> {
+        loop {
+            let names = match &mut self.names {
+                Some(names) => names,
+                None => {
+                    let names = Names::open(dir)?;
+                    self.passes += 1;
+                    self.names.insert(names)
+                }
+            };
+            if let Some(name) = names.next()? {
+                return Ok(Some(name));
+            }
+            let unchanged = names.began.is_some() && modified(&names.listing) == names.began;
+            self.names = None;
+            if unchanged || self.passes >= MAX_PASSES {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// A directory's modification time, if the host reports one.
+fn modified(dir: &Descriptor) -> Option<(u64, u32)> {
+    let t = dir.stat().ok()?.data_modification_timestamp?;
+    Some((t.seconds, t.nanoseconds))
 }
 
 fn is_entry_name(name: &str) -> bool {
@@ -596,16 +513,34 @@ fn listed_entry(dir: &Descriptor, name: &str) -> Option<Entry> {
     }
 }
 
+/// The ids a listing returned, to return each once: some file systems
+/// (tmpfs) list a name again when it is replaced during the listing. Kept as
+/// 64-bit hashes of the entry file names (16 bytes or so per entry).
+#[derive(Default)]
+struct Returned(HashSet<u64>);
+
+impl Returned {
+    fn contains(&self, name: &str) -> bool {
+        self.0.contains(&crate::claim::name_hash(name))
+    }
+
+    fn insert(&mut self, name: &str) {
+        self.0.insert(crate::claim::name_hash(name));
+    }
+}
+
 /// A pass over every valid entry, in directory order, a batch at a time.
 pub struct Listing {
-    names: Option<Names>,
+    scan: Scan,
+    returned: Returned,
     done: bool,
 }
 
 impl Listing {
     pub fn new() -> Listing {
         Listing {
-            names: None,
+            scan: Scan::new(),
+            returned: Returned::default(),
             done: false,
         }
     }
@@ -619,18 +554,21 @@ impl Listing {
         let max_entries = max_entries.max(1) as usize;
         let max_names = max_entries.saturating_mul(4).saturating_add(1024);
         with_dir(|dir| {
-            let names = match &mut self.names {
-                Some(names) => names,
-                None => self.names.insert(Names::open(dir)?),
-            };
             let mut batch = Vec::new();
             for _ in 0..max_names {
-                let Some(name) = names.next()? else {
+                let Some(name) = self.scan.next(dir)? else {
                     self.done = true;
-                    self.names = None;
+                    self.scan = Scan::new();
+                    self.returned = Returned::default();
                     return Ok(if batch.is_empty() { None } else { Some(batch) });
                 };
-                batch.extend(listed_entry(dir, &name));
+                if self.returned.contains(&name) {
+                    continue;
+                }
+                if let Some(entry) = listed_entry(dir, &name) {
+                    self.returned.insert(&name);
+                    batch.push(entry);
+                }
                 if batch.len() == max_entries {
                     break;
                 }
@@ -647,20 +585,26 @@ pub fn list_entries(max_entries: u32) -> Result<Vec<Entry>, Error> {
         return Ok(Vec::new());
     }
     with_dir(|dir| {
-        let mut names = Names::open(dir)?;
+        let mut scan = Scan::new();
+        let mut seen = Returned::default();
         // A max-heap by id holding the smallest ids seen so far.
         let mut kept: BinaryHeap<ById> = BinaryHeap::new();
-        while let Some(name) = names.next()? {
-            if let Some(entry) = listed_entry(dir, &name) {
-                if kept.len() < max_entries {
-                    kept.push(ById(entry));
-                } else if kept
-                    .peek()
-                    .is_some_and(|top| entry.agent_id < top.0.agent_id)
-                {
-                    kept.pop();
-                    kept.push(ById(entry));
-                }
+        while let Some(name) = scan.next(dir)? {
+            if seen.contains(&name) {
+                continue;
+            }
+            let Some(entry) = listed_entry(dir, &name) else {
+                continue;
+            };
+            seen.insert(&name);
+            if kept.len() < max_entries {
+                kept.push(ById(entry));
+            } else if kept
+                .peek()
+                .is_some_and(|top| entry.agent_id < top.0.agent_id)
+            {
+                kept.pop();
+                kept.push(ById(entry));
             }
         }
         Ok(kept.into_sorted_vec().into_iter().map(|e| e.0).collect())
@@ -739,6 +683,8 @@ impl Sweep {
                 // instance removes or rewrites meanwhile are not failures.)
                 let gone = if name.starts_with(TEMP_PREFIX) || name.starts_with(GRAB_PREFIX) {
                     sweep_debris(dir, &name, self.now)
+                } else if name.starts_with(CLAIM_PREFIX) {
+                    break_if_stale(dir, &name).map(|_| false)
                 } else if is_entry_name(&name) {
                     sweep_entry(dir, &name, self.cutoff, self.latest)
                 } else {
@@ -805,23 +751,31 @@ fn sweep_debris(dir: &Descriptor, name: &str, now: u64) -> Result<bool, Error> {
 }
 
 fn sweep_entry(dir: &Descriptor, name: &str, cutoff: u64, latest: u64) -> Result<bool, Error> {
+    // A name another call is changing right now is left for the next sweep.
+    let claim = match Claim::take(dir, name, false)? {
+        Taken::Held(claim) => claim,
+        Taken::Busy => return Ok(false),
+    };
     match inspect(dir, name)? {
-        // Directories are not ours to delete; a second link may be a restore
-        // in progress, and a superseded file is no longer at this name.
-        Slot::Missing | Slot::Special(DescriptorType::Directory) | Slot::Linked => Ok(false),
+        // Directories are not ours to delete; a superseded file is no longer
+        // at this name.
+        Slot::Missing | Slot::Special(DescriptorType::Directory) => Ok(false),
         Slot::File { current: false, .. } => Ok(false),
         // The registry never creates these. Unlinking removes the name only;
         // it never opens or follows what the name points at.
-        Slot::Special(_) => unlink(dir, name),
+        Slot::Special(_) => {
+            claim.check(name)?;
+            unlink(dir, name)
+        }
         Slot::File {
             entry: None, file, ..
-        } => remove_if_same(dir, name, file),
+        } => remove_judged(dir, &claim, name, file),
         Slot::File {
             entry: Some(entry),
             file,
             ..
         } if entry.updated_at < cutoff || entry.updated_at > latest => {
-            remove_if_same(dir, name, file)
+            remove_judged(dir, &claim, name, file)
         }
         Slot::File { .. } => Ok(false),
     }

@@ -5,6 +5,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+#[cfg(not(unix))]
 use cap_fs_ext::DirExt;
 #[cfg(unix)]
 use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt};
@@ -38,13 +39,12 @@ impl AgentsDir {
     /// Opens `{data_dir}/agents`, creating the data dir and the agents
     /// directory (mode 0700) when missing.
     ///
-    /// Refused: an agents directory that is a symlink or not a directory, one
-    /// owned by another user, or one that others could write holding what
-    /// cannot be trusted (see `adopt_contents`; it is then left 01700, so
-    /// others are locked out and every later open checks it again). One of
-    /// this user's that others could read or write (older versions created it
-    /// with the umask's mode, e.g. 0775) is adopted: closed to others first,
-    /// then checked, its files tightened to 0600, and only then made 0700.
+    /// Refused: an agents directory that is a symlink or not a directory, or
+    /// one owned by another user. One of this user's that grants anything to
+    /// group or others, or carries the adoption mark (older versions created
+    /// it with the umask's mode, e.g. 0775 or 0755), is adopted: see
+    /// `open_checked`. A data dir other users could change is reported
+    /// through `tracing::warn!` (see [`data_dir_warning`]).
     pub(crate) fn open(data_dir: &Path) -> Result<AgentsDir, Error> {
         let path = data_dir.join(AGENTS);
         let dir_error = |source: io::Error| Error::Directory {
@@ -64,6 +64,11 @@ impl AgentsDir {
                 source,
             }
         })?;
+        // Before the agents directory is looked at, so it is said even when
+        // that is then refused (a swapped `agents` needs such a data dir).
+        if let Some(why) = exposure(&data, data_dir) {
+            tracing::warn!(data_dir = %data_dir.display(), "{why}");
+        }
         match create_private_dir(&data, AGENTS) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
@@ -76,8 +81,10 @@ impl AgentsDir {
         if !meta.is_dir() {
             return Err(insecure(&path, "it is not a directory"));
         }
+        #[cfg(unix)]
+        let dir = open_checked(&data, data_dir, &path)?;
+        #[cfg(not(unix))]
         let dir = data.open_dir_nofollow(AGENTS).map_err(dir_error)?;
-        check_private(&data, &dir, &path)?;
         let data_identity = dir_identity(&data);
         let identity = dir_identity(&dir);
         Ok(AgentsDir {
@@ -281,68 +288,122 @@ const ADOPTING: u32 = 0o1700;
 #[cfg(unix)]
 const NAMES_SHOWN: usize = 20;
 
-/// Refuses a directory other users control; adopts one of this user's that
-/// others could read or write.
-fn check_private(data: &Dir, dir: &Dir, path: &Path) -> Result<(), Error> {
-    #[cfg(unix)]
-    {
-        use cap_std::fs::{MetadataExt, PermissionsExt};
-        let io_error = |source| Error::Directory {
-            path: path.to_path_buf(),
-            source,
-        };
-        let meta = dir.dir_metadata().map_err(io_error)?;
-        let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me {
-            return Err(insecure(
-                path,
-                &format!(
-                    "it is owned by uid {}, not by this user (uid {me})",
-                    meta.uid()
-                ),
-            ));
-        }
-        let mode = meta.mode() & 0o7777;
-        let set_mode = |mode: u32| {
-            // The handle is O_PATH, which fchmod refuses; cap-std's
-            // set_permissions never follows a link.
-            data.set_permissions(AGENTS, cap_std::fs::Permissions::from_mode(mode))
-                .map_err(io_error)
-        };
-        let others_could_write = mode & 0o022 != 0;
-        let unchecked = others_could_write || mode & 0o1000 != 0;
-        if !unchecked {
-            // Private, or only readable by others: nothing can have been
-            // planted.
-            if mode & 0o077 != 0 {
-                set_mode(0o700)?;
-            }
-            return Ok(());
-        }
-        // Close it first, so nothing new can be planted while it is checked,
-        // and mark it unchecked until the check has passed. A refused
-        // directory keeps the mark: every later open checks it again.
-        set_mode(ADOPTING)?;
-        adopt_contents(dir, path, me)?;
-        set_mode(0o700)?;
+/// Opens the agents directory through `data` and adopts it if needed.
+///
+/// Everything happens through one descriptor, opened without following a
+/// symlink and verified as this user's directory; the name `agents` is never
+/// used again until the end. If the directory grants anything to group or
+/// others, or carries the [`ADOPTING`] mark, it is adopted: closed to others
+/// and marked (fchmod 01700), its contents checked (`adopt_contents`), its
+/// files tightened to 0600, and only then made 0700 (fchmod). Each chmod is
+/// read back and verified. Last, `agents` must still name the directory that
+/// was adopted: if it was swapped meanwhile (only possible for someone who
+/// can write the data dir), the open is refused rather than serving a
+/// directory that was not checked.
+#[cfg(unix)]
+fn open_checked(data: &Dir, data_dir: &Path, path: &Path) -> Result<Dir, Error> {
+    use cap_std::fs::MetadataExt;
+    use rustix::fs::OFlags;
+    let io_error = |source: io::Error| Error::Directory {
+        path: path.to_path_buf(),
+        source,
+    };
+    // A real descriptor, not cap-std's O_PATH one: fchmod refuses those.
+    let fd = rustix::fs::openat(
+        data,
+        AGENTS,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| match e {
+        // Swapped for a symlink since it was looked at.
+        rustix::io::Errno::LOOP => insecure(path, "it is a symbolic link"),
+        e => io_error(e.into()),
+    })?;
+    let dir = Dir::from_std_file(std::fs::File::from(fd));
+    let meta = dir.dir_metadata().map_err(io_error)?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(insecure(
+            path,
+            &format!(
+                "it is owned by uid {}, not by this user (uid {me})",
+                meta.uid()
+            ),
+        ));
     }
-    #[cfg(not(unix))]
-    let _ = (data, dir, path);
+    if meta.mode() & 0o1077 == 0 {
+        return Ok(dir);
+    }
+    hooks::run(data_dir, AdoptionStep::Opened);
+    // Close it first, so nothing new can be planted while it is checked,
+    // and mark it unchecked until the check has passed. A refused directory
+    // keeps the mark: every later open checks it again.
+    set_dir_mode(&dir, ADOPTING, path)?;
+    hooks::run(data_dir, AdoptionStep::Closed);
+    adopt_contents(&dir, path, me)?;
+    hooks::run(data_dir, AdoptionStep::Checked);
+    set_dir_mode(&dir, 0o700, path)?;
+    let named = data.symlink_metadata(AGENTS).ok();
+    if named.is_none_or(|n| (n.dev(), n.ino()) != (meta.dev(), meta.ino())) {
+        return Err(insecure(
+            path,
+            "it was replaced while it was being adopted (the directory that was checked and \
+             made private is no longer at this path); check who else can write the data dir, \
+             then open the registry again",
+        ));
+    }
+    Ok(dir)
+}
+
+/// Sets the mode of the open directory `dir` (fchmod), then reads it back.
+#[cfg(unix)]
+fn set_dir_mode(dir: &Dir, mode: u32, path: &Path) -> Result<(), Error> {
+    use cap_std::fs::MetadataExt;
+    let io_error = |source: io::Error| Error::Directory {
+        path: path.to_path_buf(),
+        source,
+    };
+    rustix::fs::fchmod(dir, rustix::fs::Mode::from_bits_truncate(mode as _))
+        .map_err(|e| io_error(e.into()))?;
+    let now = dir.dir_metadata().map_err(io_error)?.mode() & 0o7777;
+    if now != mode {
+        return Err(io_error(io::Error::other(format!(
+            "its mode is {now:04o} after it was set to {mode:04o}"
+        ))));
+    }
     Ok(())
 }
 
-/// Checks what a directory others could write holds. Refused, naming them,
-/// if any name in it belongs to another user, or is a file of this user's
-/// that others could write or that has other hard links (what it holds, or
-/// what else it is, cannot be trusted). Otherwise this user's files are
-/// tightened to 0600.
+/// Opens `name` in `dir` for a check or a chmod: never following a symlink,
+/// never blocking on a FIFO, never taking a terminal.
+#[cfg(unix)]
+fn open_entry(dir: &Dir, name: &std::ffi::OsStr) -> io::Result<cap_std::fs::File> {
+    use cap_std::fs::OpenOptionsExt;
+    let mut options = OpenOptions::new();
+    options.read(true).follow(FollowSymlinks::No);
+    options.custom_flags((rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY).bits() as i32);
+    dir.open_with(name, &options)
+}
+
+/// Checks what a directory being adopted holds, and tightens it.
+///
+/// Refused, naming them, if any name in it belongs to another user, or is a
+/// file of this user's that another user could have written (see
+/// [`others_could_write`]) or that has other hard links (what it holds, or
+/// what else it is, cannot be trusted). Otherwise this user's files are set
+/// to 0600, each through a descriptor opened without following a symlink
+/// and verified to be the file that was checked. Other kinds of names of this
+/// user's (directories, symlinks) are left alone: the registry never reads them.
 #[cfg(unix)]
 fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
-    use cap_std::fs::{MetadataExt, PermissionsExt};
+    use cap_std::fs::MetadataExt;
+    use std::os::fd::AsFd;
     let io_error = |source| Error::Directory {
         path: path.to_path_buf(),
         source,
     };
+    let accounts = std::cell::OnceCell::new();
     let mut refused = Vec::new();
     let mut to_tighten = Vec::new();
     for item in dir.entries().map_err(io_error)? {
@@ -351,28 +412,43 @@ fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
         let Ok(meta) = dir.symlink_metadata(&name) else {
             continue; // gone meanwhile
         };
+        // Another user's name is never opened: it may be a device or a FIFO.
         let why = if meta.uid() != me {
             format!("uid {}", meta.uid())
         } else if !meta.is_file() {
             continue;
-        } else if meta.mode() & 0o022 != 0 {
-            "writable by others".to_owned()
-        } else if meta.nlink() > 1 {
-            format!("{} hard links", meta.nlink())
         } else {
-            if meta.mode() & 0o077 != 0 {
-                to_tighten.push(name);
+            // Judged by what was opened, so a swap after the stat changes nothing.
+            let file = match open_entry(dir, &name) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    refused.push(format!("{name:?} (cannot be checked: {e})"));
+                    continue;
+                }
+            };
+            let meta = file.metadata().map_err(io_error)?;
+            if meta.uid() != me {
+                format!("uid {}", meta.uid())
+            } else if !meta.is_file() {
+                continue;
+            } else if let Some(why) = others_could_write(&meta, file.as_fd(), me, &accounts) {
+                why
+            } else if meta.nlink() > 1 {
+                format!("{} hard links", meta.nlink())
+            } else {
+                if meta.mode() & 0o077 != 0 {
+                    to_tighten.push((name, (meta.dev(), meta.ino())));
+                }
+                continue;
             }
-            continue;
         };
         // Quoted and escaped: names are arbitrary bytes.
         refused.push(format!("{name:?} ({why})"));
     }
     if refused.is_empty() {
-        for name in to_tighten {
-            // Never follows a symlink (cap-std); a name replaced meanwhile
-            // can only be this user's, as others can no longer write here.
-            let _ = dir.set_permissions(&name, cap_std::fs::Permissions::from_mode(0o600));
+        for (name, identity) in to_tighten {
+            tighten(dir, path, &name, identity)?;
         }
         return Ok(());
     }
@@ -386,8 +462,430 @@ fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
     Err(insecure(
         path,
         &format!(
-            "it was writable by other users, and what it holds cannot be trusted: {listed}; \
-             remove them, then open the registry again"
+            "other users could have changed what it holds: {listed}. Remove these names (or, \
+             for a file of yours whose content you trust, make it owner-only: chmod 600), then \
+             open the registry again"
         ),
     ))
+}
+
+/// Sets the checked file `name` to 0600 through its own descriptor, and
+/// verifies it. A name replaced since the check is skipped: only this user
+/// can write the directory now, and the registry restricts what it writes.
+#[cfg(unix)]
+fn tighten(
+    dir: &Dir,
+    path: &Path,
+    name: &std::ffi::OsStr,
+    identity: FileIdentity,
+) -> Result<(), Error> {
+    use cap_std::fs::MetadataExt;
+    let io_error = |source| Error::Directory {
+        path: path.join(name),
+        source,
+    };
+    let file = match open_entry(dir, name) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(e)),
+    };
+    let meta = file.metadata().map_err(io_error)?;
+    if (meta.dev(), meta.ino()) != identity || !meta.is_file() || meta.nlink() != 1 {
+        return Ok(());
+    }
+    rustix::fs::fchmod(&file, rustix::fs::Mode::from_bits_truncate(0o600))
+        .map_err(|e| io_error(e.into()))?;
+    let now = file.metadata().map_err(io_error)?.mode() & 0o7777;
+    if now != 0o600 {
+        return Err(io_error(io::Error::other(format!(
+            "its mode is {now:04o} after it was set to 0600"
+        ))));
+    }
+    Ok(())
+}
+
+/// Why a user other than `me` could write the file or directory `meta`
+/// describes (`fd` is open on it), or `None` when none could.
+///
+/// The rule: anything writable by others (the 0o002 bit) can be written by
+/// anyone. Group write (0o020) is harmless only when nobody but this user is
+/// in that group: when there is no access ACL (with one, the group bits are
+/// the ACL's mask and named users or groups may write; Linux only), and the
+/// group is this user's private group (see [`is_private_group`]).
+#[cfg(unix)]
+fn others_could_write(
+    meta: &cap_std::fs::Metadata,
+    fd: std::os::fd::BorrowedFd<'_>,
+    me: u32,
+    accounts: &std::cell::OnceCell<Accounts>,
+) -> Option<String> {
+    use cap_std::fs::MetadataExt;
+    if meta.mode() & 0o002 != 0 {
+        return Some("writable by others".to_owned());
+    }
+    if meta.mode() & 0o020 == 0 {
+        return None;
+    }
+    if has_access_acl(fd) {
+        return Some("group-writable with an ACL: other users may write it".to_owned());
+    }
+    let accounts = accounts.get_or_init(Accounts::read);
+    if is_private_group(&accounts.passwd, &accounts.group, me, meta.gid()) {
+        return None;
+    }
+    Some(format!(
+        "writable by {}, which is not this user's private group",
+        group_label(&accounts.group, meta.gid())
+    ))
+}
+
+/// Whether the file open as `fd` has an access ACL beyond its mode bits
+/// (unreadable counts as yes). Linux stores one as an extended attribute.
+#[cfg(target_os = "linux")]
+fn has_access_acl(fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    use rustix::io::Errno;
+    // An empty buffer only asks whether (and how big) the attribute is.
+    match rustix::fs::fgetxattr(fd, "system.posix_acl_access", &mut [0u8; 0][..]) {
+        Ok(_) => true,
+        // No ACL, or a file system without them (ENOTSUP is EOPNOTSUPP here).
+        Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => false,
+        Err(_) => true,
+    }
+}
+
+#[cfg(all(unix, not(target_os = "linux")))]
+fn has_access_acl(_fd: std::os::fd::BorrowedFd<'_>) -> bool {
+    false
+}
+
+/// The account files the private-group rule reads. Unreadable ones are
+/// empty, which proves no group private.
+#[cfg(unix)]
+struct Accounts {
+    passwd: String,
+    group: String,
+}
+
+#[cfg(unix)]
+impl Accounts {
+    fn read() -> Accounts {
+        Accounts {
+            passwd: std::fs::read_to_string("/etc/passwd").unwrap_or_default(),
+            group: std::fs::read_to_string("/etc/group").unwrap_or_default(),
+        }
+    }
+}
+
+/// Whether `gid` is the private group of the user `uid`, as `passwd`
+/// (`/etc/passwd`) and `group` (`/etc/group`) describe them: the group
+/// whose only possible member is that user. All of:
+///
+/// - an account with that uid has `gid` as its primary group;
+/// - no account with another uid has `gid` as its primary group;
+/// - `gid` has an entry in `group`, and no entry of `gid` lists a member
+///   other than the names of that uid's accounts.
+///
+/// Fails closed: a NIS inclusion line (`+`/`-`) in either file, which brings
+/// accounts not listed here, proves nothing private. Groups known only to
+/// other databases (LDAP, sssd) are not private by this rule, nor are group
+/// passwords (`/etc/gshadow`, which only root can read) considered.
+#[cfg(unix)]
+fn is_private_group(passwd: &str, group: &str, uid: u32, gid: u32) -> bool {
+    let mut names = Vec::new();
+    let mut primary = false;
+    for line in passwd.lines() {
+        if line.starts_with(['+', '-']) {
+            return false;
+        }
+        let fields: Vec<&str> = line.split(':').collect();
+        let [name, _, line_uid, line_gid, ..] = fields[..] else {
+            continue;
+        };
+        let (Ok(line_uid), Ok(line_gid)) = (line_uid.parse::<u32>(), line_gid.parse::<u32>())
+        else {
+            continue;
+        };
+        if line_uid == uid {
+            names.push(name);
+            primary |= line_gid == gid;
+        } else if line_gid == gid {
+            return false;
+        }
+    }
+    if !primary {
+        return false;
+    }
+    let mut listed = false;
+    for line in group.lines() {
+        if line.starts_with(['+', '-']) {
+            return false;
+        }
+        let fields: Vec<&str> = line.split(':').collect();
+        let [_, _, line_gid, members, ..] = fields[..] else {
+            continue;
+        };
+        if line_gid.parse::<u32>() != Ok(gid) {
+            continue;
+        }
+        listed = true;
+        let others = members
+            .split(',')
+            .map(str::trim)
+            .any(|member| !member.is_empty() && !names.contains(&member));
+        if others {
+            return false;
+        }
+    }
+    listed
+}
+
+/// `group NAME (gid N)`, or `group N` when `group` does not name it.
+#[cfg(unix)]
+fn group_label(group: &str, gid: u32) -> String {
+    let name = group.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>() == Ok(gid) && !name.is_empty()).then_some(name)
+    });
+    match name {
+        Some(name) => format!("group {name:?} (gid {gid})"),
+        None => format!("group {gid}"),
+    }
+}
+
+/// Why users other than this one could change what the data dir `data`
+/// holds, and so rename, replace or pre-empt its `agents` directory; `None`
+/// when they could not (as far as can be told). Root owning it is no
+/// exposure: root can do all of this anyway.
+#[cfg(unix)]
+fn exposure(data: &Dir, data_dir: &Path) -> Option<String> {
+    use cap_std::fs::MetadataExt;
+    use std::os::fd::AsFd;
+    let meta = data.dir_metadata().ok()?;
+    let me = rustix::process::geteuid().as_raw();
+    let why = if meta.uid() != me && meta.uid() != 0 {
+        format!("it is owned by uid {}", meta.uid())
+    } else if meta.mode() & 0o022 == 0 {
+        return None;
+    } else {
+        // `data` is O_PATH, which cannot read extended attributes.
+        let readable = rustix::fs::openat(
+            data,
+            ".",
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        );
+        let accounts = std::cell::OnceCell::new();
+        match &readable {
+            Ok(fd) => others_could_write(&meta, fd.as_fd(), me, &accounts)?,
+            // Its ACL cannot be read: unknown, so said.
+            Err(_) => format!("mode {:04o}", meta.mode() & 0o7777),
+        }
+    };
+    Some(format!(
+        "data dir {} can be changed by other users ({why}): they cannot read or change \
+         entries, but they can rename or replace its agents directory, or create one first, \
+         and so make the registry unavailable; make it writable by its owner only \
+         (chmod go-w)",
+        data_dir.display()
+    ))
+}
+
+#[cfg(not(unix))]
+fn exposure(_data: &Dir, _data_dir: &Path) -> Option<String> {
+    None
+}
+
+/// Whether users other than this one could change `data_dir` itself, and so
+/// rename, replace or pre-empt its `agents` directory: `Ok(None)` when they
+/// could not, else why, as a warning to show. [`crate::Registry::open`]
+/// logs the same warning through `tracing::warn!`. Such users cannot read
+/// or change entries (the agents directory is checked through its handle),
+/// but they can make the registry unavailable.
+///
+/// Unix only; elsewhere always `Ok(None)`. Errors when `data_dir` cannot be
+/// opened.
+pub fn data_dir_warning(data_dir: impl AsRef<Path>) -> Result<Option<String>, Error> {
+    let data_dir = data_dir.as_ref();
+    let data = Dir::open_ambient_dir(data_dir, ambient_authority()).map_err(|source| {
+        Error::Directory {
+            path: data_dir.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(exposure(&data, data_dir))
+}
+
+/// A point in adopting an agents directory at which a test can act (see
+/// [`on_adoption_step`]), to race the adoption without sleeps.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdoptionStep {
+    /// The directory is open and verified as this user's; nothing changed.
+    Opened,
+    /// It is closed to others and marked (01700); its contents unchecked.
+    Closed,
+    /// Its contents are checked and tightened; it is not yet made 0700.
+    Checked,
+}
+
+/// Runs `hook` at every [`AdoptionStep`] of each adoption of
+/// `{data_dir}/agents` (`data_dir` exactly as given to `open`), until the
+/// returned guard is dropped. For tests only.
+#[doc(hidden)]
+pub fn on_adoption_step(
+    data_dir: impl Into<PathBuf>,
+    hook: impl Fn(AdoptionStep) + Send + Sync + 'static,
+) -> AdoptionHook {
+    hooks::add(data_dir.into(), std::sync::Arc::new(hook))
+}
+
+/// Removes its hook when dropped.
+#[doc(hidden)]
+#[must_use = "the hook is removed when this is dropped"]
+pub struct AdoptionHook(u64);
+
+impl Drop for AdoptionHook {
+    fn drop(&mut self) {
+        hooks::remove(self.0);
+    }
+}
+
+mod hooks {
+    use std::path::{Path, PathBuf};
+    use std::sync::{Arc, Mutex, MutexGuard};
+
+    use super::{AdoptionHook, AdoptionStep};
+
+    type Hook = Arc<dyn Fn(AdoptionStep) + Send + Sync>;
+
+    /// (id, data dir, hook). Empty outside tests.
+    static HOOKS: Mutex<Vec<(u64, PathBuf, Hook)>> = Mutex::new(Vec::new());
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    fn hooks() -> MutexGuard<'static, Vec<(u64, PathBuf, Hook)>> {
+        HOOKS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub(super) fn add(data_dir: PathBuf, hook: Hook) -> AdoptionHook {
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        hooks().push((id, data_dir, hook));
+        AdoptionHook(id)
+    }
+
+    pub(super) fn remove(id: u64) {
+        hooks().retain(|(other, _, _)| *other != id);
+    }
+
+    #[cfg_attr(not(unix), allow(dead_code))]
+    pub(super) fn run(data_dir: &Path, step: AdoptionStep) {
+        let matching: Vec<Hook> = hooks()
+            .iter()
+            .filter(|(_, dir, _)| dir == data_dir)
+            .map(|(_, _, hook)| hook.clone())
+            .collect();
+        // Called unlocked: a hook may open registries itself.
+        for hook in matching {
+            hook(step);
+        }
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    const PASSWD: &str = "\
+root:x:0:0:root:/root:/bin/bash
+alice:x:1000:1000:Alice:/home/alice:/bin/bash
+bob:x:1001:1001::/home/bob:/bin/sh
+carol:x:1002:100::/home/carol:/bin/sh
+dave:x:1003:100::/home/dave:/bin/sh
+alice2:x:1000:1000:same uid:/home/alice:/bin/bash
+";
+    const GROUP: &str = "\
+root:x:0:
+users:x:100:
+alice:x:1000:alice,alice2
+bob:x:1001:alice
+carol:x:1002:
+";
+
+    #[test]
+    fn a_group_is_private_only_when_nobody_else_can_be_in_it() {
+        // Primary group, no one else's primary, members only its own names.
+        assert!(is_private_group(PASSWD, GROUP, 1000, 1000));
+        assert!(is_private_group(PASSWD, GROUP, 0, 0));
+        // Another user listed as a member.
+        assert!(!is_private_group(PASSWD, GROUP, 1001, 1001));
+        // Shared as a primary group.
+        assert!(!is_private_group(PASSWD, GROUP, 1002, 100));
+        // Not the user's primary group, even with no members.
+        assert!(!is_private_group(PASSWD, GROUP, 1002, 1002));
+        // Unknown to /etc/group, or to /etc/passwd.
+        assert!(!is_private_group(PASSWD, "root:x:0:\n", 1000, 1000));
+        assert!(!is_private_group("", GROUP, 1000, 1000));
+        // NIS inclusion brings accounts not listed here.
+        assert!(!is_private_group(
+            PASSWD,
+            &format!("{GROUP}+:::\n"),
+            1000,
+            1000
+        ));
+        assert!(!is_private_group(
+            &format!("{PASSWD}+::::::\n"),
+            GROUP,
+            1000,
+            1000
+        ));
+        // Malformed lines prove nothing and hide nothing.
+        let noisy = format!("garbage\n\n{GROUP}x:x:notanumber:bob\n");
+        assert!(is_private_group(PASSWD, &noisy, 1000, 1000));
+    }
+
+    #[test]
+    fn a_group_is_named_when_group_names_it() {
+        assert_eq!(group_label(GROUP, 100), "group \"users\" (gid 100)");
+        assert_eq!(group_label(GROUP, 54321), "group 54321");
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn a_data_dir_others_can_write_is_reported_and_logged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        set_mode(&data, 0o777);
+        let (opened, events) = crate::test_log::capture(|| AgentsDir::open(&data).map(|_| ()));
+        opened.unwrap();
+        let warnings: Vec<_> = events
+            .iter()
+            .filter(|(level, _)| *level == tracing::Level::WARN)
+            .collect();
+        assert_eq!(warnings.len(), 1, "{events:?}");
+        assert!(
+            warnings[0]
+                .1
+                .contains("can be changed by other users (writable by others)"),
+            "{events:?}"
+        );
+        let shown = data_dir_warning(&data).unwrap().expect("reported");
+        assert!(shown.contains(&data.display().to_string()), "{shown}");
+
+        set_mode(&data, 0o700);
+        assert_eq!(data_dir_warning(&data).unwrap(), None);
+        let (opened, events) = crate::test_log::capture(|| AgentsDir::open(&data).map(|_| ()));
+        opened.unwrap();
+        assert!(events.is_empty(), "{events:?}");
+    }
 }

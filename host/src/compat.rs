@@ -5,7 +5,9 @@
 //!
 //! Like the original, these functions return nothing on failure (a lookup
 //! returns `None`); unlike it, every failure is reported through
-//! `tracing::warn!` instead of vanishing. They block the calling thread for
+//! `tracing::error!`, on every call, instead of vanishing (a registry that
+//! cannot be opened, e.g. a refused agents directory, is retried and
+//! reported again by each call). They block the calling thread for
 //! the duration of one file operation, and may be called from async handlers.
 //! Use [`crate::Registry`] for errors you can act on.
 
@@ -79,15 +81,15 @@ fn registry(data_dir: &Path) -> Option<Registry> {
             Some(registry)
         }
         Err(e) => {
-            tracing::warn!(data_dir = %data_dir.display(), "agent registry unavailable: {e}");
+            tracing::error!(data_dir = %data_dir.display(), "agent registry unavailable: {e}");
             None
         }
     }
 }
 
-fn warn_on_error<T>(op: &str, agent_id: &str, result: Result<T, crate::Error>) -> Option<T> {
+fn log_error<T>(op: &str, agent_id: &str, result: Result<T, crate::Error>) -> Option<T> {
     result
-        .map_err(|e| tracing::warn!(agent_id, "agent registry {op} failed: {e}"))
+        .map_err(|e| tracing::error!(agent_id, "agent registry {op} failed: {e}"))
         .ok()
 }
 
@@ -103,21 +105,21 @@ pub fn write(data_dir: &Path, agent_id: &str, local_url: &str, block_id: &str) {
             auth_key: local_auth_key().into(),
             ..crate::EntryFields::default()
         });
-        warn_on_error("write", agent_id, result);
+        log_error("write", agent_id, result);
     }
 }
 
 /// Removes the entry of `agent_id`, if any.
 pub fn remove(data_dir: &Path, agent_id: &str) {
     if let Some(registry) = registry(data_dir) {
-        warn_on_error("remove", agent_id, registry.remove(agent_id));
+        log_error("remove", agent_id, registry.remove(agent_id));
     }
 }
 
 /// The entry of `agent_id`; `None` when missing, malformed, or on error.
 pub fn lookup(data_dir: &Path, agent_id: &str) -> Option<AgentEntry> {
     let registry = registry(data_dir)?;
-    warn_on_error("lookup", agent_id, registry.lookup(agent_id))
+    log_error("lookup", agent_id, registry.lookup(agent_id))
         .flatten()
         .map(AgentEntry::from)
 }
@@ -126,6 +128,46 @@ pub fn lookup(data_dir: &Path, agent_id: &str) -> Option<AgentEntry> {
 pub fn cleanup_stale(data_dir: &Path, max_age_ms: u64) {
     if let Some(registry) = registry(data_dir) {
         let result = registry.cleanup_stale(Duration::from_millis(max_age_ms));
-        warn_on_error("cleanup", "*", result);
+        log_error("cleanup", "*", result);
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    /// Issue: a refused agents directory made every call do nothing, with a
+    /// warning at most; each call now logs the reason at error level.
+    #[test]
+    fn every_call_on_a_refused_agents_dir_logs_why_at_error_level() {
+        let tmp = tempfile::tempdir().unwrap();
+        let agents = tmp.path().join("agents");
+        std::fs::create_dir(&agents).unwrap();
+        let open = agents.join("open.json");
+        std::fs::write(&open, "{}").unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();
+        std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(0o777)).unwrap();
+
+        let ((), events) = crate::test_log::capture(|| {
+            for _ in 0..2 {
+                write(tmp.path(), "a1", "http://127.0.0.1:1", "b1");
+                assert_eq!(lookup(tmp.path(), "a1"), None);
+            }
+        });
+        let errors: Vec<&String> = events
+            .iter()
+            .filter(|(level, _)| *level == tracing::Level::ERROR)
+            .map(|(_, text)| text)
+            .collect();
+        assert_eq!(errors.len(), 4, "one per call: {events:?}");
+        for text in errors {
+            assert!(
+                text.contains("agent registry unavailable")
+                    && text.contains("\"open.json\" (writable by others)"),
+                "{text}"
+            );
+        }
     }
 }

@@ -44,6 +44,8 @@ pub mod liveness;
 mod registration;
 mod registry;
 mod runtime;
+#[cfg(all(test, unix))]
+mod test_log;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -59,6 +61,7 @@ use std::time::Duration;
 use agentmux_registry_core::entry::ErrorKind;
 
 pub use agentmux_registry_core::{EntryFields, Owner};
+pub use agents_dir::data_dir_warning;
 pub use registration::Registration;
 pub use registry::{Listing, Options, Registry, Renewal, SweepProgress};
 
@@ -96,7 +99,8 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The agents directory is not safe to use: a symlink, not a directory,
-    /// owned by another user, or holding files of another user.
+    /// owned by another user, holding names other users could have changed
+    /// (each named in `reason`), or replaced while it was being adopted.
     #[error("refusing agents directory {}: {reason}", path.display())]
     InsecureDirectory {
         /// The agents directory.
@@ -125,6 +129,13 @@ impl From<bindings::exports::agentmux::registry::registry::RegistryError> for Er
             E::Io(m) => Error::Io(m),
         }
     }
+}
+
+/// Hooks for tests that race the host's handling of the agents directory.
+/// Not part of the API.
+#[doc(hidden)]
+pub mod test_hooks {
+    pub use crate::agents_dir::{on_adoption_step, AdoptionHook, AdoptionStep};
 }
 
 /// agentmux-srv's data dir: `$AGENTMUX_DATA_HOME` when set and non-empty,

@@ -12,7 +12,12 @@
 //!   `/proc/self/ns/pid`). An owner is judged only when its entry names this
 //!   process's namespace, `/proc` shows this namespace, and `/proc` does not
 //!   hide processes (`hidepid`, `subset=pid`). Old entries without `pid_ns`
-//!   are Unknown.
+//!   are Unknown. `/proc` reports start times on the *reader's* boot-time
+//!   clock, which a time namespace offsets (containers, CRIU restores), so
+//!   start times are compared only when this process and the owner are in
+//!   one time namespace; otherwise a running process with the owner's pid is
+//!   Unknown. (The owner's namespace stands in for that of the writer, which
+//!   entries do not record: they are the same process for a [`Registration`].)
 //! - **Windows**: the process creation time (`GetProcessTimes`, 100 ns units).
 //! - **macOS**: the start time from `proc_pidinfo` (microseconds since the
 //!   epoch). Written for macOS but not built or tested by this project's CI,
@@ -20,6 +25,8 @@
 //! - **Elsewhere**: Unknown.
 
 use crate::AgentEntry;
+#[cfg(doc)]
+use crate::Registration;
 
 /// What is known about an entry's owning process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +71,8 @@ pub fn owner_liveness(entry: &AgentEntry) -> Liveness {
         entry.pid_started,
     ) {
         (Some(false), _, _) => Liveness::Dead,
+        // Read on different clocks, two start times prove nothing either way.
+        (_, Some(_), Some(_)) if !os::start_times_comparable(entry) => Liveness::Unknown,
         (_, Some(now), Some(recorded)) if now != recorded => Liveness::Dead,
         (Some(true), _, _) => Liveness::Alive,
         (None, Some(_), _) => Liveness::Alive,
@@ -134,6 +143,35 @@ mod os {
         })
     }
 
+    /// Whether a start time read here from `/proc/{pid}/stat` can be compared
+    /// with `entry.pid_started`. The kernel adds the reader's boot-time offset
+    /// (its time namespace's) to every start time it reports, so both must be
+    /// read from one time namespace. The entry does not say where it was
+    /// measured: the owner's namespace stands in for the writer's.
+    pub(super) fn start_times_comparable(entry: &AgentEntry) -> bool {
+        static OWN: std::sync::OnceLock<Result<Option<u64>, ()>> = std::sync::OnceLock::new();
+        match *OWN.get_or_init(|| time_namespace("self")) {
+            // A kernel without time namespaces has one boot-time clock.
+            Ok(None) => true,
+            Ok(Some(_)) if entry.pid == std::process::id() => true,
+            // Unreadable (another user's process, no permission) or another
+            // namespace: not comparable.
+            Ok(Some(here)) => time_namespace(&entry.pid.to_string()) == Ok(Some(here)),
+            Err(()) => false,
+        }
+    }
+
+    /// The time namespace of `/proc/{who}` (the inode of its `ns/time`);
+    /// `Ok(None)` when there is no such link (kernels before 5.6, or without
+    /// `CONFIG_TIME_NS`, or the process is gone).
+    fn time_namespace(who: &str) -> Result<Option<u64>, ()> {
+        match std::fs::metadata(format!("/proc/{who}/ns/time")) {
+            Ok(m) => Ok(Some(m.ino())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
     pub(super) fn exists(pid: u32) -> Option<bool> {
         match std::fs::symlink_metadata(format!("/proc/{pid}")) {
             Ok(_) => Some(true),
@@ -192,6 +230,11 @@ mod os {
         true
     }
 
+    /// Start times here are absolute: there is one clock to read them on.
+    pub(super) fn start_times_comparable(_entry: &AgentEntry) -> bool {
+        true
+    }
+
     /// Whether process `pid` runs. A process that exited stays openable while
     /// anyone holds a handle to it (its parent, say), so an open process is
     /// asked whether it has exited: signalled means it has.
@@ -245,6 +288,11 @@ mod os {
         true
     }
 
+    /// Start times here are absolute: there is one clock to read them on.
+    pub(super) fn start_times_comparable(_entry: &AgentEntry) -> bool {
+        true
+    }
+
     pub(super) fn exists(pid: u32) -> Option<bool> {
         let pid = rustix::process::Pid::from_raw(pid as i32)?;
         match rustix::process::test_kill_process(pid) {
@@ -268,6 +316,10 @@ mod os {
     }
 
     pub(super) fn can_judge(_entry: &AgentEntry) -> bool {
+        false
+    }
+
+    pub(super) fn start_times_comparable(_entry: &AgentEntry) -> bool {
         false
     }
 
@@ -345,6 +397,25 @@ mod tests {
             Liveness::Dead,
             "same pid, other process"
         );
+    }
+
+    /// Start times of other processes in this time namespace are still
+    /// compared: a reused pid is Dead, the owner Alive.
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn another_process_in_this_time_namespace_is_judged_by_start_time() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let started = process_start(pid).expect("the child's start time");
+        let alive = owner_liveness(&entry(pid, Some(started)));
+        let reused = owner_liveness(&entry(pid, Some(started + 1)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(alive, Liveness::Alive);
+        assert_eq!(reused, Liveness::Dead);
     }
 
     #[test]

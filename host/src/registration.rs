@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::blocking::block_on;
-use crate::heartbeat::Beat;
+use crate::heartbeat::{log, Beat};
 use crate::{AgentEntry, EntryFields, Error, Owner, Registry};
 
 /// Keeps one agent registered by this process.
@@ -23,12 +23,14 @@ use crate::{AgentEntry, EntryFields, Error, Owner, Registry};
 /// still this registration's.
 ///
 /// One driver thread per [`Registry`] serves all its registrations, so the
-/// guard works inside any tokio runtime or none. Sweep with a maximum age of
-/// at least three heartbeat intervals.
+/// guard works inside any tokio runtime or none. A renewal that panics (in a
+/// tracing subscriber, say) is contained and tried again next interval; the
+/// driver itself resumes after any panic. Sweep with a maximum age of at
+/// least three heartbeat intervals.
 pub struct Registration {
     registry: Registry,
     entry: AgentEntry,
-    beat: Arc<Beat>,
+    pub(crate) beat: Arc<Beat>,
     /// False once [`Registration::unregister`] has run.
     registered: bool,
 }
@@ -64,7 +66,8 @@ fn new_token() -> String {
 impl Registration {
     /// Registers `fields.agent_id` as owned by this process: `fields.pid` is
     /// set to this process's id and `fields.registration` to a new token.
-    /// The entry is renewed every `heartbeat`.
+    /// The entry is renewed every `heartbeat`. Any interval is accepted: one
+    /// too long for the clock to reach (`Duration::MAX`) never comes due.
     pub async fn register(
         registry: &Registry,
         fields: EntryFields,
@@ -133,7 +136,10 @@ impl Drop for Registration {
             let owner = Owner::of(&self.entry);
             let result = block_on(self.registry.remove_owned(&self.entry.agent_id, &owner));
             if let Err(e) = result {
-                tracing::warn!(agent_id = %self.entry.agent_id, "removing the registration failed: {e}");
+                // A panicking subscriber must not turn a drop into a panic.
+                log(
+                    || tracing::warn!(agent_id = %self.entry.agent_id, "removing the registration failed: {e}"),
+                );
             }
         }
     }

@@ -342,6 +342,14 @@ impl Registry {
         }
     }
 
+    /// How many idle component instances the registry keeps for reuse
+    /// (for tests: an instance that may hold a guest's state must never be
+    /// among them).
+    #[doc(hidden)]
+    pub fn pooled_instances(&self) -> usize {
+        self.inner.lock().idle.len()
+    }
+
     /// Removes entries last written more than `max_age` ago, malformed entry
     /// files, names that are not regular single-link files, and debris of
     /// interrupted writes. Returns how many names were removed.
@@ -363,7 +371,7 @@ impl Registry {
         let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
         let mut lease = self.inner.lease(Access::Write).await?;
         let sweep = lease
-            .call(async |api, store| api.sweep().call_constructor(store, max_age_ms).await)
+            .open_resource(async |api, store| api.sweep().call_constructor(store, max_age_ms).await)
             .await?;
         loop {
             let p = lease
@@ -482,7 +490,9 @@ impl Listing {
             Some(cursor) => cursor,
             None => {
                 let cursor = lease
-                    .call(async |api, store| api.entry_listing().call_constructor(store).await)
+                    .open_resource(async |api, store| {
+                        api.entry_listing().call_constructor(store).await
+                    })
                     .await?;
                 *self.cursor.insert(cursor)
             }
@@ -551,6 +561,7 @@ impl Inner {
             instance: Some(instance),
             failed: false,
             in_call: false,
+            open_resources: 0,
         })
     }
 }
@@ -567,6 +578,11 @@ struct Lease {
     failed: bool,
     /// A call started and has not completed (its future was dropped).
     in_call: bool,
+    /// Resources the guest created for this lease and that were not dropped
+    /// yet (a sweep or listing cursor holds a directory stream): an instance
+    /// holding any is never pooled, whatever ended the operation (an error,
+    /// a panic in a caller's closure, a dropped future).
+    open_resources: usize,
 }
 
 /// The registry interface's call handles.
@@ -595,10 +611,26 @@ impl Lease {
         })
     }
 
+    /// Makes a call that creates a guest resource, counted as open until
+    /// [`Lease::drop_resource`] frees it.
+    async fn open_resource(
+        &mut self,
+        call: impl AsyncFnOnce(
+            &Api,
+            &mut wasmtime::Store<crate::runtime::HostState>,
+        ) -> wasmtime::Result<ResourceAny>,
+    ) -> Result<ResourceAny, Error> {
+        let resource = self.call(call).await?;
+        self.open_resources += 1;
+        Ok(resource)
+    }
+
     /// Frees a resource the guest created for this lease's operation.
     async fn drop_resource(&mut self, resource: ResourceAny) -> Result<(), Error> {
         self.call(async |_, store| resource.resource_drop_async(store).await)
-            .await
+            .await?;
+        self.open_resources = self.open_resources.saturating_sub(1);
+        Ok(())
     }
 
     /// Keeps this instance out of the pool.
@@ -618,7 +650,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.failed || self.in_call {
+        if self.failed || self.in_call || self.open_resources > 0 {
             return;
         }
         if let Some(instance) = self.instance.take() {

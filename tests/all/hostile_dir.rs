@@ -1,5 +1,5 @@
 //! An agents dir holding things no registry wrote: every call returns promptly,
-//! reads only regular single-link files, writes through nothing, and cleanup
+//! reads only regular files, writes through nothing, and cleanup
 //! removes what is safe to remove.
 
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -93,13 +93,19 @@ fn no_call_hangs_or_reads_anything_but_a_regular_file() {
         (lookups, registry.list())
     });
     for (id, found) in lookups {
+        // A hard link is a regular file: the valid entry it holds at its
+        // own id's name is read (never written through; see below).
+        if id == "hard" {
+            assert_eq!(found.unwrap().unwrap().agent_id, "hard");
+            continue;
+        }
         assert!(
             matches!(found, Ok(None)),
             "{id}: expected no entry, got {found:?}"
         );
     }
     let ids: Vec<String> = listed.unwrap().into_iter().map(|e| e.agent_id).collect();
-    assert_eq!(ids, ["real"]);
+    assert_eq!(ids, ["hard", "real"]);
 }
 
 /// Hard-linked files stay: the registry's own compare-and-remove briefly
@@ -390,7 +396,7 @@ fn an_agents_dir_others_could_write_holding_their_files_is_refused_naming_them()
     std::fs::write(agents.join(forged), "{}").unwrap();
     for name in ["planted.json", escape, forged] {
         rustix::fs::chown(
-            &agents.join(name),
+            agents.join(name),
             Some(rustix::fs::Uid::from_raw(54321)),
             None,
         )
@@ -564,4 +570,376 @@ fn a_name_a_sweep_cannot_remove_is_counted_and_explained() {
     let why = last.first_failure.expect("a reason");
     assert!(why.contains("stuck.json"), "{why}");
     assert_eq!(fx.names(), ["stuck.json"]);
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Whether `gid` is this user's private group by the host's documented rule
+/// (checked here independently): this user's primary group in /etc/passwd,
+/// nobody else's, and listed in /etc/group with no other member.
+fn is_my_private_group(gid: u32) -> bool {
+    let me = rustix::process::geteuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let mut names = Vec::new();
+    let mut primary = false;
+    for fields in passwd.lines().map(|l| l.split(':').collect::<Vec<_>>()) {
+        let [name, _, uid, primary_gid, ..] = fields[..] else {
+            continue;
+        };
+        let (Ok(uid), Ok(primary_gid)) = (uid.parse::<u32>(), primary_gid.parse::<u32>()) else {
+            continue;
+        };
+        if uid == me {
+            names.push(name.to_owned());
+            primary |= primary_gid == gid;
+        } else if primary_gid == gid {
+            return false;
+        }
+    }
+    let entries: Vec<Vec<&str>> = group
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 4 && f[2].parse() == Ok(gid))
+        .collect();
+    primary
+        && !entries.is_empty()
+        && entries.iter().all(|f| {
+            f[3].split(',')
+                .all(|m| m.is_empty() || names.iter().any(|n| n == m))
+        })
+}
+
+/// Lays out `agents/` as the old module left it (mode `dir_mode`, two
+/// entries of mode `file_mode`, group this process's), opens it, and checks
+/// it was adopted: owner-only modes, entries kept, writes and lookups work.
+fn legacy_layout_is_adopted(dir_mode: u32, file_mode: u32) {
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = tmp.path().join("agents");
+    std::fs::create_dir(&agents).unwrap();
+    let gid = rustix::process::getegid();
+    let files = ["old-1.json", "old-2.json"];
+    for (name, id) in files.iter().zip(["old-1", "old-2"]) {
+        let path = agents.join(name);
+        std::fs::write(&path, SeedEntry::new(id, now_ms()).to_json()).unwrap();
+        rustix::fs::chown(&path, None, Some(gid)).unwrap();
+        set_mode(&path, file_mode);
+    }
+    rustix::fs::chown(&agents, None, Some(gid)).unwrap();
+    set_mode(&agents, dir_mode);
+
+    let registry = Registry::open(tmp.path())
+        .unwrap_or_else(|e| panic!("{dir_mode:o}/{file_mode:o} layout refused: {e}"));
+    assert_eq!(mode_of(&agents), 0o700, "the directory ends owner-only");
+    for name in files {
+        assert_eq!(mode_of(&agents.join(name)), 0o600, "{name} ends owner-only");
+    }
+    let old = registry.lookup("old-1").unwrap().expect("old entries kept");
+    assert_eq!(old.auth_key, "key-old-1");
+    registry
+        .write(fields("new", "http://127.0.0.1:2", "b", 1, "k"))
+        .unwrap();
+    assert_eq!(registry.lookup("new").unwrap().unwrap().auth_key, "k");
+    assert_eq!(mode_of(&agents.join("new.json")), 0o600);
+    assert_eq!(registry.list().unwrap().len(), 3);
+}
+
+/// Issue: under umask 002 (users with a private group) the old module left
+/// `agents/` 0775 with 0664 files; group write counted as "writable by
+/// others", so the directory was refused and left 01700 for good.
+#[test]
+fn the_umask_002_layout_with_the_users_private_group_is_adopted_and_usable() {
+    let gid = rustix::process::getegid().as_raw();
+    if !is_my_private_group(gid) {
+        eprintln!("note: skipped: this user's group {gid} is not a private group here");
+        return;
+    }
+    legacy_layout_is_adopted(0o775, 0o664);
+}
+
+/// Issue: a 0755 directory was made 0700, but its 0644 files (auth keys)
+/// were left readable by others.
+#[test]
+fn the_umask_022_layout_is_adopted_with_owner_only_files() {
+    legacy_layout_is_adopted(0o755, 0o644);
+}
+
+/// A group other users are in: one with members in /etc/group, else a gid
+/// nobody here is in (`None` name), which is no one's private group either.
+fn a_shared_group() -> (u32, Option<String>) {
+    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    group
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() >= 4 && !f[3].is_empty() && f[2].parse::<u32>().is_ok())
+        .map(|f| (f[2].parse().unwrap(), Some(f[0].to_owned())))
+        .unwrap_or((54321, None))
+}
+
+/// What another user really could have written is still refused, naming
+/// the file and why, while this user's private-group files are not named.
+#[test]
+fn a_file_writable_by_a_shared_group_or_by_all_is_refused_naming_it_and_why() {
+    let Some((tmp, agents)) = agents_dir_as_root() else {
+        return;
+    };
+    let (shared_gid, shared_name) = a_shared_group();
+    let shared = agents.join("shared.json");
+    std::fs::write(&shared, SeedEntry::new("shared", now_ms()).to_json()).unwrap();
+    rustix::fs::chown(&shared, None, Some(rustix::fs::Gid::from_raw(shared_gid))).unwrap();
+    set_mode(&shared, 0o664);
+    let world = agents.join("world.json");
+    std::fs::write(&world, SeedEntry::new("world", now_ms()).to_json()).unwrap();
+    set_mode(&world, 0o666);
+    let private_group = is_my_private_group(rustix::process::getegid().as_raw());
+    let mine = agents.join("mine.json");
+    std::fs::write(&mine, SeedEntry::new("mine", now_ms()).to_json()).unwrap();
+    set_mode(&mine, if private_group { 0o664 } else { 0o644 });
+    set_mode(&agents, 0o775);
+
+    let err = Registry::open(tmp.path()).unwrap_err();
+    let Error::InsecureDirectory { reason, .. } = &err else {
+        panic!("{err}");
+    };
+    let group = match &shared_name {
+        Some(name) => format!("group {name:?} (gid {shared_gid})"),
+        None => format!("group {shared_gid}"),
+    };
+    assert!(
+        reason.contains(&format!(
+            "\"shared.json\" (writable by {group}, which is not this user's private group)"
+        )),
+        "{err}"
+    );
+    assert!(
+        reason.contains("\"world.json\" (writable by others)"),
+        "{err}"
+    );
+    assert!(!reason.contains("mine.json"), "{err}");
+    assert_eq!(mode_of(&agents), 0o1700, "locked, and marked unchecked");
+    assert_eq!(
+        mode_of(&shared),
+        0o664,
+        "nothing changed before the check passed"
+    );
+    assert_eq!(mode_of(&world), 0o666);
+
+    std::fs::remove_file(&shared).unwrap();
+    std::fs::remove_file(&world).unwrap();
+    let registry = Registry::open(tmp.path()).unwrap();
+    assert_eq!((mode_of(&agents), mode_of(&mine)), (0o700, 0o600));
+    assert!(registry.lookup("mine").unwrap().is_some());
+}
+
+/// With an ACL, a file's group bits are the ACL's mask: 0664 may let a named
+/// user write it, whatever its group is.
+#[test]
+fn a_group_writable_file_with_an_acl_is_refused_as_such() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agents = tmp.path().join("agents");
+    std::fs::create_dir(&agents).unwrap();
+    let file = agents.join("acl.json");
+    std::fs::write(&file, SeedEntry::new("acl", now_ms()).to_json()).unwrap();
+    set_mode(&file, 0o644);
+    // user::rw- user:54321:rw- group::r-- mask::rw- other::r--
+    let mut acl = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [
+        (0x01u16, 6u16, u32::MAX),
+        (0x02, 6, 54321),
+        (0x04, 4, u32::MAX),
+        (0x10, 6, u32::MAX),
+        (0x20, 4, u32::MAX),
+    ] {
+        acl.extend(tag.to_le_bytes());
+        acl.extend(perm.to_le_bytes());
+        acl.extend(id.to_le_bytes());
+    }
+    let set = rustix::fs::setxattr(
+        &file,
+        "system.posix_acl_access",
+        &acl,
+        rustix::fs::XattrFlags::empty(),
+    );
+    if let Err(e) = set {
+        eprintln!("note: skipped: no POSIX ACLs here ({e})");
+        return;
+    }
+    assert_eq!(mode_of(&file), 0o664, "the mask shows as group bits");
+    set_mode(&agents, 0o775);
+
+    let err = Registry::open(tmp.path()).unwrap_err();
+    assert!(
+        matches!(&err, Error::InsecureDirectory { reason, .. }
+            if reason.contains("\"acl.json\" (group-writable with an ACL: other users may write it)")),
+        "{err}"
+    );
+}
+
+/// Issue: adoption chmodded `agents` by name, so someone able to write the
+/// data dir could swap in a symlink between the steps: the chmods landed on
+/// the link's target and the registry ran in a directory still open to them.
+/// Every chmod now goes through the descriptor that was checked, and the
+/// open is refused when the name no longer leads there.
+#[test]
+fn agents_swapped_for_a_symlink_during_adoption_gets_no_chmod_and_is_not_served() {
+    use agentmux_registry::test_hooks::{on_adoption_step, AdoptionStep};
+    for step in [
+        AdoptionStep::Opened,
+        AdoptionStep::Closed,
+        AdoptionStep::Checked,
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().to_path_buf();
+        let agents = data.join("agents");
+        let moved = data.join("agents.moved");
+        let decoy = data.join("decoy");
+        std::fs::create_dir(&agents).unwrap();
+        std::fs::write(
+            agents.join("victim.json"),
+            SeedEntry::new("victim", now_ms()).to_json(),
+        )
+        .unwrap();
+        set_mode(&agents.join("victim.json"), 0o644);
+        set_mode(&agents, 0o775);
+        std::fs::create_dir(&decoy).unwrap();
+        let planted = decoy.join("victim.json");
+        let mut forged = SeedEntry::new("victim", now_ms());
+        forged.local_url = "http://127.0.0.1:6666".into();
+        std::fs::write(&planted, forged.to_json()).unwrap();
+        set_mode(&planted, 0o666);
+        set_mode(&decoy, 0o777);
+
+        let swap = {
+            let (agents, moved) = (agents.clone(), moved.clone());
+            move |at: AdoptionStep| {
+                if at == step {
+                    std::fs::rename(&agents, &moved).unwrap();
+                    symlink("decoy", &agents).unwrap();
+                }
+            }
+        };
+        let hook = on_adoption_step(&data, swap);
+        let opened = Registry::open(&data);
+        drop(hook);
+
+        assert_eq!(
+            mode_of(&decoy),
+            0o777,
+            "{step:?}: a chmod landed on the link's target"
+        );
+        assert_eq!(mode_of(&planted), 0o666, "{step:?}");
+        match opened {
+            Err(Error::InsecureDirectory { reason, .. }) => {
+                assert!(
+                    reason.contains("replaced while it was being adopted"),
+                    "{reason}"
+                )
+            }
+            Err(e) => panic!("{step:?}: {e}"),
+            Ok(_) => panic!(
+                "{step:?}: opened although `agents` was swapped; the directory checked is {:o}",
+                mode_of(&moved)
+            ),
+        }
+        // The chmods all landed on the directory that was checked.
+        assert_eq!(mode_of(&moved), 0o700, "{step:?}");
+        assert_eq!(mode_of(&moved.join("victim.json")), 0o600, "{step:?}");
+    }
+}
+
+/// The same race, undone before the end: the name leads back to the checked
+/// directory, which was made private through its descriptor and is served.
+#[test]
+fn agents_swapped_and_swapped_back_during_adoption_is_served_private() {
+    use agentmux_registry::test_hooks::{on_adoption_step, AdoptionStep};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().to_path_buf();
+    let agents = data.join("agents");
+    let decoy = data.join("decoy");
+    std::fs::create_dir(&agents).unwrap();
+    std::fs::write(
+        agents.join("victim.json"),
+        SeedEntry::new("victim", now_ms()).to_json(),
+    )
+    .unwrap();
+    set_mode(&agents.join("victim.json"), 0o644);
+    set_mode(&agents, 0o775);
+    std::fs::create_dir(&decoy).unwrap();
+    set_mode(&decoy, 0o777);
+
+    let swap = {
+        let (agents, moved) = (agents.clone(), data.join("agents.moved"));
+        move |at: AdoptionStep| match at {
+            AdoptionStep::Opened => {
+                std::fs::rename(&agents, &moved).unwrap();
+                symlink("decoy", &agents).unwrap();
+            }
+            AdoptionStep::Checked => {
+                std::fs::remove_file(&agents).unwrap();
+                std::fs::rename(&moved, &agents).unwrap();
+            }
+            _ => {}
+        }
+    };
+    let hook = on_adoption_step(&data, swap);
+    let registry = Registry::open(&data).unwrap();
+    drop(hook);
+
+    assert_eq!(
+        mode_of(&decoy),
+        0o777,
+        "no chmod landed on the link's target"
+    );
+    assert_eq!(mode_of(&agents), 0o700);
+    assert_eq!(mode_of(&agents.join("victim.json")), 0o600);
+    registry
+        .write(fields("new", "http://127.0.0.1:2", "b", 1, "k"))
+        .unwrap();
+    assert!(agents.join("new.json").exists() && !decoy.join("new.json").exists());
+    assert_eq!(
+        registry.lookup("victim").unwrap().unwrap().auth_key,
+        "key-victim"
+    );
+}
+
+/// Issue: a data dir other users can write was not flagged at all. They
+/// cannot reach entries, but can rename or replace `agents`; callers can
+/// now see that (and `Registry::open` logs it).
+#[test]
+fn a_data_dir_others_can_write_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    set_mode(&data, 0o777);
+    let registry = Registry::open(&data).unwrap();
+    registry.write(fields("a1", "u", "b", 1, "k")).unwrap();
+    let warning = agentmux_registry::data_dir_warning(&data)
+        .unwrap()
+        .expect("a data dir writable by all is reported");
+    assert!(
+        warning.contains(&data.display().to_string())
+            && warning.contains("can be changed by other users (writable by others)"),
+        "{warning}"
+    );
+
+    set_mode(&data, 0o700);
+    assert_eq!(agentmux_registry::data_dir_warning(&data).unwrap(), None);
+    if is_my_private_group(rustix::process::getegid().as_raw()) {
+        set_mode(&data, 0o775);
+        assert_eq!(
+            agentmux_registry::data_dir_warning(&data).unwrap(),
+            None,
+            "this user's private group is no one else"
+        );
+    }
 }

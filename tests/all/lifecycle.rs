@@ -8,7 +8,7 @@ use agentmux_registry::blocking;
 #[cfg(target_os = "linux")]
 use agentmux_registry::liveness::{owner_liveness, pid_namespace, Liveness};
 use agentmux_registry::{EntryFields, Error, Owner, Registration, Registry, Renewal};
-use agentmux_registry_tests::{fields, lookup_through_renewals};
+use agentmux_registry_tests::fields;
 #[cfg(target_os = "linux")]
 use agentmux_registry_tests::{now_ms, SeedEntry};
 
@@ -206,7 +206,10 @@ fn a_fast_heartbeat_never_overwrites_a_successor() {
         registry.write(successor).unwrap();
         // Give the predecessor's heartbeat many beats to misbehave.
         std::thread::sleep(Duration::from_millis(10));
-        let entry = lookup_through_renewals(&registry, &id).expect("the successor's entry");
+        let entry = registry
+            .lookup(&id)
+            .unwrap()
+            .expect("the successor's entry");
         assert_eq!(
             entry.auth_key, "new",
             "trial {trial}: the successor was overwritten"
@@ -367,6 +370,85 @@ async fn an_owner_this_process_cannot_see_is_never_swept_as_dead() {
         .unwrap();
     assert_eq!(written.pid_namespace, Some(here));
     assert_eq!(owner_liveness(&written), Liveness::Alive);
+}
+
+/// Issue: `/proc` reports start times on the *reader's* boot-time clock, so
+/// an owner in another time namespace (a container's, a CRIU restore's)
+/// looked like a reused pid to everyone outside it: judged Dead and swept
+/// while it ran. Here the owner registers itself from a time namespace whose
+/// boot time is 1,000,000 s ahead (`unshare --time`, which needs root).
+#[cfg(target_os = "linux")]
+#[test]
+fn an_owner_in_another_time_namespace_is_never_judged_dead() {
+    use std::io::{BufRead, Write};
+
+    const CHILD: &str = "AGENTMUX_TEST_TIMENS_OWNER";
+    const READY: &str = "timens-owner-registered";
+    if let Some(data_dir) = std::env::var_os(CHILD) {
+        // The owner: registered until the test closes its stdin.
+        let registry = Registry::open(data_dir).unwrap();
+        let guard = blocking_register(&registry, "timens", Duration::from_secs(60));
+        println!("{READY}");
+        std::io::stdout().flush().unwrap();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new()).unwrap();
+        drop(guard);
+        return;
+    }
+    let unshare = ["--time", "--boottime", "1000000"];
+    let usable = std::process::Command::new("unshare")
+        .args(unshare)
+        .arg("true")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!("skipped: `unshare --time` is missing or not permitted here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = blocking::Registry::open(tmp.path()).unwrap();
+    let name = "lifecycle::an_owner_in_another_time_namespace_is_never_judged_dead";
+    let mut owner = std::process::Command::new("unshare")
+        .args(unshare)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(CHILD, tmp.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(owner.stdout.take().unwrap());
+    let mut text = String::new();
+    while !text.contains(READY) {
+        assert_ne!(out.read_line(&mut text).unwrap(), 0, "owner ended: {text}");
+    }
+
+    let entry = registry
+        .lookup("timens")
+        .unwrap()
+        .expect("the owner's entry");
+    let pid = entry.pid;
+    let ns = |who: &str| std::fs::read_link(format!("/proc/{who}/ns/time")).unwrap();
+    assert_ne!(
+        ns(&pid.to_string()),
+        ns("self"),
+        "the owner runs in another time namespace"
+    );
+    assert_ne!(
+        entry.pid_started,
+        agentmux_registry::liveness::process_start(pid),
+        "its recorded start time is on another clock than the one read here"
+    );
+    assert_eq!(owner_liveness(&entry), Liveness::Unknown);
+    assert!(registry.lookup_live("timens").unwrap().is_some());
+    assert_eq!(registry.cleanup_dead_owners().unwrap(), 0);
+    assert!(registry.lookup("timens").unwrap().is_some(), "not swept");
+
+    // Once the owner is gone, its pid is free: that still proves it dead.
+    drop(owner.stdin.take());
+    std::io::Read::read_to_string(&mut out, &mut text).unwrap();
+    assert!(owner.wait().unwrap().success(), "{text}");
+    assert!(text.contains("1 passed"), "{text}");
+    assert_eq!(owner_liveness(&entry), Liveness::Dead);
 }
 
 /// Issue: only `agents` was re-checked, through the old data-dir handle, so

@@ -4,6 +4,10 @@
 // Symlink escapes: creating symlinks on Windows needs a privilege.
 #[cfg(unix)]
 mod containment;
+// Owners in several processes stopped with SIGSTOP; its reasons to be Unix
+// only are `stress`'s too (below).
+#[cfg(unix)]
+mod churn;
 // Unix modes, FIFOs, devices and other users' files.
 #[cfg(unix)]
 mod hostile_dir;
@@ -14,6 +18,7 @@ mod limits;
 #[cfg(unix)]
 mod other_hosts;
 mod registration;
+mod renewal;
 mod runtimes;
 mod scale;
 mod seed_parity;

@@ -11,7 +11,7 @@ use agentmux_registry::liveness::{
 use agentmux_registry::{Registration, Registry};
 #[cfg(target_os = "linux")]
 use agentmux_registry_tests::SeedEntry;
-use agentmux_registry_tests::{fields, lookup_through_renewals, now_ms};
+use agentmux_registry_tests::{fields, now_ms};
 
 fn open() -> (tempfile::TempDir, Registry) {
     let tmp = tempfile::tempdir().unwrap();
@@ -32,9 +32,9 @@ async fn the_heartbeat_keeps_the_entry_fresh_and_drop_removes_it() {
     let first = guard.entry().updated_at;
     assert_eq!(guard.entry().pid, std::process::id());
     tokio::time::sleep(Duration::from_millis(450)).await;
-    // Looked up from the blocking side, through any renewal in progress.
+    // Looked up from the blocking side while the heartbeat runs.
     let blocking = agentmux_registry::blocking::Registry::from(registry.clone());
-    let now = lookup_through_renewals(&blocking, "hb").expect("the entry");
+    let now = blocking.lookup("hb").unwrap().expect("the entry");
     assert!(
         now.updated_at >= first + 200,
         "refreshed: {first} -> {}",
@@ -195,4 +195,59 @@ fn eviction_after_a_failed_forward_follows_the_owners_liveness() {
         should_evict_after_failed_forward(&entry(0, now_ms() - 60_000), grace),
         "unknown, older: evict"
     );
+}
+
+/// Issue: `Registration::register(.., Duration::MAX)` panicked (`Instant`
+/// overflow) after the entry was written. Any interval is accepted: one the
+/// clock cannot reach never comes due, and the registry's other
+/// registrations keep beating beside it.
+#[tokio::test(flavor = "current_thread")]
+async fn any_heartbeat_interval_is_accepted() {
+    let (_tmp, registry) = open();
+    let intervals = [
+        Duration::MAX,
+        Duration::from_secs(u64::MAX),
+        // Fits in an `Instant` on Linux, so it is waited for, not skipped.
+        Duration::from_secs(u64::MAX / 4),
+    ];
+    let mut guards = Vec::new();
+    for (i, interval) in intervals.into_iter().enumerate() {
+        let id = format!("long-{i}");
+        let guard = Registration::register(&registry, fields(&id, "u", "b", 0, "k"), interval)
+            .await
+            .unwrap_or_else(|e| panic!("{interval:?}: {e}"));
+        assert!(registry.lookup(&id).await.unwrap().is_some(), "{id}");
+        guards.push(guard);
+    }
+    let short = Registration::register(
+        &registry,
+        fields("short", "u", "b", 0, "k"),
+        Duration::from_millis(20),
+    )
+    .await
+    .unwrap();
+    assert_eq!(registry.heartbeat_count(), 4);
+    // The short one is still driven: its entry comes back within a beat.
+    assert!(registry.remove("short").await.unwrap());
+    let start = std::time::Instant::now();
+    while registry.lookup("short").await.unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the short heartbeat stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (i, guard) in guards.iter().enumerate() {
+        assert!(!guard.is_superseded());
+        let id = format!("long-{i}");
+        let entry = registry
+            .lookup(&id)
+            .await
+            .unwrap()
+            .expect("still registered");
+        assert_eq!(entry.registration.as_deref(), Some(guard.token()), "{id}");
+    }
+    drop((guards, short));
+    assert_eq!(registry.heartbeat_count(), 0);
+    assert!(registry.list().await.unwrap().is_empty());
 }

@@ -153,27 +153,6 @@ pub fn owner(pid: u32, auth_key: &str) -> agentmux_registry::Owner {
     }
 }
 
-/// How long [`lookup_through_renewals`] keeps looking at an absent entry.
-pub const RENEWAL_GAP_LIMIT: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// `lookup`, looked at again while it finds nothing, for up to
-/// [`RENEWAL_GAP_LIMIT`]: a renewal in another thread leaves the name absent
-/// for a moment (microseconds natively, milliseconds under Wine; see the
-/// README's limits). Only an absent entry is looked at again, never a wrong one.
-pub fn lookup_through_renewals(
-    registry: &Registry,
-    agent_id: &str,
-) -> Option<agentmux_registry::AgentEntry> {
-    let started = std::time::Instant::now();
-    loop {
-        let found = registry.lookup(agent_id).unwrap();
-        if found.is_some() || started.elapsed() > RENEWAL_GAP_LIMIT {
-            return found;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-}
-
 /// The ids `list` returns, in its order.
 pub fn listed_ids(registry: &Registry) -> Vec<String> {
     registry

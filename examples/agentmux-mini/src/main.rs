@@ -8,18 +8,44 @@
 //!   to the instance that owns it, with that instance's `X-AuthKey`.
 //! - `GET  /agentmux/reactive/inbox/{agent_id}`: messages delivered to a local agent.
 //!
-//! Every route requires `X-AuthKey` equal to this instance's key
-//! (`AGENTMUX_AUTH_KEY`), as agentmux-srv's auth middleware does. Forwards go
-//! only to loopback URLs, never to this instance itself, and at most one hop.
+//! Every route requires exactly one `X-AuthKey` equal to this instance's key
+//! (`AGENTMUX_AUTH_KEY`, 1 to 1024 visible ASCII characters; compared in
+//! constant time), as agentmux-srv's auth middleware does. Forwards go only to
+//! `http://HOST:PORT` with a loopback IP or `localhost` (taken as 127.0.0.1,
+//! never looked up), never to this instance's own socket address, only with a
+//! key that can be sent as a header, and at most one hop. A forwarded reply
+//! over the reply limit is refused without being read in full.
 //! At startup (after binding) it sweeps entries older than 4 hours and entries
 //! of dead instances. On SIGTERM or Ctrl-C it removes its own entries.
 //!
-//! Usage: `AGENTMUX_AUTH_KEY=key agentmux-mini --data-dir DIR [--port N]`.
+//! Usage: `AGENTMUX_AUTH_KEY=key agentmux-mini [--data-dir DIR] [--port N]`.
 //! It prints `listening on http://127.0.0.1:PORT` once it accepts requests.
+//! A configuration it cannot use (exit status 2), or a port or registry it
+//! cannot open (exit status 1), makes it print why on stderr and exit
+//! without serving.
+//!
+//! Limits, from the environment (all optional; whole numbers):
+//! - `AGENTMUX_MINI_MAX_CONNECTIONS` (64): connections served at once; one
+//!   more is answered `503` and closed at once.
+//! - `AGENTMUX_MINI_HEADER_TIMEOUT_MS` (5000): time a connection has to send
+//!   its request head; idle and half-sent connections are closed after it.
+//! - `AGENTMUX_MINI_CONNECTION_TIMEOUT_MS` (15000): the longest a connection
+//!   stays open, body, handling and reply included. Each carries one request.
+//! - `AGENTMUX_MINI_MAX_REPLY_BYTES` (1048576): the largest reply body read
+//!   from an owner; a larger one is a `502`.
+
+mod ct;
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::pin::{pin, Pin};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentmux_registry::liveness::{owner_liveness, should_evict_after_failed_forward, Liveness};
@@ -30,9 +56,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    ReadBuf,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 const HOPS_HEADER: &str = "x-agentmux-hops";
 /// A forwarded inject is delivered or refused by the owner; it never moves on.
@@ -41,6 +74,13 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// A just-registered entry is not evicted when its owner's liveness is unknown.
 const EVICTION_GRACE: Duration = Duration::from_secs(10);
+/// The registry's own limit on an entry's `auth_key`.
+const MAX_KEY_BYTES: usize = 1024;
+/// The most of a forwarded reply's status line and headers that is read.
+const MAX_REPLY_HEAD_BYTES: usize = 16 * 1024;
+/// Pause after a failed accept (e.g. out of file descriptors), so the loop
+/// does not spin while the condition lasts.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 struct Agent {
     inbox: Vec<String>,
@@ -52,10 +92,22 @@ struct App {
     registry: Registry,
     auth_key: String,
     local_url: String,
+    /// The listening socket's address: a forward to it would reach this very
+    /// instance, whatever the entry's URL spells.
+    this_addr: SocketAddr,
+    max_reply_bytes: usize,
     agents: Mutex<HashMap<String, Agent>>,
     /// Held across a registration, so that the guard kept for an id is
     /// always the one whose entry was written last.
     registering: tokio::sync::Mutex<()>,
+}
+
+impl App {
+    /// The hosted agents. A handler that panicked mid-update leaves only
+    /// whole entries behind, so a poisoned map is still usable.
+    fn agents(&self) -> MutexGuard<'_, HashMap<String, Agent>> {
+        self.agents.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 type Shared = Arc<App>;
@@ -78,11 +130,12 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 async fn require_key(State(app): State<Shared>, request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get("x-authkey")
-        .and_then(|v| v.to_str().ok());
-    if given != Some(app.auth_key.as_str()) {
+    let mut given = request.headers().get_all("x-authkey").iter();
+    let accepted = match (given.next(), given.next()) {
+        (Some(key), None) => ct::eq(key.as_bytes(), app.auth_key.as_bytes()),
+        _ => false,
+    };
+    if !accepted {
         return error(StatusCode::UNAUTHORIZED, "missing or wrong X-AuthKey");
     }
     next.run(request).await
@@ -104,7 +157,7 @@ async fn register(State(app): State<Shared>, Json(body): Json<RegisterBody>) -> 
         Ok(registration) => registration,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let replaced = app.agents.lock().unwrap().insert(
+    let replaced = app.agents().insert(
         body.agent_id.clone(),
         Agent {
             inbox: Vec::new(),
@@ -117,7 +170,7 @@ async fn register(State(app): State<Shared>, Json(body): Json<RegisterBody>) -> 
 }
 
 async fn unregister(State(app): State<Shared>, Json(body): Json<RegisterBody>) -> Response {
-    let agent = app.agents.lock().unwrap().remove(&body.agent_id);
+    let agent = app.agents().remove(&body.agent_id);
     // Dropping the guard removes the entry if it is still ours.
     let removed = agent.is_some();
     drop(agent);
@@ -125,7 +178,7 @@ async fn unregister(State(app): State<Shared>, Json(body): Json<RegisterBody>) -
 }
 
 async fn inbox(State(app): State<Shared>, Path(agent_id): Path<String>) -> Response {
-    match app.agents.lock().unwrap().get(&agent_id) {
+    match app.agents().get(&agent_id) {
         Some(agent) => Json(json!({ "messages": agent.inbox })).into_response(),
         None => error(StatusCode::NOT_FOUND, "agent not hosted here"),
     }
@@ -136,14 +189,14 @@ async fn inject(
     headers: HeaderMap,
     Json(body): Json<InjectBody>,
 ) -> Response {
-    if let Some(agent) = app.agents.lock().unwrap().get_mut(&body.agent_id) {
+    if let Some(agent) = app.agents().get_mut(&body.agent_id) {
         agent.inbox.push(body.message);
         return Json(json!({ "delivered": "local" })).into_response();
     }
-    let hops: u32 = headers
-        .get(HOPS_HEADER)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .unwrap_or(0);
+    let hops = match hops_of(&headers) {
+        Ok(hops) => hops,
+        Err(reason) => return error(StatusCode::BAD_REQUEST, reason),
+    };
     if hops >= MAX_HOPS {
         return error(
             StatusCode::NOT_FOUND,
@@ -155,26 +208,43 @@ async fn inject(
         Ok(None) => return error(StatusCode::NOT_FOUND, "agent not found"),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
-    if entry.local_url == app.local_url {
-        // Our own stale entry: we do not host the agent, and must not loop.
-        return error(StatusCode::NOT_FOUND, "agent not found");
-    }
+    let target = match resolve_target(&entry.local_url, app.this_addr) {
+        // Our own stale or forged entry: we do not host the agent, and must not loop.
+        Ok(Target::ThisInstance) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "agent not hosted here, and its registry entry points to this instance",
+            )
+        }
+        Ok(Target::Peer(address)) => Ok(address),
+        Err(reason) => Err(reason),
+    };
     if owner_liveness(&entry) == Liveness::Dead {
         // Fail fast: the owner is gone, its entry only points nowhere.
         evict(&app, &entry).await;
         return unreachable(&entry, "owner process is not running");
     }
-    let Some(target) = loopback_target(&entry.local_url) else {
+    let target = match target {
+        Ok(address) => address,
+        Err(reason) => return error(StatusCode::BAD_GATEWAY, reason),
+    };
+    if !sendable_key(&entry.auth_key) {
         return error(
             StatusCode::BAD_GATEWAY,
-            format!(
-                "refusing to forward to non-loopback URL {}",
-                entry.local_url
-            ),
+            "refusing to forward: the owner's auth key cannot be sent in an X-AuthKey header \
+             (it must be 1 to 1024 visible ASCII characters)",
         );
-    };
+    }
     let payload = json!({ "agent_id": body.agent_id, "message": body.message }).to_string();
-    match forward(target, &entry.auth_key, hops + 1, &payload).await {
+    let forwarded = forward(
+        target,
+        &entry.auth_key,
+        hops + 1,
+        &payload,
+        app.max_reply_bytes,
+    )
+    .await;
+    match forwarded {
         Ok((status, response)) if (200..300).contains(&status) => {
             Json(json!({ "delivered": "forwarded", "via": entry.local_url, "owner": response }))
                 .into_response()
@@ -183,12 +253,33 @@ async fn inject(
             StatusCode::BAD_GATEWAY,
             format!("owner {} answered {status}: {response}", entry.local_url),
         ),
-        Err(reason) => {
+        // The owner is up and answered: no reason to evict it.
+        Err(ForwardError::BadReply(reason)) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("owner {} sent an unusable reply: {reason}", entry.local_url),
+        ),
+        Err(ForwardError::Unreachable(reason)) => {
             if should_evict_after_failed_forward(&entry, EVICTION_GRACE) {
                 evict(&app, &entry).await;
             }
             unreachable(&entry, &reason)
         }
+    }
+}
+
+/// The request's hop count. Missing is 0; a malformed or repeated header is
+/// refused, so no reading of it can be lower than what a sender meant.
+fn hops_of(headers: &HeaderMap) -> Result<u32, String> {
+    let mut values = headers.get_all(HOPS_HEADER).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(0),
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .filter(|v| (1..=3).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("malformed {HOPS_HEADER} header")),
+        _ => Err(format!("more than one {HOPS_HEADER} header")),
     }
 }
 
@@ -214,22 +305,70 @@ fn unreachable(entry: &AgentEntry, reason: &str) -> Response {
         .into_response()
 }
 
-/// `http://127.0.0.1:PORT` (or `localhost`, `[::1]`) → its socket address;
-/// `None` for anything that is not plain HTTP on loopback.
-fn loopback_target(url: &str) -> Option<SocketAddr> {
-    let rest = url.strip_prefix("http://")?;
-    let authority = rest.split('/').next()?;
-    let (host, port) = authority.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let ip: std::net::IpAddr = match host {
-        "localhost" => Ipv4Addr::LOCALHOST.into(),
-        h => h
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .ok()?,
+/// Whether `key` can go into a header line as it is: no controls (a CR or LF
+/// would start a header of the entry writer's choosing), no spaces (trimmed
+/// by receivers), nothing the registry would not store.
+fn sendable_key(key: &str) -> bool {
+    (1..=MAX_KEY_BYTES).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic())
+}
+
+enum Target {
+    ThisInstance,
+    Peer(SocketAddr),
+}
+
+/// Where an entry's `local_url` (`http://HOST:PORT`, optionally with a
+/// trailing `/`) leads, compared by socket address, so `localhost`,
+/// `127.0.0.1` and `[::ffff:127.0.0.1]` at this instance's port are all this
+/// instance. `Err` says why it is not forwarded to.
+fn resolve_target(url: &str, this_addr: SocketAddr) -> Result<Target, String> {
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "refusing to forward: the owner's URL {url:?} holds characters that cannot be sent"
+        ));
+    }
+    let unsupported =
+        || format!("refusing to forward: the owner's URL {url:?} is not http://HOST:PORT");
+    let authority = url.strip_prefix("http://").ok_or_else(unsupported)?;
+    let authority = authority.strip_suffix('/').unwrap_or(authority);
+    let (host, port) = authority.rsplit_once(':').ok_or_else(unsupported)?;
+    let port = parse_port(port)
+        .filter(|&port| port != 0)
+        .ok_or_else(unsupported)?;
+    let ip = if host.eq_ignore_ascii_case("localhost") {
+        Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+    } else if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+    } else {
+        host.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
     };
-    ip.is_loopback().then_some(SocketAddr::new(ip, port))
+    let Some(ip) = ip.map(|ip| ip.to_canonical()).filter(IpAddr::is_loopback) else {
+        return Err(format!(
+            "refusing to forward to non-loopback URL {url:?}: only loopback IP addresses \
+             and localhost are forwarded to"
+        ));
+    };
+    let address = SocketAddr::new(ip, port);
+    Ok(if address == this_addr {
+        Target::ThisInstance
+    } else {
+        Target::Peer(address)
+    })
+}
+
+fn parse_port(text: &str) -> Option<u16> {
+    // `u16::from_str` would also take a leading `+`.
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
+}
+
+enum ForwardError {
+    /// The owner could not be reached, or did not answer in time.
+    Unreachable(String),
+    /// The owner answered with a reply that is not used: too large or malformed.
+    BadReply(String),
 }
 
 /// POSTs an inject to the owner over plain HTTP/1.1; returns status and body.
@@ -238,11 +377,12 @@ async fn forward(
     auth_key: &str,
     hops: u32,
     payload: &str,
-) -> Result<(u16, Value), String> {
+    max_reply_bytes: usize,
+) -> Result<(u16, Value), ForwardError> {
     let exchange = async {
-        let mut stream = tokio::net::TcpStream::connect(target)
+        let mut stream = TcpStream::connect(target)
             .await
-            .map_err(|e| format!("connect: {e}"))?;
+            .map_err(|e| ForwardError::Unreachable(format!("connect: {e}")))?;
         let request = format!(
             "POST /agentmux/reactive/inject HTTP/1.1\r\nHost: {target}\r\nX-AuthKey: {auth_key}\r\n\
              {HOPS_HEADER}: {hops}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
@@ -252,47 +392,298 @@ async fn forward(
         stream
             .write_all(request.as_bytes())
             .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("receive: {e}"))?;
-        parse_response(&response).ok_or_else(|| "malformed response".to_string())
+            .map_err(|e| ForwardError::Unreachable(format!("send: {e}")))?;
+        let (status, body) = read_reply(BufReader::new(stream), max_reply_bytes).await?;
+        Ok((status, serde_json::from_slice(&body).unwrap_or(Value::Null)))
     };
     tokio::time::timeout(FORWARD_TIMEOUT, exchange)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {FORWARD_TIMEOUT:?}")))
+        .unwrap_or_else(|_| {
+            Err(ForwardError::Unreachable(format!(
+                "no answer within {FORWARD_TIMEOUT:?}"
+            )))
+        })
 }
 
-fn parse_response(raw: &[u8]) -> Option<(u16, Value)> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let status = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+fn bad_reply(reason: impl Into<String>) -> ForwardError {
+    ForwardError::BadReply(reason.into())
 }
 
-fn arg(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
+fn receive_error(e: io::Error) -> ForwardError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        bad_reply("the reply ended early")
+    } else {
+        ForwardError::Unreachable(format!("receive: {e}"))
+    }
+}
+
+fn too_large(max_bytes: usize) -> ForwardError {
+    bad_reply(format!("its body is over the {max_bytes}-byte limit"))
+}
+
+/// Reads an HTTP/1.1 reply: at most [`MAX_REPLY_HEAD_BYTES`] of head and
+/// `max_bytes` of body. A body declared larger is refused before any of it
+/// is read; one that turns out larger is refused once the limit is passed.
+async fn read_reply<R: AsyncBufRead + Unpin>(
+    mut reader: R,
+    max_bytes: usize,
+) -> Result<(u16, Vec<u8>), ForwardError> {
+    let mut head_budget = MAX_REPLY_HEAD_BYTES;
+    let status_line = read_line(&mut reader, &mut head_budget).await?;
+    let status = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.split(' ').nth(1))
+        .filter(|code| code.len() == 3 && code.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| bad_reply("malformed status line"))?;
+    let mut content_length = None;
+    let mut chunked = false;
+    loop {
+        let line = read_line(&mut reader, &mut head_budget).await?;
+        if line.is_empty() {
+            break;
+        }
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| bad_reply("malformed header line"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = Some(value)
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| bad_reply("malformed Content-Length"))?;
+            if content_length.replace(length).is_some() {
+                return Err(bad_reply("more than one Content-Length"));
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            if chunked || !value.eq_ignore_ascii_case("chunked") {
+                return Err(bad_reply(format!(
+                    "unsupported Transfer-Encoding {value:?}"
+                )));
+            }
+            chunked = true;
+        }
+    }
+    let mut body = Vec::new();
+    match (chunked, content_length) {
+        (true, Some(_)) => return Err(bad_reply("both Content-Length and chunked")),
+        (true, None) => read_chunked(&mut reader, &mut head_budget, max_bytes, &mut body).await?,
+        (false, Some(length)) => {
+            if length > max_bytes as u64 {
+                return Err(too_large(max_bytes));
+            }
+            body.resize(length as usize, 0);
+            reader.read_exact(&mut body).await.map_err(receive_error)?;
+        }
+        (false, None) => {
+            // Delimited by the close (the request said `Connection: close`).
+            (&mut reader)
+                .take(max_bytes as u64 + 1)
+                .read_to_end(&mut body)
+                .await
+                .map_err(receive_error)?;
+            if body.len() > max_bytes {
+                return Err(too_large(max_bytes));
+            }
+        }
+    }
+    Ok((status, body))
+}
+
+async fn read_chunked<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    trailer_budget: &mut usize,
+    max_bytes: usize,
+    body: &mut Vec<u8>,
+) -> Result<(), ForwardError> {
+    loop {
+        // Each chunk carries at least one byte of body, so with a bounded
+        // line per chunk the number of lines read is bounded too.
+        let mut line_budget = 1024;
+        let line = read_line(reader, &mut line_budget).await?;
+        let size = line.split(';').next().unwrap_or("").trim();
+        let size = Some(size)
+            .filter(|s| (1..=15).contains(&s.len()))
+            .and_then(|s| u64::from_str_radix(s, 16).ok())
+            .ok_or_else(|| bad_reply("malformed chunk size"))?;
+        if size == 0 {
+            while !read_line(reader, trailer_budget).await?.is_empty() {}
+            return Ok(());
+        }
+        if size > (max_bytes - body.len()) as u64 {
+            return Err(too_large(max_bytes));
+        }
+        let start = body.len();
+        body.resize(start + size as usize, 0);
+        reader
+            .read_exact(&mut body[start..])
+            .await
+            .map_err(receive_error)?;
+        if !read_line(reader, &mut line_budget).await?.is_empty() {
+            return Err(bad_reply("malformed chunk"));
+        }
+    }
+}
+
+/// One line, without its line ending, of at most `budget` bytes (which it
+/// uses up).
+async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    budget: &mut usize,
+) -> Result<String, ForwardError> {
+    let mut line = Vec::new();
+    let read = reader
+        .take(*budget as u64)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(receive_error)?;
+    *budget -= read;
+    if line.pop() != Some(b'\n') {
+        return Err(bad_reply(if *budget == 0 {
+            "a line of the reply is over its length limit"
+        } else {
+            "the reply ended early"
+        }));
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    String::from_utf8(line).map_err(|_| bad_reply("the reply's head is not text"))
+}
+
+/// Connection and size limits, from the environment (see the crate doc).
+struct Limits {
+    max_connections: u32,
+    header_timeout: Duration,
+    connection_timeout: Duration,
+    max_reply_bytes: usize,
+}
+
+impl Limits {
+    fn from_env() -> Result<Limits, String> {
+        let millis =
+            |name, default| env_number(name, default, 1..=3_600_000).map(Duration::from_millis);
+        Ok(Limits {
+            max_connections: env_number("AGENTMUX_MINI_MAX_CONNECTIONS", 64, 1..=65_536)? as u32,
+            header_timeout: millis("AGENTMUX_MINI_HEADER_TIMEOUT_MS", 5_000)?,
+            connection_timeout: millis("AGENTMUX_MINI_CONNECTION_TIMEOUT_MS", 15_000)?,
+            max_reply_bytes: env_number("AGENTMUX_MINI_MAX_REPLY_BYTES", 1 << 20, 1..=1 << 30)?
+                as usize,
+        })
+    }
+}
+
+fn env_number(name: &str, default: u64, range: RangeInclusive<u64>) -> Result<u64, String> {
+    let Some(value) = std::env::var_os(name) else {
+        return Ok(default);
+    };
+    value
+        .to_str()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse().ok())
+        .filter(|n| range.contains(n))
+        .ok_or_else(|| {
+            format!(
+                "{name} must be a whole number from {} to {}, not {value:?}",
+                range.start(),
+                range.end()
+            )
+        })
+}
+
+struct Config {
+    data_dir: PathBuf,
+    port: u16,
+    auth_key: String,
+    limits: Limits,
+}
+
+const USAGE: &str = "usage: AGENTMUX_AUTH_KEY=key agentmux-mini [--data-dir DIR] [--port N]";
+
+impl Config {
+    fn from_env() -> Result<Config, String> {
+        let mut data_dir = None;
+        let mut port = 0;
+        let mut args = std::env::args_os().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.to_str() {
+                Some("--data-dir") => {
+                    let dir = args
+                        .next()
+                        .ok_or_else(|| format!("--data-dir takes a directory; {USAGE}"))?;
+                    data_dir = Some(PathBuf::from(dir));
+                }
+                Some("--port") => {
+                    let value = args.next().unwrap_or_default();
+                    port = value.to_str().and_then(parse_port).ok_or_else(|| {
+                        format!("--port takes a number from 0 to 65535, not {value:?}")
+                    })?;
+                }
+                _ => return Err(format!("unexpected argument {arg:?}; {USAGE}")),
+            }
+        }
+        let data_dir = data_dir
+            .or_else(agentmux_registry::default_data_dir)
+            .ok_or_else(|| "pass --data-dir DIR, or set AGENTMUX_DATA_HOME or HOME".to_string())?;
+        let auth_key = match std::env::var_os("AGENTMUX_AUTH_KEY") {
+            None => {
+                return Err(
+                    "AGENTMUX_AUTH_KEY is not set; it holds this instance's auth key".into(),
+                )
+            }
+            Some(key) if key.is_empty() => {
+                return Err(
+                    "AGENTMUX_AUTH_KEY is empty; an empty key would let any request in".into(),
+                )
+            }
+            Some(key) => key
+                .into_string()
+                .ok()
+                .filter(|key| sendable_key(key))
+                .ok_or_else(|| {
+                    format!(
+                        "AGENTMUX_AUTH_KEY must be 1 to {MAX_KEY_BYTES} visible ASCII characters \
+                         (no spaces or control characters), so it can be sent as a header"
+                    )
+                })?,
+        };
+        Ok(Config {
+            data_dir,
+            port,
+            auth_key,
+            limits: Limits::from_env()?,
+        })
+    }
 }
 
 #[tokio::main]
-async fn main() {
-    let data_dir = arg("--data-dir")
-        .map(Into::into)
-        .or_else(agentmux_registry::default_data_dir)
-        .expect("pass --data-dir or set AGENTMUX_DATA_HOME or HOME");
-    let port: u16 = arg("--port").map_or(0, |p| p.parse().expect("--port takes a number"));
-    let auth_key = std::env::var("AGENTMUX_AUTH_KEY").expect("set AGENTMUX_AUTH_KEY");
+async fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(reason) => {
+            eprintln!("agentmux-mini: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(reason) => {
+            eprintln!("agentmux-mini: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+async fn run(config: Config) -> Result<(), String> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, config.port))
         .await
-        .expect("bind");
-    let local_url = format!("http://{}", listener.local_addr().unwrap());
-    let registry = Registry::open(&data_dir).expect("open the agent registry");
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{}: {e}", config.port))?;
+    let this_addr = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the listening address: {e}"))?;
+    let local_url = format!("http://{this_addr}");
+    let registry = Registry::open(&config.data_dir)
+        .map_err(|e| format!("cannot open the agent registry: {e}"))?;
     // After binding, as agentmux-srv does: sweep old entries and dead instances'.
     // A failed sweep is logged, never hidden; the server still starts.
     let stale = registry
@@ -306,11 +697,22 @@ async fn main() {
         eprintln!("startup sweep of dead owners' entries failed: {e}");
         0
     });
+    // Before announcing: a SIGTERM right after the announcement is handled.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
 
     let app = Arc::new(App {
         registry,
-        auth_key,
+        auth_key: config.auth_key,
         local_url: local_url.clone(),
+        this_addr,
+        max_reply_bytes: config.limits.max_reply_bytes,
         agents: Mutex::new(HashMap::new()),
         registering: tokio::sync::Mutex::new(()),
     });
@@ -323,18 +725,121 @@ async fn main() {
         .with_state(app.clone());
 
     println!("listening on {local_url} (swept {stale} stale and {dead} dead entries)");
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-    };
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .expect("serve");
+    serve(listener, router, &config.limits, shutdown).await;
     // Dropping the guards removes this instance's entries (if still its own).
-    app.agents.lock().unwrap().clear();
+    app.agents().clear();
+    Ok(())
+}
+
+/// Serves `router` on `listener` until `shutdown` completes, then lets the
+/// open connections finish (each within its lifetime).
+async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: &Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let busy_body = r#"{"error":"too many open connections"}"#;
+    let busy_reply = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{busy_body}",
+        busy_body.len()
+    );
+    let (stop, stopped) = watch::channel(());
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(false);
+    let mut shutdown = pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    eprintln!("accepting a connection failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Never waits: a client that does not read cannot stall this loop.
+            let _ = stream.try_write(busy_reply.as_bytes());
+            continue;
+        };
+        let io = TokioIo::new(Slotted {
+            slot: Some(slot),
+            stream,
+        });
+        let connection = http.serve_connection(io, TowerToHyperService::new(router.clone()));
+        let mut stopped = stopped.clone();
+        let lifetime = limits.connection_timeout;
+        tokio::spawn(async move {
+            let mut connection = pin!(connection);
+            let _ = tokio::time::timeout(lifetime, async {
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    _ = stopped.changed() => connection.as_mut().graceful_shutdown(),
+                }
+                let _ = connection.as_mut().await;
+            })
+            .await;
+        });
+    }
+    // New connections are refused from here on, not left waiting in the backlog.
+    drop(listener);
+    drop(stop);
+    let _ = slots.acquire_many(limits.max_connections).await;
+}
+
+/// An accepted socket that holds one of the connection slots until it
+/// starts to close.
+struct Slotted {
+    // Declared before `stream` so that it is dropped, and the slot freed,
+    // before the socket closes: a client that saw the close finds it free.
+    slot: Option<OwnedSemaphorePermit>,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Slotted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.slot = None;
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }

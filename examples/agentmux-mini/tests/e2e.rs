@@ -3,128 +3,13 @@
 //! owner's key; forged forwards are refused; a SIGKILLed owner's entry is
 //! evicted on the next inject; a restarted owner takes over cleanly.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::time::{Duration, Instant};
 
 use agentmux_registry::blocking::Registry;
-use serde_json::{json, Value};
-
-struct Server {
-    child: Child,
-    url: String,
-    key: String,
-}
-
-impl Server {
-    fn start(data_dir: &std::path::Path, key: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_agentmux-mini"))
-            .arg("--data-dir")
-            .arg(data_dir)
-            .env("AGENTMUX_AUTH_KEY", key)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let url = line
-            .strip_prefix("listening on ")
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-            .to_string();
-        Server {
-            child,
-            url,
-            key: key.into(),
-        }
-    }
-
-    fn post(&self, path: &str, key: Option<&str>, body: Value) -> (u16, Value) {
-        request(&self.url, "POST", path, key, &body.to_string(), &[])
-    }
-
-    fn inject(&self, agent_id: &str, message: &str) -> (u16, Value) {
-        self.post(
-            "/agentmux/reactive/inject",
-            Some(&self.key),
-            json!({ "agent_id": agent_id, "message": message }),
-        )
-    }
-
-    fn register(&self, agent_id: &str) {
-        let (status, body) = self.post(
-            "/agentmux/reactive/register",
-            Some(&self.key),
-            json!({ "agent_id": agent_id, "block_id": "blk" }),
-        );
-        assert_eq!(status, 200, "{body}");
-    }
-
-    fn inbox(&self, agent_id: &str) -> Vec<String> {
-        let (status, body) = request(
-            &self.url,
-            "GET",
-            &format!("/agentmux/reactive/inbox/{agent_id}"),
-            Some(&self.key),
-            "",
-            &[],
-        );
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_value(body["messages"].clone()).unwrap()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One HTTP/1.1 exchange on loopback; returns the status and JSON body.
-fn request(
-    base: &str,
-    method: &str,
-    path: &str,
-    key: Option<&str>,
-    body: &str,
-    extra: &[(&str, &str)],
-) -> (u16, Value) {
-    let authority = base.strip_prefix("http://").unwrap();
-    let mut stream = TcpStream::connect(authority).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut head =
-        format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
-    if let Some(key) = key {
-        head += &format!("X-AuthKey: {key}\r\n");
-    }
-    for (name, value) in extra {
-        head += &format!("{name}: {value}\r\n");
-    }
-    if method == "POST" {
-        head += &format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        );
-    }
-    stream
-        .write_all(format!("{head}\r\n{body}").as_bytes())
-        .unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
+use common::{request, Server};
+use serde_json::json;
 
 #[test]
 fn forwarding_key_checks_eviction_and_takeover_between_two_instances() {

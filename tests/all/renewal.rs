@@ -1,0 +1,270 @@
+//! Renewals that readers never miss, and that never take an id back: every
+//! change to an entry name is made under the name's claim, and a renewal
+//! replaces the entry with one rename.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmux_registry::blocking::Registry;
+use agentmux_registry::{EntryFields, Renewal};
+use agentmux_registry_tests::{fields, Fixture};
+
+/// Fields of registration `token` of `agent_id`.
+fn registration(agent_id: &str, token: &str) -> EntryFields {
+    EntryFields {
+        registration: Some(token.into()),
+        ..fields(agent_id, "http://127.0.0.1:1", "b", 1, token)
+    }
+}
+
+/// Renews `fields` in a loop on another thread until `stop`; counts renewals
+/// and how many reported anything but `Refreshed`.
+fn renew_until(
+    registry: &Registry,
+    fields: EntryFields,
+    stop: &Arc<AtomicBool>,
+) -> std::thread::JoinHandle<(u64, u64)> {
+    let (registry, stop) = (registry.clone(), stop.clone());
+    std::thread::spawn(move || {
+        let (mut renewals, mut other) = (0, 0);
+        while !stop.load(Ordering::Relaxed) {
+            match registry.renew(fields.clone()) {
+                Ok(Renewal::Refreshed) => {}
+                outcome => {
+                    eprintln!("renewal: {outcome:?}");
+                    other += 1
+                }
+            }
+            renewals += 1;
+            // Beats 0.2 ms apart: far faster than any real heartbeat, but
+            // not a loop that never lets another call take the claim.
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        (renewals, other)
+    })
+}
+
+/// Lookups of `agent_id` on this thread while `renewals` run; returns how
+/// many found nothing.
+fn misses_during(registry: &Registry, agent_id: &str, lookups: u64) -> u64 {
+    (0..lookups)
+        .filter(|_| registry.lookup(agent_id).unwrap().is_none())
+        .count() as u64
+}
+
+#[test]
+fn lookups_never_miss_an_entry_while_it_is_renewed() {
+    let fx = Fixture::new();
+    let fields = registration("steady", "token-1");
+    fx.registry.write(fields.clone()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let renewer = renew_until(&fx.registry, fields, &stop);
+
+    let misses = misses_during(&fx.registry, "steady", 20_000);
+    let listed_without = (0..200)
+        .filter(|_| !agentmux_registry_tests::listed_ids(&fx.registry).contains(&"steady".into()))
+        .count();
+    stop.store(true, Ordering::Relaxed);
+    let (renewals, not_refreshed) = renewer.join().unwrap();
+
+    assert!(
+        renewals > 100,
+        "too few renewals to mean anything: {renewals}"
+    );
+    assert_eq!(not_refreshed, 0, "a lone registration is always refreshed");
+    assert_eq!(
+        misses, 0,
+        "lookups that missed a live entry during {renewals} renewals"
+    );
+    assert_eq!(listed_without, 0, "listings without the live entry");
+}
+
+/// A predecessor keeps renewing after a successor took the id over (its
+/// process was starved, so it has not noticed yet): it must learn it is
+/// superseded every time, and never put its entry back.
+#[test]
+fn a_predecessor_never_takes_the_id_back_from_a_renewing_successor() {
+    let fx = Fixture::new();
+    let old = registration("contested", "old");
+    let new = registration("contested", "new");
+    fx.registry.write(old.clone()).unwrap();
+    fx.registry.write(new.clone()).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let successor = renew_until(&fx.registry, new, &stop);
+
+    let older_answers = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (registry, stop, older_answers) =
+            (fx.registry.clone(), stop.clone(), older_answers.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                let found = registry.lookup("contested").unwrap();
+                if found.and_then(|e| e.registration).as_deref() != Some("new") {
+                    older_answers.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let mut takebacks = 0;
+    for i in 0..3_000 {
+        match fx
+            .registry
+            .renew(old.clone())
+            .unwrap_or_else(|e| panic!("renewal {i}: {e}"))
+        {
+            Renewal::Superseded => {}
+            other => {
+                eprintln!("predecessor's renewal: {other:?}");
+                takebacks += 1
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (renewals, false_supersedes) = successor.join().unwrap();
+    reader.join().unwrap();
+
+    assert!(
+        renewals > 100,
+        "too few renewals to mean anything: {renewals}"
+    );
+    assert_eq!(takebacks, 0, "the predecessor's entry was put back");
+    assert_eq!(
+        false_supersedes, 0,
+        "the successor was told it is superseded"
+    );
+    assert_eq!(
+        older_answers.load(Ordering::Relaxed),
+        0,
+        "lookups that returned no entry or the predecessor's"
+    );
+}
+
+/// A file with a second hard link at a registered name (planted, or left by
+/// an earlier version's restore) is still the registration's entry: found,
+/// and replaced by a single-link file at the next renewal.
+#[test]
+fn a_hard_linked_entry_is_found_and_repaired_by_the_next_renewal() {
+    let fx = Fixture::new();
+    let fields = registration("linked", "token-1");
+    fx.registry.write(fields.clone()).unwrap();
+    let other_link = fx.tmp.path().join("other-link");
+    std::fs::hard_link(fx.path("linked.json"), &other_link).unwrap();
+
+    assert!(
+        fx.registry.lookup("linked").unwrap().is_some(),
+        "a hard-linked entry is still found"
+    );
+    assert!(matches!(
+        fx.registry.renew(fields).unwrap(),
+        Renewal::Refreshed
+    ));
+    let links = links_of(&fx.path("linked.json"));
+    assert_eq!(links, 1, "the renewal put a file of its own in place");
+    assert!(fx.registry.lookup("linked").unwrap().is_some());
+}
+
+#[cfg(unix)]
+fn links_of(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().nlink()
+}
+
+#[cfg(windows)]
+fn links_of(_: &std::path::Path) -> u64 {
+    // std has no stable link count on Windows; a renewal that succeeded
+    // replaced the name with a new file.
+    1
+}
+
+/// A sweep whose progress callback panics leaves a sweep resource (and the
+/// directory stream it reads) in the instance: that instance must never be
+/// reused.
+#[test]
+fn an_instance_left_holding_a_sweep_is_never_pooled() {
+    let fx = Fixture::new();
+    fx.registry
+        .write(fields("a", "http://127.0.0.1:1", "b", 1, "k"))
+        .unwrap();
+    fx.registry
+        .cleanup_stale(Duration::from_secs(3600))
+        .unwrap();
+    assert_eq!(
+        fx.registry.as_async().pooled_instances(),
+        1,
+        "a finished sweep pools"
+    );
+
+    let registry = fx.registry.clone();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        registry.cleanup_stale_with_progress(Duration::from_secs(3600), |_| {
+            panic!("a caller's progress callback panics")
+        })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(
+        fx.registry.as_async().pooled_instances(),
+        0,
+        "the instance holding the unfinished sweep was pooled"
+    );
+    // The registry keeps working.
+    assert_eq!(fx.registry.lookup("a").unwrap().unwrap().agent_id, "a");
+}
+
+/// On tmpfs, a name replaced while a directory is read can be listed twice
+/// or not at all by the kernel; every entry present throughout must still
+/// be listed exactly once.
+#[cfg(target_os = "linux")]
+#[test]
+fn listings_are_exact_on_tmpfs_while_entries_are_rewritten() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("note: skipped: no /dev/shm (tmpfs) here");
+        return;
+    }
+    let tmp = tempfile::tempdir_in(shm).unwrap();
+    let registry = Registry::open(tmp.path()).unwrap();
+    const IDS: usize = 200;
+    let ids: Vec<String> = (0..IDS).map(|i| format!("agent-{i:03}")).collect();
+    for id in &ids {
+        registry
+            .write(fields(id, "http://127.0.0.1:1", "b", 1, "k"))
+            .unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (registry, stop, ids) = (registry.clone(), stop.clone(), ids.clone());
+        std::thread::spawn(move || {
+            let mut writes = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let id = &ids[(writes as usize * 7) % IDS];
+                registry
+                    .write(fields(id, "http://127.0.0.1:1", "b", 1, "k"))
+                    .unwrap();
+                writes += 1;
+            }
+            writes
+        })
+    };
+    let (mut missing, mut repeated) = (0, 0);
+    let mut listings = 0;
+    while listings < 300 {
+        let mut seen = std::collections::BTreeMap::<String, u32>::new();
+        for batch in registry.listing() {
+            for entry in batch.unwrap() {
+                *seen.entry(entry.agent_id).or_default() += 1;
+            }
+        }
+        missing += ids.iter().filter(|id| !seen.contains_key(*id)).count();
+        repeated += seen.values().filter(|n| **n > 1).count();
+        listings += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let writes = writer.join().unwrap();
+    assert!(writes > 1000, "too few rewrites to mean anything: {writes}");
+    assert_eq!(
+        (missing, repeated),
+        (0, 0),
+        "(missing, repeated) rows in {listings} listings of {IDS} during {writes} rewrites"
+    );
+}
