@@ -92,7 +92,7 @@ impl<'d> Claim<'d> {
                     }));
                 }
                 Err(ErrorCode::Exist) => {
-                    if break_if_stale(dir, &name)? {
+                    if break_if_stale(dir, &name)? != Stale::Fresh {
                         continue;
                     }
                     if !wait || monotonic_ms().saturating_sub(started) >= CLAIM_WAIT_MS {
@@ -149,39 +149,51 @@ pub fn is_identity(dir: &Descriptor, name: &str, identity: MetadataHashValue) ->
     )
 }
 
-/// Removes the claim file `name` if it is older than [`CLAIM_STALE_MS`];
-/// true when it is gone (removed here, or already). Two calls breaking the
-/// same stale claim at once never remove a fresh claim: the one removed is
-/// the one judged (taken aside and identified first).
-pub fn break_if_stale(dir: &Descriptor, name: &str) -> Result<bool, Error> {
+/// What [`break_if_stale`] found.
+#[derive(PartialEq)]
+pub enum Stale {
+    /// A claim younger than [`CLAIM_STALE_MS`]: left in place.
+    Fresh,
+    /// A stale claim, removed by this call.
+    Broken,
+    /// Nothing by that name any more.
+    Gone,
+}
+
+/// Removes the claim file `name` if it is older than [`CLAIM_STALE_MS`].
+/// Two calls breaking the same stale claim at once never remove a fresh
+/// claim: the one removed is the one judged (taken aside and identified
+/// first).
+pub fn break_if_stale(dir: &Descriptor, name: &str) -> Result<Stale, Error> {
     let stat = match dir.stat_at(PathFlags::empty(), name) {
         Ok(stat) => stat,
-        Err(ErrorCode::NoEntry) => return Ok(true),
+        Err(ErrorCode::NoEntry) => return Ok(Stale::Gone),
         Err(code) => return Err(io("stat", name, code)),
     };
     let Some(modified) = stat.data_modification_timestamp else {
-        return Ok(false);
+        return Ok(Stale::Fresh);
     };
     if now_ms().saturating_sub(modified.seconds.saturating_mul(1000)) <= CLAIM_STALE_MS {
-        return Ok(false);
+        return Ok(Stale::Fresh);
     }
     let judged = match dir.metadata_hash_at(PathFlags::empty(), name) {
         Ok(hash) => hash,
-        Err(ErrorCode::NoEntry) => return Ok(true),
+        Err(ErrorCode::NoEntry) => return Ok(Stale::Gone),
         Err(code) => return Err(io("identify", name, code)),
     };
     let grabbed = unique_name(GRAB_PREFIX);
     match dir.rename_at(name, dir, &grabbed) {
         Ok(()) => {}
-        Err(ErrorCode::NoEntry) => return Ok(true),
+        Err(ErrorCode::NoEntry) => return Ok(Stale::Gone),
         Err(code) => return Err(io("rename", name, code)),
     }
-    if !is_identity(dir, &grabbed, judged) {
+    let broken = is_identity(dir, &grabbed, judged);
+    if !broken {
         // A fresh claim was taken meanwhile: put it back.
         let _ = dir.link_at(PathFlags::empty(), &grabbed, dir, name);
     }
     let _ = dir.unlink_file_at(&grabbed);
-    Ok(true)
+    Ok(if broken { Stale::Broken } else { Stale::Gone })
 }
 
 /// Monotonic milliseconds.

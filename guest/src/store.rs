@@ -31,7 +31,8 @@ use wasi::filesystem::types::{
 };
 
 use crate::claim::{
-    break_if_stale, busy, is_identity, patiently, reset_retry_budget, Claim, Taken, CLAIM_PREFIX,
+    break_if_stale, busy, is_identity, patiently, reset_retry_budget, Claim, Stale, Taken,
+    CLAIM_PREFIX,
 };
 
 /// Prefix of a new entry being written. Entry names never start with `.`.
@@ -684,7 +685,7 @@ impl Sweep {
                 let gone = if name.starts_with(TEMP_PREFIX) || name.starts_with(GRAB_PREFIX) {
                     sweep_debris(dir, &name, self.now)
                 } else if name.starts_with(CLAIM_PREFIX) {
-                    break_if_stale(dir, &name).map(|_| false)
+                    break_if_stale(dir, &name).map(|stale| stale == Stale::Broken)
                 } else if is_entry_name(&name) {
                     sweep_entry(dir, &name, self.cutoff, self.latest)
                 } else {

@@ -53,6 +53,9 @@ fn misses_during(registry: &Registry, agent_id: &str, lookups: u64) -> u64 {
         .count() as u64
 }
 
+// Threads replacing a file others are reading: see `stress` in main.rs for
+// why concurrency is tested on Unix only (Wine lacks POSIX rename semantics).
+#[cfg(unix)]
 #[test]
 fn lookups_never_miss_an_entry_while_it_is_renewed() {
     let fx = Fixture::new();
@@ -80,6 +83,9 @@ fn lookups_never_miss_an_entry_while_it_is_renewed() {
     assert_eq!(listed_without, 0, "listings without the live entry");
 }
 
+// Threads replacing a file others are reading: see `stress` in main.rs for
+// why concurrency is tested on Unix only (Wine lacks POSIX rename semantics).
+#[cfg(unix)]
 /// A predecessor keeps renewing after a successor took the id over (its
 /// process was starved, so it has not noticed yet): it must learn it is
 /// superseded every time, and never put its entry back.
@@ -267,4 +273,71 @@ fn listings_are_exact_on_tmpfs_while_entries_are_rewritten() {
         (0, 0),
         "(missing, repeated) rows in {listings} listings of {IDS} during {writes} rewrites"
     );
+}
+
+/// The claim file name of an entry name: FNV-1a of the name, as every
+/// instance of the component derives it.
+fn claim_of(entry_name: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in entry_name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!(".claim-{hash:016x}")
+}
+
+/// Sets a file's modification time `age` into the past.
+fn age(path: &std::path::Path, age: Duration) {
+    let file = std::fs::File::options().write(true).open(path).unwrap();
+    file.set_modified(std::time::SystemTime::now() - age)
+        .unwrap();
+}
+
+/// A call that holds a name's claim makes others wait, then fail clearly; a
+/// claim left by a call that died is broken after 10 s, by the next call
+/// that needs the name or by a sweep.
+#[test]
+fn a_held_claim_makes_calls_wait_and_a_dead_calls_claim_is_broken() {
+    let fx = Fixture::new();
+    let claim = fx.path(&claim_of("held.json"));
+    std::fs::write(&claim, "").unwrap();
+    let refused = fx
+        .registry
+        .write(fields("held", "http://127.0.0.1:1", "b", 1, "k"))
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("is being changed by another call"),
+        "{refused}"
+    );
+    assert!(fx.registry.lookup("held").unwrap().is_none());
+
+    age(&claim, Duration::from_secs(11));
+    fx.registry
+        .write(fields("held", "http://127.0.0.1:1", "b", 1, "k"))
+        .unwrap();
+    assert!(
+        !claim.exists(),
+        "the stale claim was broken and the new one released"
+    );
+
+    let other = fx.path(&claim_of("gone.json"));
+    std::fs::write(&other, "").unwrap();
+    assert_eq!(
+        fx.registry
+            .cleanup_stale(Duration::from_secs(3600))
+            .unwrap(),
+        0
+    );
+    assert!(other.exists(), "a fresh claim is not debris");
+    age(&other, Duration::from_secs(11));
+    assert_eq!(
+        fx.registry
+            .cleanup_stale(Duration::from_secs(3600))
+            .unwrap(),
+        1
+    );
+    assert!(!other.exists());
+    assert_eq!(agentmux_registry_tests::listed_ids(&fx.registry), ["held"]);
 }
