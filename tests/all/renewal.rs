@@ -1,6 +1,8 @@
 //! Renewals that readers never miss, and that never take an id back: every
 //! change to an entry name is made under the name's claim, and a renewal
 //! replaces the entry with one rename.
+// The concurrent tests are Unix-only; their imports are unused elsewhere.
+#![cfg_attr(not(unix), allow(unused_imports))]
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ fn registration(agent_id: &str, token: &str) -> EntryFields {
     }
 }
 
+#[cfg(unix)]
 /// Renews `fields` in a loop on another thread until `stop`; counts renewals
 /// and how many reported anything but `Refreshed`.
 fn renew_until(
@@ -45,6 +48,7 @@ fn renew_until(
     })
 }
 
+#[cfg(unix)]
 /// Lookups of `agent_id` on this thread while `renewals` run; returns how
 /// many found nothing.
 fn misses_during(registry: &Registry, agent_id: &str, lookups: u64) -> u64 {
