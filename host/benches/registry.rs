@@ -18,8 +18,10 @@ mod native {
     //! The baseline: the registry's semantics written directly against the
     //! OS for this benchmark. It shares the pure rules (id mapping, entry
     //! format and limits) with the component through `agentmux-registry-core`;
-    //! its file handling is its own, mirroring the component's: temp + rename
-    //! writes, stat-before-open, identity-checked sweeps.
+    //! its file handling is its own, mirroring the component's: a claim file
+    //! held around every change, temp + rename writes, stat-before-open,
+    //! identity-checked removals, listings that compare the directory's
+    //! modification time before and after and return each name once.
     use std::fs::File;
     use std::io::Read;
     use std::os::fd::OwnedFd;
@@ -32,6 +34,26 @@ mod native {
 
     pub struct Native {
         dir: OwnedFd,
+    }
+
+    struct Claim<'n> {
+        native: &'n Native,
+        name: String,
+        ino: u64,
+    }
+
+    impl Claim<'_> {
+        fn is_held(&self) -> bool {
+            self.native.ino_at(&self.name) == Some(self.ino)
+        }
+    }
+
+    impl Drop for Claim<'_> {
+        fn drop(&mut self) {
+            if self.is_held() {
+                let _ = rustix::fs::unlinkat(&self.native.dir, &self.name, AtFlags::empty());
+            }
+        }
     }
 
     enum Slot {
@@ -66,7 +88,7 @@ mod native {
             let Ok(st) = rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
                 return Slot::Missing;
             };
-            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink > 1 {
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
                 return Slot::Other;
             }
             let Ok(fd) = rustix::fs::openat(
@@ -78,7 +100,7 @@ mod native {
                 return Slot::Missing;
             };
             let st = rustix::fs::fstat(&fd).unwrap();
-            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile || st.st_nlink > 1 {
+            if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
                 return Slot::Other;
             }
             let mut bytes = Vec::with_capacity(st.st_size as usize);
@@ -94,8 +116,32 @@ mod native {
             Slot::File {
                 entry,
                 ino: st.st_ino,
-                current: st.st_nlink == 1,
+                current: st.st_nlink > 0,
             }
+        }
+
+        /// Takes `name`'s claim (no waiting: the benchmark has no contention).
+        fn claim(&self, name: &str) -> Claim<'_> {
+            let claim = format!(".claim-{:016x}", fnv1a(name));
+            let fd = rustix::fs::openat(
+                &self.dir,
+                &claim,
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .unwrap();
+            let ino = rustix::fs::fstat(&fd).unwrap().st_ino;
+            Claim {
+                native: self,
+                name: claim,
+                ino,
+            }
+        }
+
+        fn ino_at(&self, name: &str) -> Option<u64> {
+            rustix::fs::statat(&self.dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .ok()
+                .map(|st| st.st_ino)
         }
 
         pub fn write(
@@ -116,6 +162,7 @@ mod native {
                 ..EntryFields::default()
             };
             fields.check().unwrap();
+            let claim = self.claim(&name);
             if let Slot::File { entry: Some(e), .. } = self.inspect(&name) {
                 assert_eq!(e.agent_id, agent_id, "conflict");
             }
@@ -130,6 +177,7 @@ mod native {
             .unwrap();
             rustix::io::write(&fd, &entry.to_json()).unwrap();
             drop(fd);
+            assert!(claim.is_held());
             rustix::fs::renameat(&self.dir, &temp, &self.dir, &name).unwrap();
             entry
         }
@@ -143,10 +191,14 @@ mod native {
 
         pub fn remove(&self, agent_id: &str) -> bool {
             let name = entry_file_name(agent_id).unwrap();
+            let claim = self.claim(&name);
             match self.inspect(&name) {
                 Slot::Missing => false,
                 Slot::File { entry: Some(e), .. } if e.agent_id != agent_id => false,
-                _ => rustix::fs::unlinkat(&self.dir, &name, AtFlags::empty()).is_ok(),
+                _ => {
+                    claim.is_held()
+                        && rustix::fs::unlinkat(&self.dir, &name, AtFlags::empty()).is_ok()
+                }
             }
         }
 
@@ -161,11 +213,22 @@ mod native {
             names
         }
 
+        fn modified(&self) -> (i64, u64) {
+            let st = rustix::fs::fstat(&self.dir).unwrap();
+            (st.st_mtime, st.st_mtime_nsec as u64)
+        }
+
         pub fn list(&self) -> Vec<Entry> {
-            let mut out: Vec<Entry> = self
-                .names()
+            let mut returned = std::collections::HashSet::new();
+            let began = self.modified();
+            let names = self.names();
+            // One pass suffices when nothing changed meanwhile (no contention
+            // here), as in the component.
+            assert_eq!(self.modified(), began);
+            let mut out: Vec<Entry> = names
                 .into_iter()
                 .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+                .filter(|n| returned.insert(fnv1a(n)))
                 .filter_map(|n| match self.inspect(&n) {
                     Slot::File { entry: Some(e), .. }
                         if entry_file_name(&e.agent_id).as_deref() == Ok(n.as_str()) =>
@@ -187,37 +250,33 @@ mod native {
                 .into_iter()
                 .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
             {
+                let claim = self.claim(&name);
                 if let Slot::File {
                     entry,
                     ino,
                     current: true,
                 } = self.inspect(&name)
                 {
-                    if entry.is_none_or(|e| e.updated_at < cutoff) {
-                        let grab = format!(".grab-{:016x}", rand_u64());
-                        if rustix::fs::renameat(&self.dir, &name, &self.dir, &grab).is_ok() {
-                            let st =
-                                rustix::fs::statat(&self.dir, &grab, AtFlags::SYMLINK_NOFOLLOW)
-                                    .unwrap();
-                            if st.st_ino == ino {
-                                rustix::fs::unlinkat(&self.dir, &grab, AtFlags::empty()).unwrap();
-                                removed += 1;
-                            } else {
-                                let _ = rustix::fs::linkat(
-                                    &self.dir,
-                                    &grab,
-                                    &self.dir,
-                                    &name,
-                                    AtFlags::empty(),
-                                );
-                                let _ = rustix::fs::unlinkat(&self.dir, &grab, AtFlags::empty());
-                            }
-                        }
+                    if entry.is_none_or(|e| e.updated_at < cutoff)
+                        && claim.is_held()
+                        && self.ino_at(&name) == Some(ino)
+                        && rustix::fs::unlinkat(&self.dir, &name, AtFlags::empty()).is_ok()
+                    {
+                        removed += 1;
                     }
                 }
             }
             removed
         }
+    }
+
+    fn fnv1a(name: &str) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in name.bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        hash
     }
 
     fn rand_u64() -> u64 {

@@ -179,6 +179,13 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
         }
     };
     let registry = Registry::open(&data_dir)?;
+    // Said on every run: other users can make the registry unavailable.
+    if let Ok(Some(why)) = agentmux_registry::data_dir_warning(&data_dir) {
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr(),
+            format_args!("agentmux-registry: warning: {why}\n"),
+        );
+    }
     let json = cli.json;
     match cli.command {
         Command::ExportWasm { .. } | Command::Completions { .. } | Command::Man => {

@@ -460,3 +460,29 @@ fn another_users_unreadable_entries_are_skipped_without_waiting() {
         stderr(&out)
     );
 }
+
+/// A data dir others can write is said on every run (they could replace
+/// `agents` and make the registry unavailable); the command still runs.
+#[cfg(unix)]
+#[test]
+fn a_data_dir_others_can_write_is_reported_on_stderr() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = cli(tmp.path(), &["--data-dir", data.to_str().unwrap(), "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).starts_with("agentmux-registry: warning: "),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let out = cli(tmp.path(), &["--data-dir", data.to_str().unwrap(), "list"]);
+    assert!(
+        out.status.success() && stderr(&out).is_empty(),
+        "{}",
+        stderr(&out)
+    );
+}
