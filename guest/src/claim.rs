@@ -73,12 +73,16 @@ impl<'d> Claim<'d> {
         let name = claim_name(entry_name);
         let started = monotonic_ms();
         loop {
-            match dir.open_at(
-                PathFlags::empty(),
-                &name,
-                OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
-                DescriptorFlags::WRITE,
-            ) {
+            // Windows refuses, for a moment, to create a name whose previous
+            // file was removed while another process had it open.
+            match patiently(|| {
+                dir.open_at(
+                    PathFlags::empty(),
+                    &name,
+                    OpenFlags::CREATE | OpenFlags::EXCLUSIVE,
+                    DescriptorFlags::WRITE,
+                )
+            }) {
                 Ok(file) => {
                     let identity = file
                         .metadata_hash()
