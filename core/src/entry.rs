@@ -257,6 +257,16 @@ impl From<IdError> for Error {
     }
 }
 
+/// How the `io` message of a call that found its entry claimed by another
+/// call begins: hosts wait and call again (the component waits only
+/// briefly, since it has no timer to sleep on).
+pub const BUSY_PREFIX: &str = "busy: ";
+
+/// Whether an `io` message says the entry was claimed by another call.
+pub fn is_busy(message: &str) -> bool {
+    message.starts_with(BUSY_PREFIX)
+}
+
 /// The entry file name of `agent_id`, or `invalid-agent-id`.
 pub fn file_name_of(agent_id: &str) -> Result<String, Error> {
     Ok(name::entry_file_name(agent_id)?)

@@ -16,9 +16,10 @@
 
 use std::cell::Cell;
 
+use agentmux_registry_core::entry::BUSY_PREFIX;
 use agentmux_registry_core::Error;
 use wasi::filesystem::types::{
-    Descriptor, DescriptorFlags, ErrorCode, MetadataHashValue, OpenFlags, PathFlags,
+    Descriptor, DescriptorFlags, DescriptorType, ErrorCode, MetadataHashValue, OpenFlags, PathFlags,
 };
 
 use crate::store::{io, now_ms, unique_name, GRAB_PREFIX};
@@ -30,8 +31,10 @@ pub const CLAIM_PREFIX: &str = ".claim-";
 /// enough that only a process stopped mid-call for that long loses its claim.
 pub const CLAIM_STALE_MS: u64 = 10_000;
 /// How long a call that needs a claimed name waits for it, looking again
-/// every [`CLAIM_POLL_NS`] (there is no timer a blocking host can wake).
-const CLAIM_WAIT_MS: u64 = 2_000;
+/// every [`CLAIM_POLL_NS`], before it reports the name busy: a claim is
+/// normally released within that time. There is no timer a blocking host
+/// can wake, so the wait spins; longer waits are the host's, which can sleep.
+const CLAIM_WAIT_MS: u64 = 10;
 /// A claim is held for tens of microseconds: look again that often.
 const CLAIM_POLL_NS: u64 = 50_000;
 
@@ -43,7 +46,7 @@ pub fn claim_name(entry_name: &str) -> String {
 
 /// FNV-1a, 64 bits, of a name: stable across builds and hosts, which a
 /// claim name must be (every instance must derive the same one).
-pub fn name_hash(name: &str) -> u64 {
+fn name_hash(name: &str) -> u64 {
     let bytes = name.as_bytes();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for byte in bytes {
@@ -140,8 +143,7 @@ impl Drop for Claim<'_> {
 /// The error a call reports when a claim stayed busy.
 pub fn busy(entry_name: &str) -> Error {
     Error::Io(format!(
-        "{entry_name:?} is being changed by another call that has not finished within \
-         {CLAIM_WAIT_MS} ms; try again"
+        "{BUSY_PREFIX}{entry_name:?} is being changed by another call; try again"
     ))
 }
 
@@ -174,10 +176,21 @@ pub fn break_if_stale(dir: &Descriptor, name: &str) -> Result<Stale, Error> {
         Err(ErrorCode::NoEntry) => return Ok(Stale::Gone),
         Err(code) => return Err(io("stat", name, code)),
     };
+    // Only this registry creates claims, as empty files: a directory here
+    // was put by hand, and could not be removed as debris.
+    if stat.type_ == DescriptorType::Directory {
+        return Err(Error::Conflict(format!(
+            "{name:?} is a directory where a claim file belongs; remove it"
+        )));
+    }
     let Some(modified) = stat.data_modification_timestamp else {
         return Ok(Stale::Fresh);
     };
-    if now_ms().saturating_sub(modified.seconds.saturating_mul(1000)) <= CLAIM_STALE_MS {
+    // Stale when its time is far from now either way: a claim stamped in
+    // the future (the clock was set back since) would otherwise hold the
+    // name until the clock caught up.
+    let modified_ms = modified.seconds.saturating_mul(1000);
+    if now_ms().abs_diff(modified_ms) <= CLAIM_STALE_MS {
         return Ok(Stale::Fresh);
     }
     let judged = match dir.metadata_hash_at(PathFlags::empty(), name) {

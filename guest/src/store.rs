@@ -20,6 +20,7 @@
 //!   only the ids it returned (to return each once).
 
 use std::collections::{BinaryHeap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 
 use agentmux_registry_core::entry::{file_name_of, MAX_ENTRY_FILE_BYTES};
 use agentmux_registry_core::name::ENTRY_SUFFIX;
@@ -514,19 +515,23 @@ fn listed_entry(dir: &Descriptor, name: &str) -> Option<Entry> {
     }
 }
 
-/// The ids a listing returned, to return each once: some file systems
+/// The names a listing returned, to return each once: some file systems
 /// (tmpfs) list a name again when it is replaced during the listing. Kept as
-/// 64-bit hashes of the entry file names (16 bytes or so per entry).
+/// 64-bit hashes (16 bytes or so per entry), keyed at random per listing so
+/// that no one can choose ids whose hashes collide.
 #[derive(Default)]
-struct Returned(HashSet<u64>);
+struct Returned {
+    hashes: HashSet<u64>,
+    key: RandomState,
+}
 
 impl Returned {
     fn contains(&self, name: &str) -> bool {
-        self.0.contains(&crate::claim::name_hash(name))
+        self.hashes.contains(&self.key.hash_one(name))
     }
 
     fn insert(&mut self, name: &str) {
-        self.0.insert(crate::claim::name_hash(name));
+        self.hashes.insert(self.key.hash_one(name));
     }
 }
 

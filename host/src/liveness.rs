@@ -60,6 +60,13 @@ pub fn pid_namespace() -> Option<u64> {
     *OWN.get_or_init(os::pid_namespace)
 }
 
+/// Whether this process reads `pid`'s start time on the clock `pid` itself
+/// does (Linux: the same time namespace), so that a start time recorded here
+/// can be compared later by a reader in the owner's namespace.
+pub(crate) fn shares_clock_with(pid: u32) -> bool {
+    os::shares_clock_with(pid)
+}
+
 /// Whether the process that wrote `entry` still runs.
 pub fn owner_liveness(entry: &AgentEntry) -> Liveness {
     if entry.pid == 0 || !os::can_judge(entry) {
@@ -72,7 +79,7 @@ pub fn owner_liveness(entry: &AgentEntry) -> Liveness {
     ) {
         (Some(false), _, _) => Liveness::Dead,
         // Read on different clocks, two start times prove nothing either way.
-        (_, Some(_), Some(_)) if !os::start_times_comparable(entry) => Liveness::Unknown,
+        (_, Some(_), Some(_)) if !os::shares_clock_with(entry.pid) => Liveness::Unknown,
         (_, Some(now), Some(recorded)) if now != recorded => Liveness::Dead,
         (Some(true), _, _) => Liveness::Alive,
         (None, Some(_), _) => Liveness::Alive,
@@ -143,20 +150,21 @@ mod os {
         })
     }
 
-    /// Whether a start time read here from `/proc/{pid}/stat` can be compared
-    /// with `entry.pid_started`. The kernel adds the reader's boot-time offset
-    /// (its time namespace's) to every start time it reports, so both must be
-    /// read from one time namespace. The entry does not say where it was
-    /// measured: the owner's namespace stands in for the writer's.
-    pub(super) fn start_times_comparable(entry: &AgentEntry) -> bool {
+    /// Whether this process reads start times from `/proc/{pid}/stat` on
+    /// `pid`'s own clock. The kernel adds the reader's boot-time offset (its
+    /// time namespace's) to every start time it reports, so a recorded start
+    /// time and one read now compare only if both were read in the owner's
+    /// time namespace: writers record one only then, and readers compare
+    /// only then.
+    pub(super) fn shares_clock_with(pid: u32) -> bool {
         static OWN: std::sync::OnceLock<Result<Option<u64>, ()>> = std::sync::OnceLock::new();
         match *OWN.get_or_init(|| time_namespace("self")) {
             // A kernel without time namespaces has one boot-time clock.
             Ok(None) => true,
-            Ok(Some(_)) if entry.pid == std::process::id() => true,
+            Ok(Some(_)) if pid == std::process::id() => true,
             // Unreadable (another user's process, no permission) or another
             // namespace: not comparable.
-            Ok(Some(here)) => time_namespace(&entry.pid.to_string()) == Ok(Some(here)),
+            Ok(Some(here)) => time_namespace(&pid.to_string()) == Ok(Some(here)),
             Err(()) => false,
         }
     }
@@ -231,7 +239,7 @@ mod os {
     }
 
     /// Start times here are absolute: there is one clock to read them on.
-    pub(super) fn start_times_comparable(_entry: &AgentEntry) -> bool {
+    pub(super) fn shares_clock_with(_pid: u32) -> bool {
         true
     }
 
@@ -289,7 +297,7 @@ mod os {
     }
 
     /// Start times here are absolute: there is one clock to read them on.
-    pub(super) fn start_times_comparable(_entry: &AgentEntry) -> bool {
+    pub(super) fn shares_clock_with(_pid: u32) -> bool {
         true
     }
 
@@ -319,7 +327,7 @@ mod os {
         false
     }
 
-    pub(super) fn start_times_comparable(_entry: &AgentEntry) -> bool {
+    pub(super) fn shares_clock_with(_pid: u32) -> bool {
         false
     }
 

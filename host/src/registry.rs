@@ -188,7 +188,9 @@ fn entry_in(e: wit::AgentEntry) -> AgentEntry {
 /// caller left them out and the process can be seen.
 fn with_owner_facts(mut fields: EntryFields) -> EntryFields {
     if fields.pid != 0 {
-        if fields.pid_started.is_none() {
+        // Only a start time read on the owner's own clock is recorded:
+        // readers compare it on the owner's clock.
+        if fields.pid_started.is_none() && crate::liveness::shares_clock_with(fields.pid) {
             fields.pid_started = crate::liveness::process_start(fields.pid);
         }
         // Recorded with the start time only, so an entry whose owner was not
@@ -251,9 +253,19 @@ impl Registry {
     /// readable by its owner only.
     pub async fn write(&self, fields: EntryFields) -> Result<AgentEntry, Error> {
         let fields = fields_out(&with_owner_facts(fields));
+        let mut claimed = ClaimWait::new();
+        loop {
+            match self.write_once(&fields).await {
+                Err(e) if claimed.waited_out(&e).await => continue,
+                done => return done,
+            }
+        }
+    }
+
+    async fn write_once(&self, fields: &wit::EntryFields) -> Result<AgentEntry, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
         let entry = lease
-            .call(async |api, store| api.call_write(store, &fields).await)
+            .call(async |api, store| api.call_write(store, fields).await)
             .await??;
         lease.restrict(&entry.agent_id)?;
         Ok(entry_in(entry))
@@ -267,9 +279,23 @@ impl Registry {
     pub async fn renew(&self, fields: EntryFields) -> Result<Renewal, Error> {
         let agent_id = fields.agent_id.clone();
         let fields = fields_out(&with_owner_facts(fields));
+        let mut claimed = ClaimWait::new();
+        loop {
+            match self.renew_once(&fields, &agent_id).await {
+                Err(e) if claimed.waited_out(&e).await => continue,
+                done => return done,
+            }
+        }
+    }
+
+    async fn renew_once(
+        &self,
+        fields: &wit::EntryFields,
+        agent_id: &str,
+    ) -> Result<Renewal, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
         let renewal = lease
-            .call(async |api, store| api.call_renew(store, &fields).await)
+            .call(async |api, store| api.call_renew(store, fields).await)
             .await??;
         let renewal = match renewal {
             wit::Renewal::Refreshed => Renewal::Refreshed,
@@ -277,13 +303,23 @@ impl Registry {
             wit::Renewal::Superseded => Renewal::Superseded,
         };
         if renewal != Renewal::Superseded {
-            lease.restrict(&agent_id)?;
+            lease.restrict(agent_id)?;
         }
         Ok(renewal)
     }
 
     /// Removes the entry of `agent_id`; true when there was one.
     pub async fn remove(&self, agent_id: &str) -> Result<bool, Error> {
+        let mut claimed = ClaimWait::new();
+        loop {
+            match self.remove_once(agent_id).await {
+                Err(e) if claimed.waited_out(&e).await => continue,
+                done => return done,
+            }
+        }
+    }
+
+    async fn remove_once(&self, agent_id: &str) -> Result<bool, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
         Ok(lease
             .call(async |api, store| api.call_remove(store, agent_id).await)
@@ -301,9 +337,19 @@ impl Registry {
             auth_key: owner.auth_key.clone(),
             registration: owner.registration.clone(),
         };
+        let mut claimed = ClaimWait::new();
+        loop {
+            match self.remove_owned_once(agent_id, &owner).await {
+                Err(e) if claimed.waited_out(&e).await => continue,
+                done => return done,
+            }
+        }
+    }
+
+    async fn remove_owned_once(&self, agent_id: &str, owner: &wit::Owner) -> Result<bool, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
         Ok(lease
-            .call(async |api, store| api.call_remove_owned(store, agent_id, &owner).await)
+            .call(async |api, store| api.call_remove_owned(store, agent_id, owner).await)
             .await??)
     }
 
@@ -516,6 +562,53 @@ impl Drop for Listing {
                 lease.discard();
             }
         }
+    }
+}
+
+/// How long a call that changes an entry waits, in all, while another call
+/// holds the entry's claim (a claim is held for microseconds; a holder that
+/// died leaves one that is broken after 10 s).
+const CLAIM_WAIT: Duration = Duration::from_secs(2);
+
+/// The wait of one call that changes an entry for other calls' claims on
+/// it: the component only spins briefly, so the host sleeps between tries.
+struct ClaimWait {
+    started: Instant,
+    pause: Duration,
+}
+
+impl ClaimWait {
+    fn new() -> ClaimWait {
+        ClaimWait {
+            started: Instant::now(),
+            pause: Duration::from_millis(1),
+        }
+    }
+
+    /// True, after a pause, when `error` says the entry was claimed and
+    /// [`CLAIM_WAIT`] has not passed: the call should be made again.
+    async fn waited_out(&mut self, error: &Error) -> bool {
+        let busy = matches!(error, Error::Io(m) if agentmux_registry_core::entry::is_busy(m));
+        if !busy || self.started.elapsed() >= CLAIM_WAIT {
+            return false;
+        }
+        sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(25));
+        true
+    }
+}
+
+/// Sleeps without holding up an async runtime's worker (on its blocking
+/// pool) and without needing its timer; outside a runtime (the blocking API)
+/// the calling thread sleeps.
+async fn sleep(pause: Duration) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            let _ = runtime
+                .spawn_blocking(move || std::thread::sleep(pause))
+                .await;
+        }
+        Err(_) => std::thread::sleep(pause),
     }
 }
 

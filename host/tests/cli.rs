@@ -486,3 +486,51 @@ fn a_data_dir_others_can_write_is_reported_on_stderr() {
         stderr(&out)
     );
 }
+
+/// An owner's start time read from another time namespace is on another
+/// clock: the CLI does not record it, so the owner is never judged dead for
+/// it (`cleanup --dead-owners` keeps the entry).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_write_from_another_time_namespace_never_makes_a_live_owner_dead() {
+    let unshare = ["--time", "--boottime", "100000", "--fork"];
+    let usable = Command::new("unshare")
+        .args(unshare)
+        .arg("true")
+        .status()
+        .is_ok_and(|s| s.success());
+    if !usable {
+        eprintln!("note: skipped: `unshare --time` is missing or not permitted here");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut owner = Command::new("sleep").arg("60").spawn().unwrap();
+    let out = Command::new("unshare")
+        .args(unshare)
+        .arg(env!("CARGO_BIN_EXE_agentmux-registry"))
+        .arg("--data-dir")
+        .arg(&data)
+        .args([
+            "--json",
+            "write",
+            "victim",
+            "--url",
+            "http://127.0.0.1:1",
+            "--block",
+            "b",
+        ])
+        .args(["--pid", &owner.id().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("pid_started"), "{}", stdout(&out));
+
+    let d = data.to_str().unwrap();
+    let out = cli(tmp.path(), &["--data-dir", d, "cleanup", "--dead-owners"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let found = cli(tmp.path(), &["--data-dir", d, "lookup", "victim"]);
+    owner.kill().unwrap();
+    let _ = owner.wait();
+    assert!(found.status.success(), "the live owner's entry was removed");
+}

@@ -345,3 +345,60 @@ fn a_held_claim_makes_calls_wait_and_a_dead_calls_claim_is_broken() {
     assert!(!other.exists());
     assert_eq!(agentmux_registry_tests::listed_ids(&fx.registry), ["held"]);
 }
+
+/// A claim stamped in the future (the clock was set back since the call
+/// that left it died) is as stale as an old one: it must not hold the name
+/// until the clock catches up.
+#[test]
+fn a_claim_stamped_in_the_future_is_broken_too() {
+    let fx = Fixture::new();
+    let claim = fx.path(&claim_of("later.json"));
+    std::fs::write(&claim, "").unwrap();
+    let file = std::fs::File::options().write(true).open(&claim).unwrap();
+    file.set_modified(std::time::SystemTime::now() + Duration::from_secs(3600))
+        .unwrap();
+    drop(file);
+    fx.registry
+        .write(fields("later", "http://127.0.0.1:1", "b", 1, "k"))
+        .unwrap();
+    assert!(!claim.exists());
+}
+
+/// A directory where a claim file belongs was put there by hand: calls on
+/// that id fail saying so, rather than waiting or leaving debris.
+#[test]
+fn a_directory_at_a_claim_name_is_reported() {
+    let fx = Fixture::new();
+    let claim = fx.path(&claim_of("blocked.json"));
+    std::fs::create_dir(&claim).unwrap();
+    let refused = fx
+        .registry
+        .write(fields("blocked", "http://127.0.0.1:1", "b", 1, "k"))
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("is a directory where a claim file belongs"),
+        "{refused}"
+    );
+    assert!(claim.is_dir());
+}
+
+/// Two ids whose names share a 64-bit FNV-1a hash (found by search): a
+/// listing that told names apart by such a hash would list one of them.
+#[test]
+fn ids_with_colliding_name_hashes_are_both_listed() {
+    let fx = Fixture::new();
+    let (a, b) = ("alcbfjmcplpcheka", "migoplepfnlggakk");
+    assert_eq!(
+        claim_of(&format!("{a}.json")),
+        claim_of(&format!("{b}.json")),
+        "the two names collide"
+    );
+    for id in [a, b] {
+        fx.registry
+            .write(fields(id, "http://127.0.0.1:1", "b", 1, "k"))
+            .unwrap();
+    }
+    assert_eq!(agentmux_registry_tests::listed_ids(&fx.registry), [a, b]);
+}

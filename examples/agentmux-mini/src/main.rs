@@ -684,6 +684,10 @@ async fn run(config: Config) -> Result<(), String> {
     let local_url = format!("http://{this_addr}");
     let registry = Registry::open(&config.data_dir)
         .map_err(|e| format!("cannot open the agent registry: {e}"))?;
+    // Other users who can write the data dir can make the registry unavailable.
+    if let Ok(Some(why)) = agentmux_registry::data_dir_warning(&config.data_dir) {
+        eprintln!("agentmux-mini: warning: {why}");
+    }
     // After binding, as agentmux-srv does: sweep old entries and dead instances'.
     // A failed sweep is logged, never hidden; the server still starts.
     let stale = registry

@@ -673,3 +673,37 @@ fn a_flood_of_half_sent_requests_keeps_fds_bounded_and_the_server_serving() {
     );
     server.register("after");
 }
+
+/// A data dir that other users can write is said at start: they could
+/// replace `agents` and make forwarding stop.
+#[cfg(unix)]
+#[test]
+fn a_data_dir_others_can_write_is_reported_at_start() {
+    use std::io::{BufRead, Read};
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut child = common::command(&data)
+        .env("AGENTMUX_AUTH_KEY", "k")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on "), "{line}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("agentmux-mini: warning: "), "{err}");
+}
