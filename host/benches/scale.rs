@@ -12,7 +12,10 @@
 //! - `cleanup`: `Registry::cleanup_stale` removing all N (every entry is
 //!   stale), in batches from one call.
 //!
-//! Every size runs with the component's memory capped at 16 MiB.
+//! Every size sweeps with the component's memory capped at 16 MiB, and
+//! lists with it capped at 48 MiB: a listing keeps a hash of every name it
+//! returned (so that it returns each once), which takes about 19 bytes an
+//! entry and twice that while its table grows.
 //! Peak memory is the child's `VmHWM` (peak resident set) after `listing`,
 //! and again at the end. Set `AGENTMUX_SCALE_SIZES` (comma-separated) to
 //! choose sizes and `AGENTMUX_BENCH_DIR` to choose where entries live
@@ -25,8 +28,10 @@ use agentmux_registry::blocking::Registry;
 use agentmux_registry::Options;
 
 const CHILD: &str = "AGENTMUX_SCALE_CHILD";
-/// The component's memory limit at every size.
+/// The component's memory limit for sweeping, at every size.
 const GUEST_MEMORY_CAP: usize = 16 << 20;
+/// The component's memory limit for listing, at every size.
+const GUEST_LISTING_MEMORY_CAP: usize = 48 << 20;
 
 fn main() {
     if let Ok(n) = std::env::var(CHILD) {
@@ -79,10 +84,15 @@ fn per_entry(d: Duration, n: usize) -> f64 {
 
 fn child(n: usize) {
     let root = tempfile::tempdir_in(bench_root()).unwrap();
-    // The component's memory is capped at 16 MiB (the default is 256 MiB):
-    // every size must pass under the same small cap.
-    let options = Options::new().memory_limit(GUEST_MEMORY_CAP);
-    let registry = Registry::open_with(root.path(), options).unwrap();
+    // The component's memory is capped (the default is 256 MiB): every size
+    // must pass under the same small caps.
+    let sweeper =
+        Registry::open_with(root.path(), Options::new().memory_limit(GUEST_MEMORY_CAP)).unwrap();
+    let registry = Registry::open_with(
+        root.path(),
+        Options::new().memory_limit(GUEST_LISTING_MEMORY_CAP),
+    )
+    .unwrap();
     let agents = root.path().join("agents");
     // Four days old: every entry is stale for the sweep below.
     let old = std::time::SystemTime::now()
@@ -114,7 +124,7 @@ fn child(n: usize) {
     drop(all);
 
     let start = Instant::now();
-    let removed = registry.cleanup_stale(Duration::from_secs(3600)).unwrap();
+    let removed = sweeper.cleanup_stale(Duration::from_secs(3600)).unwrap();
     let cleanup = start.elapsed();
     assert_eq!(removed as usize, n);
 
