@@ -463,8 +463,8 @@ fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
         path,
         &format!(
             "other users could have changed what it holds: {listed}. Remove these names (or, \
-             for a file of yours whose content you trust, make it owner-only: chmod 600), then \
-             open the registry again"
+             for a file of yours whose content you trust, make it owner-only with chmod 600, or \
+             copy a hard-linked one over its name), then open the registry again"
         ),
     ))
 }
