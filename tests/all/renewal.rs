@@ -402,3 +402,41 @@ fn ids_with_colliding_name_hashes_are_both_listed() {
     }
     assert_eq!(agentmux_registry_tests::listed_ids(&fx.registry), [a, b]);
 }
+
+/// A call that waits for another call's claim sleeps on the runtime's
+/// blocking pool: the runtime's one worker keeps running other tasks
+/// meanwhile (a wait spinning inside the component would starve them).
+#[test]
+fn waiting_for_a_claim_leaves_the_async_runtime_free() {
+    let fx = Fixture::new();
+    std::fs::write(fx.path(&claim_of("held.json")), "").unwrap();
+    let registry = fx.registry.as_async().clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let (ticks, refused) = runtime.block_on(async move {
+        let ticks = Arc::new(AtomicU64::new(0));
+        let ticker = {
+            let ticks = ticks.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    ticks.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        };
+        let refused = registry
+            .write(fields("held", "http://127.0.0.1:1", "b", 1, "k"))
+            .await
+            .unwrap_err();
+        ticker.abort();
+        (ticks.load(Ordering::Relaxed), refused)
+    });
+    assert!(refused.to_string().contains("busy: "), "{refused}");
+    // About 200 ticks fit in the 2 s wait; a starved runtime gets none.
+    assert!(
+        ticks >= 50,
+        "the runtime ran other tasks {ticks} times in 2 s"
+    );
+}
