@@ -276,12 +276,13 @@ fn remove_judged(
     name: &str,
     judged: Descriptor,
 ) -> Result<bool, Error> {
-    // Closed before the removal: Windows refuses to remove an open file.
-    let judged = judged
+    let identity = judged
         .metadata_hash()
         .map_err(|code| io("identify", name, code))?;
+    // Closed before the removal: Windows refuses to remove an open file.
+    drop(judged);
     claim.check(name)?;
-    if !is_identity(dir, name, judged) {
+    if !is_identity(dir, name, identity) {
         return Ok(false);
     }
     unlink(dir, name)
