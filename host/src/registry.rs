@@ -397,8 +397,10 @@ impl Registry {
     }
 
     /// Removes entries last written more than `max_age` ago, malformed entry
-    /// files, names that are not regular single-link files, and debris of
-    /// interrupted writes. Returns how many names were removed.
+    /// files, entry names that are symlinks, FIFOs, sockets or devices, and
+    /// debris of interrupted calls (temporary files, claims of calls that
+    /// died). A name another call is changing is left for the next sweep.
+    /// Returns how many names were removed.
     ///
     /// The sweep runs in batches, each one guest call with its own deadline,
     /// so a directory of any size is swept by this one call. If a batch
