@@ -1,4 +1,4 @@
-//! One process of the multi-process stress test (`tests/stress.rs`).
+//! One process of the multi-process stress test (`tests/all/stress.rs`).
 //!
 //! Usage: `registry-stress-worker <data_dir> <worker> <workers> <millis>`
 //!

@@ -1,5 +1,7 @@
 //! Used by build scripts to build a workspace crate as a WASI Preview 2
-//! component, so no `.wasm` is ever checked in.
+//! component: `cargo refresh-component` builds the shipped one
+//! (`host/component/registry.wasm`) with it, and test build scripts build
+//! theirs, which are never checked in.
 
 use std::env;
 use std::path::{Path, PathBuf};

@@ -7,8 +7,9 @@
 //! returns `None`); unlike it, every failure is reported through
 //! `tracing::error!`, on every call, instead of vanishing (a registry that
 //! cannot be opened, e.g. a refused agents directory, is retried and
-//! reported again by each call). They block the calling thread for
-//! the duration of one file operation, and may be called from async handlers.
+//! reported again by each call). They block the calling thread for the
+//! duration of their component calls (a sweep makes one per batch of names),
+//! and may be called from async handlers.
 //! Use [`crate::Registry`] for errors you can act on.
 
 use std::collections::HashMap;
