@@ -227,7 +227,7 @@ mod native {
             assert_eq!(self.modified(), began);
             let mut out: Vec<Entry> = names
                 .into_iter()
-                .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
+                .filter(|n| is_entry_name(n))
                 .filter(|n| returned.insert(fnv1a(n)))
                 .filter_map(|n| match self.inspect(&n) {
                     Slot::File { entry: Some(e), .. }
@@ -245,11 +245,7 @@ mod native {
         pub fn cleanup_stale(&self, max_age_ms: u64) -> u64 {
             let cutoff = now_ms().saturating_sub(max_age_ms);
             let mut removed = 0;
-            for name in self
-                .names()
-                .into_iter()
-                .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
-            {
+            for name in self.names().into_iter().filter(|n| is_entry_name(n)) {
                 let claim = self.claim(&name);
                 if let Slot::File {
                     entry,
@@ -270,6 +266,11 @@ mod native {
         }
     }
 
+    /// A name that can hold an entry (the rule the component follows).
+    fn is_entry_name(name: &str) -> bool {
+        name.ends_with(agentmux_registry_core::name::ENTRY_SUFFIX) && !name.starts_with('.')
+    }
+
     fn fnv1a(name: &str) -> u64 {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         for byte in name.bytes() {
@@ -284,6 +285,11 @@ mod native {
         RandomState::new().hash_one(std::time::Instant::now())
     }
 }
+
+/// The owner pid every entry is written with: 0 (unknown), so that neither
+/// side looks up a process (the host records a live owner's start time,
+/// which the native side has no reason to).
+const PID: u32 = 0;
 
 fn bench_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("AGENTMUX_BENCH_DIR") {
@@ -347,7 +353,7 @@ fn populate(n: usize) -> (Pair, tempfile::TempDir) {
             &id,
             "http://127.0.0.1:4100",
             "block-1",
-            42,
+            PID,
             "key-0123456789abcdef",
         );
         component
@@ -355,7 +361,7 @@ fn populate(n: usize) -> (Pair, tempfile::TempDir) {
                 &id,
                 "http://127.0.0.1:4100",
                 "block-1",
-                42,
+                PID,
                 "key-0123456789abcdef",
             ))
             .unwrap();
@@ -383,7 +389,7 @@ fn bench_ops(n: usize) {
                 pick(s, k),
                 "http://127.0.0.1:4100",
                 "block-2",
-                42,
+                PID,
                 "key-0123456789abcdef",
             ));
         }
@@ -396,7 +402,7 @@ fn bench_ops(n: usize) {
                         pick(s, k),
                         "http://127.0.0.1:4100",
                         "block-2",
-                        42,
+                        PID,
                         "key-0123456789abcdef",
                     ))
                     .unwrap(),
@@ -462,7 +468,7 @@ fn bench_ops(n: usize) {
                 id,
                 "http://127.0.0.1:4100",
                 "block-1",
-                42,
+                PID,
                 "key-0123456789abcdef",
             );
             p.component
@@ -470,7 +476,7 @@ fn bench_ops(n: usize) {
                     id,
                     "http://127.0.0.1:4100",
                     "block-1",
-                    42,
+                    PID,
                     "key-0123456789abcdef",
                 ))
                 .unwrap();
