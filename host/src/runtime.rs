@@ -203,6 +203,18 @@ fn ticks(timeout: Duration) -> u64 {
     u64::try_from(ticks).unwrap_or(MAX_TICKS).min(MAX_TICKS) + 1
 }
 
+impl Instance {
+    /// Turns a failed call into the error a caller can act on.
+    pub(crate) fn call_error(&self, err: wasmtime::Error, timeout: Duration) -> Error {
+        let memory = &self.store.data().memory;
+        match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => Error::Timeout(timeout),
+            _ if memory.exceeded => Error::MemoryLimit(memory.limit),
+            _ => Error::Component(format!("the registry component trapped: {err:#}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,17 +226,5 @@ mod tests {
         assert_eq!(ticks(EPOCH_TICK + Duration::from_nanos(1)), 3);
         assert_eq!(ticks(Duration::MAX), u64::MAX / 4 + 1);
         assert!(ticks(Duration::from_secs(u64::MAX / 1000)) > ticks(Duration::from_secs(30)));
-    }
-}
-
-impl Instance {
-    /// Turns a failed call into the error a caller can act on.
-    pub(crate) fn call_error(&self, err: wasmtime::Error, timeout: Duration) -> Error {
-        let memory = &self.store.data().memory;
-        match err.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => Error::Timeout(timeout),
-            _ if memory.exceeded => Error::MemoryLimit(memory.limit),
-            _ => Error::Component(format!("the registry component trapped: {err:#}")),
-        }
     }
 }
