@@ -56,7 +56,7 @@ impl From<crate::AgentEntry> for AgentEntry {
 
 static LOCAL_AUTH_KEY: OnceLock<String> = OnceLock::new();
 
-/// Sets this process's auth key, stored in every entry [`write`] makes.
+/// Sets this process's auth key, stored in every entry [`write()`] makes.
 /// The first call wins; later calls are ignored.
 pub fn init_local_auth_key(key: impl Into<String>) {
     let _ = LOCAL_AUTH_KEY.set(key.into());
