@@ -43,9 +43,6 @@ fn main() {
 mod unix {
     use std::future::Future;
     use std::io::{BufWriter, Read as _, Write as _};
-    use std::pin::pin;
-    use std::sync::Arc;
-    use std::task::{Context, Poll, Wake, Waker};
     use std::time::Duration;
 
     use agentmux_registry::{EntryFields, Registration, Registry};
@@ -56,26 +53,14 @@ mod unix {
         t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
     }
 
-    struct Unpark(std::thread::Thread);
-
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-
-    /// Runs a registry future to completion on this thread (the async API
-    /// needs no runtime).
+    /// Runs a registry future to completion on this thread.
     fn block_on<F: Future>(future: F) -> F::Output {
-        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-        let mut cx = Context::from_waker(&waker);
-        let mut future = pin!(future);
-        loop {
-            if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
-                return out;
-            }
-            std::thread::park();
+        thread_local! {
+            static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a current-thread runtime");
         }
+        RUNTIME.with(|runtime| runtime.block_on(future))
     }
 
     struct Rng(u64);

@@ -44,6 +44,22 @@ impl std::fmt::Display for IdError {
     }
 }
 
+/// Prefix of an entry name's claim file (which no entry name can have: entry
+/// names never start with `.`).
+pub const CLAIM_PREFIX: &str = ".claim-";
+
+/// The claim file name of the entry file name `entry_name`: the prefix and a
+/// 64-bit FNV-1a hash of the name, so every entry name has one of a fixed
+/// length, and every instance, of any build on any host, derives the same.
+pub fn claim_file_name(entry_name: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in entry_name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{CLAIM_PREFIX}{hash:016x}")
+}
+
 /// Whether a character is written into file names unchanged.
 fn is_plain(c: char) -> bool {
     c.is_alphanumeric() || c == '-' || c == '_'
@@ -78,6 +94,22 @@ pub fn entry_file_name(agent_id: &str) -> Result<String, IdError> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn claim_file_names_are_fnv_1a_of_the_entry_name() {
+        // A value every build and host must derive alike (two names whose
+        // 64-bit hashes collide share one claim; listings do not use it).
+        assert_eq!(claim_file_name(""), ".claim-cbf29ce484222325");
+        assert_eq!(
+            claim_file_name("alcbfjmcplpcheka.json"),
+            claim_file_name("migoplepfnlggakk.json")
+        );
+        assert_eq!(
+            claim_file_name("alcbfjmcplpcheka.json"),
+            ".claim-32d8bb5f9a5f6f6d"
+        );
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -17,6 +17,7 @@
 use std::cell::Cell;
 
 use agentmux_registry_core::entry::BUSY_PREFIX;
+use agentmux_registry_core::name::claim_file_name;
 use agentmux_registry_core::Error;
 use wasi::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, ErrorCode, MetadataHashValue, OpenFlags, PathFlags,
@@ -24,8 +25,6 @@ use wasi::filesystem::types::{
 
 use crate::store::{io, now_ms, unique_name, GRAB_PREFIX};
 
-/// Prefix of a claim file. Entry names never start with `.`.
-pub const CLAIM_PREFIX: &str = ".claim-";
 /// Age after which a claim is taken for the debris of a call that died. A
 /// call holds a claim for a few file operations (microseconds); this is long
 /// enough that only a process stopped mid-call for that long loses its claim.
@@ -38,25 +37,7 @@ const CLAIM_WAIT_MS: u64 = 10;
 /// A claim is held for tens of microseconds: look again that often.
 const CLAIM_POLL_NS: u64 = 50_000;
 
-/// The claim file name of the entry name `entry_name`: a fixed-length hash,
-/// so that every entry name has one whatever its length.
-pub fn claim_name(entry_name: &str) -> String {
-    format!("{CLAIM_PREFIX}{:016x}", name_hash(entry_name))
-}
-
-/// FNV-1a, 64 bits, of a name: stable across builds and hosts, which a
-/// claim name must be (every instance must derive the same one).
-fn name_hash(name: &str) -> u64 {
-    let bytes = name.as_bytes();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    hash
-}
-
-/// Whether the claim was taken, or how long it stayed busy.
+/// Whether the claim was taken, or another call held it throughout the wait.
 pub enum Taken<'d> {
     Held(Claim<'d>),
     Busy,
@@ -73,7 +54,7 @@ impl<'d> Claim<'d> {
     /// Takes the claim on `entry_name`, waiting up to [`CLAIM_WAIT_MS`]
     /// when `wait` is set (otherwise not at all) while another call holds it.
     pub fn take(dir: &'d Descriptor, entry_name: &str, wait: bool) -> Result<Taken<'d>, Error> {
-        let name = claim_name(entry_name);
+        let name = claim_file_name(entry_name);
         let started = monotonic_ms();
         loop {
             // Windows refuses, for a moment, to create a name whose previous

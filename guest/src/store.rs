@@ -19,13 +19,13 @@
 //! - The directory is read as a stream, one name at a time; a listing keeps
 //!   only the ids it returned (to return each once).
 
+use std::cell::OnceCell;
 use std::collections::{BinaryHeap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
 use agentmux_registry_core::entry::{file_name_of, MAX_ENTRY_FILE_BYTES};
-use agentmux_registry_core::name::ENTRY_SUFFIX;
+use agentmux_registry_core::name::{CLAIM_PREFIX, ENTRY_SUFFIX};
 use agentmux_registry_core::{Entry, EntryFields, Error, Owner};
-use std::cell::OnceCell;
 use wasi::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, DirectoryEntryStream, ErrorCode, OpenFlags,
     PathFlags,
@@ -33,7 +33,6 @@ use wasi::filesystem::types::{
 
 use crate::claim::{
     break_if_stale, busy, is_identity, patiently, reset_retry_budget, Claim, Stale, Taken,
-    CLAIM_PREFIX,
 };
 
 /// Prefix of a new entry being written. Entry names never start with `.`.
@@ -527,12 +526,16 @@ struct Returned {
 }
 
 impl Returned {
-    fn contains(&self, name: &str) -> bool {
-        self.hashes.contains(&self.key.hash_one(name))
-    }
-
-    fn insert(&mut self, name: &str) {
-        self.hashes.insert(self.key.hash_one(name));
+    /// The valid entry at `name` (see [`listed_entry`]), unless one was
+    /// returned for that name already.
+    fn first_entry(&mut self, dir: &Descriptor, name: &str) -> Option<Entry> {
+        let hash = self.key.hash_one(name);
+        if self.hashes.contains(&hash) {
+            return None;
+        }
+        let entry = listed_entry(dir, name)?;
+        self.hashes.insert(hash);
+        Some(entry)
     }
 }
 
@@ -569,13 +572,7 @@ impl Listing {
                     self.returned = Returned::default();
                     return Ok(if batch.is_empty() { None } else { Some(batch) });
                 };
-                if self.returned.contains(&name) {
-                    continue;
-                }
-                if let Some(entry) = listed_entry(dir, &name) {
-                    self.returned.insert(&name);
-                    batch.push(entry);
-                }
+                batch.extend(self.returned.first_entry(dir, &name));
                 if batch.len() == max_entries {
                     break;
                 }
@@ -597,13 +594,9 @@ pub fn list_entries(max_entries: u32) -> Result<Vec<Entry>, Error> {
         // A max-heap by id holding the smallest ids seen so far.
         let mut kept: BinaryHeap<ById> = BinaryHeap::new();
         while let Some(name) = scan.next(dir)? {
-            if seen.contains(&name) {
-                continue;
-            }
-            let Some(entry) = listed_entry(dir, &name) else {
+            let Some(entry) = seen.first_entry(dir, &name) else {
                 continue;
             };
-            seen.insert(&name);
             if kept.len() < max_entries {
                 kept.push(ById(entry));
             } else if kept

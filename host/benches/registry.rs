@@ -122,7 +122,7 @@ mod native {
 
         /// Takes `name`'s claim (no waiting: the benchmark has no contention).
         fn claim(&self, name: &str) -> Claim<'_> {
-            let claim = format!(".claim-{:016x}", fnv1a(name));
+            let claim = agentmux_registry_core::name::claim_file_name(name);
             let fd = rustix::fs::openat(
                 &self.dir,
                 &claim,
@@ -219,7 +219,9 @@ mod native {
         }
 
         pub fn list(&self) -> Vec<Entry> {
+            use std::hash::{BuildHasher, RandomState};
             let mut returned = std::collections::HashSet::new();
+            let key = RandomState::new();
             let began = self.modified();
             let names = self.names();
             // One pass suffices when nothing changed meanwhile (no contention
@@ -228,7 +230,7 @@ mod native {
             let mut out: Vec<Entry> = names
                 .into_iter()
                 .filter(|n| is_entry_name(n))
-                .filter(|n| returned.insert(fnv1a(n)))
+                .filter(|n| returned.insert(key.hash_one(n)))
                 .filter_map(|n| match self.inspect(&n) {
                     Slot::File { entry: Some(e), .. }
                         if entry_file_name(&e.agent_id).as_deref() == Ok(n.as_str()) =>
@@ -269,15 +271,6 @@ mod native {
     /// A name that can hold an entry (the rule the component follows).
     fn is_entry_name(name: &str) -> bool {
         name.ends_with(agentmux_registry_core::name::ENTRY_SUFFIX) && !name.starts_with('.')
-    }
-
-    fn fnv1a(name: &str) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in name.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        hash
     }
 
     fn rand_u64() -> u64 {

@@ -5,7 +5,7 @@
 //! error, 3 when the registry or the file system failed (messages go to
 //! stderr).
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -181,10 +181,7 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let registry = Registry::open(&data_dir)?;
     // Said on every run: other users can make the registry unavailable.
     if let Ok(Some(why)) = agentmux_registry::data_dir_warning(&data_dir) {
-        let _ = std::io::Write::write_fmt(
-            &mut std::io::stderr(),
-            format_args!("agentmux-registry: warning: {why}\n"),
-        );
+        let _ = writeln!(std::io::stderr(), "agentmux-registry: warning: {why}");
     }
     let json = cli.json;
     match cli.command {

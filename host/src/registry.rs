@@ -253,13 +253,7 @@ impl Registry {
     /// readable by its owner only.
     pub async fn write(&self, fields: EntryFields) -> Result<AgentEntry, Error> {
         let fields = fields_out(&with_owner_facts(fields));
-        let mut claimed = ClaimWait::new();
-        loop {
-            match self.write_once(&fields).await {
-                Err(e) if claimed.waited_out(&e).await => continue,
-                done => return done,
-            }
-        }
+        waiting_out_claims(|| self.write_once(&fields)).await
     }
 
     async fn write_once(&self, fields: &wit::EntryFields) -> Result<AgentEntry, Error> {
@@ -277,22 +271,11 @@ impl Registry {
     /// id (see the WIT contract's `renew`). [`crate::Registration`] calls this
     /// for you.
     pub async fn renew(&self, fields: EntryFields) -> Result<Renewal, Error> {
-        let agent_id = fields.agent_id.clone();
         let fields = fields_out(&with_owner_facts(fields));
-        let mut claimed = ClaimWait::new();
-        loop {
-            match self.renew_once(&fields, &agent_id).await {
-                Err(e) if claimed.waited_out(&e).await => continue,
-                done => return done,
-            }
-        }
+        waiting_out_claims(|| self.renew_once(&fields)).await
     }
 
-    async fn renew_once(
-        &self,
-        fields: &wit::EntryFields,
-        agent_id: &str,
-    ) -> Result<Renewal, Error> {
+    async fn renew_once(&self, fields: &wit::EntryFields) -> Result<Renewal, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
         let renewal = lease
             .call(async |api, store| api.call_renew(store, fields).await)
@@ -303,20 +286,14 @@ impl Registry {
             wit::Renewal::Superseded => Renewal::Superseded,
         };
         if renewal != Renewal::Superseded {
-            lease.restrict(agent_id)?;
+            lease.restrict(&fields.agent_id)?;
         }
         Ok(renewal)
     }
 
     /// Removes the entry of `agent_id`; true when there was one.
     pub async fn remove(&self, agent_id: &str) -> Result<bool, Error> {
-        let mut claimed = ClaimWait::new();
-        loop {
-            match self.remove_once(agent_id).await {
-                Err(e) if claimed.waited_out(&e).await => continue,
-                done => return done,
-            }
-        }
+        waiting_out_claims(|| self.remove_once(agent_id)).await
     }
 
     async fn remove_once(&self, agent_id: &str) -> Result<bool, Error> {
@@ -337,13 +314,7 @@ impl Registry {
             auth_key: owner.auth_key.clone(),
             registration: owner.registration.clone(),
         };
-        let mut claimed = ClaimWait::new();
-        loop {
-            match self.remove_owned_once(agent_id, &owner).await {
-                Err(e) if claimed.waited_out(&e).await => continue,
-                done => return done,
-            }
-        }
+        waiting_out_claims(|| self.remove_owned_once(agent_id, &owner)).await
     }
 
     async fn remove_owned_once(&self, agent_id: &str, owner: &wit::Owner) -> Result<bool, Error> {
@@ -572,31 +543,26 @@ impl Drop for Listing {
 /// died leaves one that is broken after 10 s).
 const CLAIM_WAIT: Duration = Duration::from_secs(2);
 
-/// The wait of one call that changes an entry for other calls' claims on
-/// it: the component only spins briefly, so the host sleeps between tries.
-struct ClaimWait {
-    started: Instant,
-    pause: Duration,
-}
-
-impl ClaimWait {
-    fn new() -> ClaimWait {
-        ClaimWait {
-            started: Instant::now(),
-            pause: Duration::from_millis(1),
+/// Makes a call that changes an entry, and makes it again while it reports
+/// the entry claimed by another call, for up to [`CLAIM_WAIT`]: the
+/// component only spins briefly, so the host sleeps between tries (1 ms,
+/// doubling up to 25 ms). Then the last error is returned.
+async fn waiting_out_claims<T, F>(mut call: impl FnMut() -> F) -> Result<T, Error>
+where
+    F: std::future::Future<Output = Result<T, Error>>,
+{
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match call().await {
+            Err(Error::Io(m))
+                if agentmux_registry_core::entry::is_busy(&m) && started.elapsed() < CLAIM_WAIT =>
+            {
+                sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(25));
+            }
+            done => return done,
         }
-    }
-
-    /// True, after a pause, when `error` says the entry was claimed and
-    /// [`CLAIM_WAIT`] has not passed: the call should be made again.
-    async fn waited_out(&mut self, error: &Error) -> bool {
-        let busy = matches!(error, Error::Io(m) if agentmux_registry_core::entry::is_busy(m));
-        if !busy || self.started.elapsed() >= CLAIM_WAIT {
-            return false;
-        }
-        sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(Duration::from_millis(25));
-        true
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use agentmux_registry::blocking::Registry;
 use agentmux_registry::{EntryFields, Renewal};
+use agentmux_registry_core::name::claim_file_name;
 use agentmux_registry_tests::{fields, Fixture};
 
 /// Fields of registration `token` of `agent_id`.
@@ -279,17 +280,6 @@ fn listings_are_exact_on_tmpfs_while_entries_are_rewritten() {
     );
 }
 
-/// The claim file name of an entry name: FNV-1a of the name, as every
-/// instance of the component derives it.
-fn claim_of(entry_name: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in entry_name.bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!(".claim-{hash:016x}")
-}
-
 /// Sets a file's modification time `age` into the past.
 fn age(path: &std::path::Path, age: Duration) {
     let file = std::fs::File::options().write(true).open(path).unwrap();
@@ -303,7 +293,7 @@ fn age(path: &std::path::Path, age: Duration) {
 #[test]
 fn a_held_claim_makes_calls_wait_and_a_dead_calls_claim_is_broken() {
     let fx = Fixture::new();
-    let claim = fx.path(&claim_of("held.json"));
+    let claim = fx.path(&claim_file_name("held.json"));
     std::fs::write(&claim, "").unwrap();
     let refused = fx
         .registry
@@ -326,7 +316,7 @@ fn a_held_claim_makes_calls_wait_and_a_dead_calls_claim_is_broken() {
         "the stale claim was broken and the new one released"
     );
 
-    let other = fx.path(&claim_of("gone.json"));
+    let other = fx.path(&claim_file_name("gone.json"));
     std::fs::write(&other, "").unwrap();
     assert_eq!(
         fx.registry
@@ -352,7 +342,7 @@ fn a_held_claim_makes_calls_wait_and_a_dead_calls_claim_is_broken() {
 #[test]
 fn a_claim_stamped_in_the_future_is_broken_too() {
     let fx = Fixture::new();
-    let claim = fx.path(&claim_of("later.json"));
+    let claim = fx.path(&claim_file_name("later.json"));
     std::fs::write(&claim, "").unwrap();
     let file = std::fs::File::options().write(true).open(&claim).unwrap();
     file.set_modified(std::time::SystemTime::now() + Duration::from_secs(3600))
@@ -369,7 +359,7 @@ fn a_claim_stamped_in_the_future_is_broken_too() {
 #[test]
 fn a_directory_at_a_claim_name_is_reported() {
     let fx = Fixture::new();
-    let claim = fx.path(&claim_of("blocked.json"));
+    let claim = fx.path(&claim_file_name("blocked.json"));
     std::fs::create_dir(&claim).unwrap();
     let refused = fx
         .registry
@@ -391,8 +381,8 @@ fn ids_with_colliding_name_hashes_are_both_listed() {
     let fx = Fixture::new();
     let (a, b) = ("alcbfjmcplpcheka", "migoplepfnlggakk");
     assert_eq!(
-        claim_of(&format!("{a}.json")),
-        claim_of(&format!("{b}.json")),
+        claim_file_name(&format!("{a}.json")),
+        claim_file_name(&format!("{b}.json")),
         "the two names collide"
     );
     for id in [a, b] {
@@ -409,7 +399,7 @@ fn ids_with_colliding_name_hashes_are_both_listed() {
 #[test]
 fn waiting_for_a_claim_leaves_the_async_runtime_free() {
     let fx = Fixture::new();
-    std::fs::write(fx.path(&claim_of("held.json")), "").unwrap();
+    std::fs::write(fx.path(&claim_file_name("held.json")), "").unwrap();
     let registry = fx.registry.as_async().clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()

@@ -416,6 +416,12 @@ fn replies_over_the_cap_are_a_502_without_being_read_in_full() {
         write_entry(&registry, "far", url, "owner-key", std::process::id());
         b.inject("far", "hello")
     };
+    // A reply refused with a 502 saying `why`.
+    let assert_refused = |url: &str, why: &str| {
+        let (status, body) = forward(url);
+        assert_eq!(status, 502, "{body}");
+        assert!(error_of(&body).contains(why), "{body}");
+    };
     assert_eq!(forward("http://127.0.0.1:9").0, 502, "warm-up");
     let peak_before = b.peak_rss_kib();
 
@@ -425,9 +431,7 @@ fn replies_over_the_cap_are_a_502_without_being_read_in_full() {
         stream.write_all(head.as_bytes()).unwrap();
         until_closed(stream);
     });
-    let (status, body) = forward(&url);
-    assert_eq!(status, 502, "{body}");
-    assert!(error_of(&body).contains(over_the_cap), "{body}");
+    assert_refused(&url, over_the_cap);
     owner.join().unwrap();
 
     // 16 MiB delimited by the close: B hangs up once past the cap, so the
@@ -436,9 +440,7 @@ fn replies_over_the_cap_are_a_502_without_being_read_in_full() {
         stream.write_all(b"HTTP/1.1 200 OK\r\n\r\n\"").unwrap();
         stream.write_all(&vec![b'x'; 16 * MIB]).is_ok()
     });
-    let (status, body) = forward(&url);
-    assert_eq!(status, 502, "{body}");
-    assert!(error_of(&body).contains(over_the_cap), "{body}");
+    assert_refused(&url, over_the_cap);
     assert!(!owner.join().unwrap(), "the whole 16 MiB was read");
 
     // Chunked, 2 MiB in 64 KiB chunks.
@@ -455,9 +457,7 @@ fn replies_over_the_cap_are_a_502_without_being_read_in_full() {
         let _ = stream.write_all(b"0\r\n\r\n");
         until_closed(stream);
     });
-    let (status, body) = forward(&url);
-    assert_eq!(status, 502, "{body}");
-    assert!(error_of(&body).contains(over_the_cap), "{body}");
+    assert_refused(&url, over_the_cap);
     owner.join().unwrap();
 
     // A head that never ends is cut off too.
@@ -466,9 +466,7 @@ fn replies_over_the_cap_are_a_502_without_being_read_in_full() {
         let _ = stream.write_all(&vec![b'a'; 100_000]);
         until_closed(stream);
     });
-    let (status, body) = forward(&url);
-    assert_eq!(status, 502, "{body}");
-    assert!(error_of(&body).contains("over its length limit"), "{body}");
+    assert_refused(&url, "over its length limit");
     owner.join().unwrap();
 
     // Less than one of the oversize replies: none was held whole.
