@@ -12,13 +12,11 @@ use std::borrow::Cow;
 
 use serde_json::json;
 
-use crate::entry::Entry;
+use crate::entry::{Entry, EntryFields};
+use crate::ops::SweepProgress;
 
 /// Default `cleanup` age: 4 hours, the same as agentmux-srv's startup sweep.
 pub const DEFAULT_MAX_AGE_MS: u64 = 4 * 60 * 60 * 1000;
-
-/// Entries per listing batch when a CLI lists the whole registry.
-pub const LIST_BATCH: u32 = 256;
 
 /// Usage of the component's command mode.
 pub const USAGE: &str = "\
@@ -40,115 +38,298 @@ pub struct Invocation {
     pub command: Command,
 }
 
-/// One registry operation with its arguments.
+/// One registry operation with its arguments: what both command lines parse
+/// into (the host's with clap, through the `clap` feature; the component's
+/// with [`parse`]) and what [`dispatch`] runs. The doc comments are the
+/// host CLI's help texts.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::Subcommand))]
 pub enum Command {
-    /// Create or replace an entry.
+    /// Create or replace an agent's entry.
     Write {
         /// The agent id.
         agent_id: String,
-        /// The owner's loopback URL.
+        /// Loopback URL of the owning instance, e.g. http://127.0.0.1:8123.
+        #[cfg_attr(feature = "clap", arg(long, value_name = "URL"))]
         url: String,
-        /// The block id.
+        /// The block the agent runs in.
+        #[cfg_attr(feature = "clap", arg(long, value_name = "BLOCK_ID"))]
         block: String,
-        /// The owning process; 0 (unknown) when not given.
+        /// Owning process id; 0 means unknown (such an entry is never judged
+        /// dead by `cleanup --dead-owners`).
+        #[cfg_attr(feature = "clap", arg(long, default_value_t = 0))]
         pid: u32,
-        /// The owner's auth key.
+        /// The owning instance's auth key.
+        #[cfg_attr(feature = "clap", arg(long, value_name = "KEY", default_value = ""))]
         auth_key: String,
     },
-    /// Remove an entry.
+    /// Remove an agent's entry (no entry is not an error).
     Remove {
         /// The agent id.
         agent_id: String,
     },
-    /// Show an entry.
+    /// Show an agent's entry; exits 1 when there is none.
     Lookup {
         /// The agent id.
         agent_id: String,
     },
-    /// Show every entry.
+    /// List every valid entry.
     List,
-    /// Sweep stale entries.
+    /// Remove stale, malformed and unsafe entries.
     Cleanup {
-        /// Entries older than this are removed.
+        /// Entries last written longer ago than this many milliseconds are removed.
+        #[cfg_attr(
+            feature = "clap",
+            arg(long, value_name = "MS", default_value_t = DEFAULT_MAX_AGE_MS)
+        )]
         max_age_ms: u64,
+        /// Also remove entries whose owning process is no longer running
+        /// (the host CLI only: the component cannot see processes).
+        #[cfg_attr(feature = "clap", arg(long))]
+        dead_owners: bool,
     },
 }
 
-/// Parses the arguments after the program name. `Err` says what is wrong.
+/// Parses the arguments after the program name: the component's grammar,
+/// the host CLI's less `--dead-owners` (tested to agree). `Err` says what is
+/// wrong.
 pub fn parse(args: &[String]) -> Result<Invocation, String> {
-    let mut json = false;
-    let mut positional = Vec::new();
-    let mut options: Vec<(String, String)> = Vec::new();
-    let mut rest = args.iter();
-    while let Some(arg) = rest.next() {
-        match arg.as_str() {
-            "--json" => json = true,
-            "--url" | "--block" | "--pid" | "--auth-key" | "--max-age-ms" => {
-                let value = rest.next().ok_or_else(|| format!("{arg} needs a value"))?;
-                options.push((arg.clone(), value.clone()));
-            }
-            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
-            _ => positional.push(arg.clone()),
-        }
-    }
-    let option = |name: &str| {
-        options
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
-    let allowed: &[&str] = match positional.first().map(String::as_str) {
-        Some("write") => &["--url", "--block", "--pid", "--auth-key"],
-        Some("cleanup") => &["--max-age-ms"],
-        _ => &[],
-    };
-    if let Some((name, _)) = options.iter().find(|(n, _)| !allowed.contains(&n.as_str())) {
-        return Err(format!("{name} does not apply here"));
-    }
-    let one_id = |command: &str| match &positional[1..] {
-        [id] => Ok(id.clone()),
-        [] => Err(format!("{command} needs an agent id")),
-        _ => Err(format!("{command} takes one agent id")),
-    };
-    let command = match positional.first().map(String::as_str) {
+    let line = Line::split(args)?;
+    let command = match line.positional.first().map(String::as_str) {
         None => return Err("no command given".into()),
-        Some("write") => Command::Write {
-            agent_id: one_id("write")?,
-            url: option("--url").ok_or("write needs --url")?,
-            block: option("--block").ok_or("write needs --block")?,
-            pid: option("--pid")
-                .map(|p| {
-                    p.parse()
-                        .map_err(|_| format!("--pid {p:?} is not a process id"))
-                })
-                .transpose()?
-                .unwrap_or(0),
-            auth_key: option("--auth-key").unwrap_or_default(),
-        },
-        Some("remove") => Command::Remove {
-            agent_id: one_id("remove")?,
-        },
-        Some("lookup") => Command::Lookup {
-            agent_id: one_id("lookup")?,
-        },
-        Some("list") if positional.len() == 1 => Command::List,
-        Some("cleanup") if positional.len() == 1 => Command::Cleanup {
-            max_age_ms: option("--max-age-ms")
-                .map(|m| {
-                    m.parse()
-                        .map_err(|_| format!("--max-age-ms {m:?} is not a number"))
-                })
-                .transpose()?
-                .unwrap_or(DEFAULT_MAX_AGE_MS),
-        },
-        Some(command @ ("list" | "cleanup")) => {
-            return Err(format!("{command} takes no arguments"))
+        Some("write") => {
+            line.only_options(&["--url", "--block", "--pid", "--auth-key"])?;
+            Command::Write {
+                agent_id: line.one_id("write")?,
+                url: line.option("--url").ok_or("write needs --url")?.into(),
+                block: line.option("--block").ok_or("write needs --block")?.into(),
+                pid: line.number("--pid", "a process id")?.unwrap_or(0),
+                auth_key: line.option("--auth-key").unwrap_or_default().into(),
+            }
+        }
+        Some("remove") => {
+            line.only_options(&[])?;
+            Command::Remove {
+                agent_id: line.one_id("remove")?,
+            }
+        }
+        Some("lookup") => {
+            line.only_options(&[])?;
+            Command::Lookup {
+                agent_id: line.one_id("lookup")?,
+            }
+        }
+        Some("list") => {
+            line.only_options(&[])?;
+            line.no_arguments("list")?;
+            Command::List
+        }
+        Some("cleanup") => {
+            line.only_options(&["--max-age-ms"])?;
+            line.no_arguments("cleanup")?;
+            Command::Cleanup {
+                max_age_ms: line
+                    .number("--max-age-ms", "a number")?
+                    .unwrap_or(DEFAULT_MAX_AGE_MS),
+                dead_owners: false,
+            }
         }
         Some(other) => return Err(format!("unknown command {other:?}")),
     };
-    Ok(Invocation { json, command })
+    Ok(Invocation {
+        json: line.json,
+        command,
+    })
+}
+
+/// A command line split into its flag, its options and its positional words.
+struct Line {
+    json: bool,
+    positional: Vec<String>,
+    options: Vec<(String, String)>,
+}
+
+impl Line {
+    fn split(args: &[String]) -> Result<Line, String> {
+        let mut line = Line {
+            json: false,
+            positional: Vec::new(),
+            options: Vec::new(),
+        };
+        let mut rest = args.iter();
+        while let Some(arg) = rest.next() {
+            match arg.as_str() {
+                "--json" => line.json = true,
+                "--url" | "--block" | "--pid" | "--auth-key" | "--max-age-ms" => {
+                    let value = rest.next().ok_or_else(|| format!("{arg} needs a value"))?;
+                    line.options.push((arg.clone(), value.clone()));
+                }
+                flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
+                _ => line.positional.push(arg.clone()),
+            }
+        }
+        Ok(line)
+    }
+
+    /// The last value given for option `name`.
+    fn option(&self, name: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Option `name` as a number, if given; `what` names it in the error.
+    fn number<T: std::str::FromStr>(&self, name: &str, what: &str) -> Result<Option<T>, String> {
+        self.option(name)
+            .map(|v| v.parse().map_err(|_| format!("{name} {v:?} is not {what}")))
+            .transpose()
+    }
+
+    fn only_options(&self, allowed: &[&str]) -> Result<(), String> {
+        match self
+            .options
+            .iter()
+            .find(|(n, _)| !allowed.contains(&n.as_str()))
+        {
+            Some((name, _)) => Err(format!("{name} does not apply here")),
+            None => Ok(()),
+        }
+    }
+
+    fn one_id(&self, command: &str) -> Result<String, String> {
+        match &self.positional[1..] {
+            [id] => Ok(id.clone()),
+            [] => Err(format!("{command} needs an agent id")),
+            _ => Err(format!("{command} takes one agent id")),
+        }
+    }
+
+    fn no_arguments(&self, command: &str) -> Result<(), String> {
+        match self.positional.len() {
+            1 => Ok(()),
+            _ => Err(format!("{command} takes no arguments")),
+        }
+    }
+}
+
+/// What [`dispatch`] needs of a registry: the component's own store, or the
+/// host's [`Registry`](https://docs.rs/agentmux-registry).
+pub trait Backend {
+    /// Why an operation failed.
+    type Error: std::fmt::Display;
+    /// Creates or replaces an entry; returns it as stored.
+    fn write(&mut self, fields: EntryFields) -> Result<Entry, Self::Error>;
+    /// Removes an entry; true when there was one.
+    fn remove(&mut self, agent_id: &str) -> Result<bool, Self::Error>;
+    /// The entry of `agent_id`, if there is a valid one.
+    fn lookup(&mut self, agent_id: &str) -> Result<Option<Entry>, Self::Error>;
+    /// Every valid entry, in any order.
+    fn list(&mut self) -> Result<Vec<Entry>, Self::Error>;
+    /// Sweeps entries last written more than `max_age_ms` ago (and, with
+    /// `dead_owners`, those whose owner is provably dead); the sweep's final
+    /// progress, `removed` counting both.
+    fn cleanup(&mut self, max_age_ms: u64, dead_owners: bool)
+        -> Result<SweepProgress, Self::Error>;
+    /// The wall clock in Unix milliseconds, for the ages shown.
+    fn now_ms(&self) -> u64;
+}
+
+/// How a command that ran ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// It did what was asked.
+    Done,
+    /// `lookup` found no entry; the text says so (for stderr).
+    NotFound(String),
+    /// A sweep could not remove every name it should have; the text says how
+    /// many and why (for stderr). What it did print on stdout is true.
+    Incomplete(String),
+}
+
+/// Why [`dispatch`] failed.
+#[derive(Debug)]
+pub enum Failure<E> {
+    /// The registry operation failed.
+    Registry(E),
+    /// Writing the output failed (for example, its reader went away).
+    Output(std::io::Error),
+}
+
+impl<E> From<std::io::Error> for Failure<E> {
+    fn from(e: std::io::Error) -> Self {
+        Failure::Output(e)
+    }
+}
+
+/// Runs `command` on `backend`, writing its output lines to `out`. The one
+/// place each command's behaviour and output are decided, for every command
+/// line.
+pub fn dispatch<B: Backend>(
+    command: Command,
+    json: bool,
+    backend: &mut B,
+    out: &mut dyn std::io::Write,
+) -> Result<Outcome, Failure<B::Error>> {
+    match command {
+        Command::Write {
+            agent_id,
+            url,
+            block,
+            pid,
+            auth_key,
+        } => {
+            let fields = EntryFields {
+                agent_id,
+                local_url: url,
+                block_id: block,
+                pid,
+                auth_key,
+                ..EntryFields::default()
+            };
+            let entry = backend.write(fields).map_err(Failure::Registry)?;
+            writeln!(out, "{}", written(&entry, json))?;
+        }
+        Command::Remove { agent_id } => {
+            let removed = backend.remove(&agent_id).map_err(Failure::Registry)?;
+            writeln!(out, "{}", self::removed(&agent_id, removed, json))?;
+        }
+        Command::Lookup { agent_id } => {
+            match backend.lookup(&agent_id).map_err(Failure::Registry)? {
+                Some(entry) => writeln!(out, "{}", found(&entry, json, backend.now_ms()))?,
+                None => {
+                    let (stdout, why) = not_found(&agent_id, json);
+                    if let Some(stdout) = stdout {
+                        writeln!(out, "{stdout}")?;
+                    }
+                    out.flush()?;
+                    return Ok(Outcome::NotFound(why));
+                }
+            }
+        }
+        Command::List => {
+            let mut entries = backend.list().map_err(Failure::Registry)?;
+            entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+            writeln!(out, "{}", listed(&entries, json, backend.now_ms()))?;
+        }
+        Command::Cleanup {
+            max_age_ms,
+            dead_owners,
+        } => {
+            let progress = backend
+                .cleanup(max_age_ms, dead_owners)
+                .map_err(Failure::Registry)?;
+            writeln!(out, "{}", cleaned(progress.removed, json))?;
+            if progress.failed > 0 {
+                out.flush()?;
+                let why = sweep_failures(progress.failed, progress.first_failure.as_deref());
+                return Ok(Outcome::Incomplete(printable(&why).into_owned()));
+            }
+        }
+    }
+    out.flush()?;
+    Ok(Outcome::Done)
 }
 
 /// Characters that change how text is laid out or read rather than showing
@@ -397,12 +578,16 @@ mod tests {
         assert_eq!(
             parse(&args("cleanup")).unwrap().command,
             Command::Cleanup {
-                max_age_ms: DEFAULT_MAX_AGE_MS
+                max_age_ms: DEFAULT_MAX_AGE_MS,
+                dead_owners: false
             }
         );
         assert_eq!(
             parse(&args("cleanup --max-age-ms 5")).unwrap().command,
-            Command::Cleanup { max_age_ms: 5 }
+            Command::Cleanup {
+                max_age_ms: 5,
+                dead_owners: false
+            }
         );
     }
 

@@ -5,7 +5,11 @@
 //! - [`name`]: the mapping from an agent id to its entry file name;
 //! - [`entry`]: the on-disk entry format, its limits (checked on write and on
 //!   read), ownership matching, and the registry's error cases and texts;
-//! - [`cli`]: the command-line grammar and every line of output shared by the
+//! - [`ops`]: what operations report (renewals, sweep progress), their batch
+//!   sizes, and [`same_shape!`], which each side of the contract uses to map
+//!   its generated types to these;
+//! - [`cli`]: the command-line grammar, the one dispatcher of its commands
+//!   (against a [`cli::Backend`]), and every line of output, shared by the
 //!   component's command mode and the host's CLI.
 //!
 //! Nothing here touches a file, a clock or the OS.
@@ -14,5 +18,7 @@
 pub mod cli;
 pub mod entry;
 pub mod name;
+pub mod ops;
 
 pub use entry::{Entry, EntryFields, Error, Owner};
+pub use ops::{Renewal, SweepProgress};

@@ -23,7 +23,7 @@ use wasi::filesystem::types::{
     Descriptor, DescriptorFlags, DescriptorType, ErrorCode, MetadataHashValue, OpenFlags, PathFlags,
 };
 
-use crate::store::{io, now_ms, unique_name, GRAB_PREFIX};
+use crate::agents::{io, now_ms, unique_name, GRAB_PREFIX};
 
 /// Age after which a claim is taken for the debris of a call that died. A
 /// call holds a claim for a few file operations (microseconds); this is long

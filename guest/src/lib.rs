@@ -11,6 +11,7 @@
 //! host gave the preopen.
 #![cfg(target_family = "wasm")]
 
+mod agents;
 mod claim;
 mod component;
-mod store;
+mod convert;

@@ -39,8 +39,10 @@
 mod agents_dir;
 pub mod blocking;
 pub mod compat;
+mod convert;
 mod heartbeat;
 pub mod liveness;
+mod pool;
 mod registration;
 mod registry;
 mod runtime;
@@ -61,9 +63,10 @@ use std::time::Duration;
 use agentmux_registry_core::entry::ErrorKind;
 
 pub use agentmux_registry_core::{EntryFields, Owner};
+pub use agentmux_registry_core::{Renewal, SweepProgress};
 pub use agents_dir::data_dir_warning;
 pub use registration::Registration;
-pub use registry::{Listing, Options, Registry, Renewal, SweepProgress};
+pub use registry::{Listing, Options, Registry};
 
 /// One registered agent, as stored in its entry file.
 ///
@@ -114,20 +117,61 @@ pub enum Error {
     /// A call tried to use more memory than [`Options::memory_limit`].
     #[error("registry call exceeded its memory limit of {0} bytes")]
     MemoryLimit(usize),
-    /// The component could not be compiled, instantiated or run.
-    #[error("{0}")]
-    Component(String),
+    /// The registry component could not be set up: the engine, loading or
+    /// compiling the component, linking it, or starting an instance of it.
+    /// Not the caller's fault: a build, configuration or resource problem.
+    #[error("setting up the registry component: {step}")]
+    Setup {
+        /// What was being done.
+        step: &'static str,
+        /// What wasmtime said.
+        #[source]
+        source: WasmtimeError,
+    },
+    /// The registry component trapped (a bug in the component, or a custom
+    /// component misbehaving). The instance was discarded; the registry
+    /// stays usable.
+    #[error("the registry component trapped")]
+    Trap(#[source] WasmtimeError),
+    /// The OS refused a thread the host needs (the deadline ticker or the
+    /// heartbeat driver).
+    #[error("starting the {thread} thread")]
+    Thread {
+        /// Which thread.
+        thread: &'static str,
+        /// What the OS said.
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
 }
 
-impl From<bindings::exports::agentmux::registry::registry::RegistryError> for Error {
-    fn from(e: bindings::exports::agentmux::registry::registry::RegistryError) -> Self {
-        use bindings::exports::agentmux::registry::registry::RegistryError as E;
-        match e {
-            E::InvalidAgentId(m) => Error::InvalidAgentId(m),
-            E::InvalidField(m) => Error::InvalidField(m),
-            E::Conflict(m) => Error::Conflict(m),
-            E::Io(m) => Error::Io(m),
-        }
+/// A failure reported by wasmtime, the cause of [`Error::Setup`] and
+/// [`Error::Trap`]. Displays wasmtime's message; its own causes follow
+/// through [`std::error::Error::source`]. Cheap to clone.
+#[derive(Clone)]
+pub struct WasmtimeError(std::sync::Arc<wasmtime::Error>);
+
+impl From<wasmtime::Error> for WasmtimeError {
+    fn from(e: wasmtime::Error) -> Self {
+        WasmtimeError(std::sync::Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for WasmtimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&**self.0, f)
+    }
+}
+
+impl std::fmt::Debug for WasmtimeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for WasmtimeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        (**self.0).source()
     }
 }
 

@@ -5,14 +5,15 @@
 //! error, 3 when the registry or the file system failed (messages go to
 //! stderr).
 
+use std::error::Error;
 use std::io::{IsTerminal, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agentmux_registry::blocking::Registry;
-use agentmux_registry::{EntryFields, SweepProgress};
-use agentmux_registry_core::cli;
+use agentmux_registry::{AgentEntry, EntryFields, SweepProgress};
+use agentmux_registry_core::cli::{self, Outcome};
 use clap::{CommandFactory, Parser, Subcommand};
 
 /// Exit status: `lookup` found no entry.
@@ -38,36 +39,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Create or replace an agent's entry.
-    Write {
-        /// The agent id.
-        agent_id: String,
-        /// Loopback URL of the owning instance, e.g. http://127.0.0.1:8123.
-        #[arg(long, value_name = "URL")]
-        url: String,
-        /// The block the agent runs in.
-        #[arg(long, value_name = "BLOCK_ID")]
-        block: String,
-        /// Owning process id; 0 means unknown (such an entry is never judged
-        /// dead by `cleanup --dead-owners`).
-        #[arg(long, default_value_t = 0)]
-        pid: u32,
-        /// The owning instance's auth key.
-        #[arg(long, value_name = "KEY", default_value = "")]
-        auth_key: String,
-    },
-    /// Remove an agent's entry (no entry is not an error).
-    Remove {
-        /// The agent id.
-        agent_id: String,
-    },
-    /// Show an agent's entry; exits 1 when there is none.
-    Lookup {
-        /// The agent id.
-        agent_id: String,
-    },
-    /// List every valid entry.
-    List,
+    #[command(flatten)]
+    Registry(cli::Command),
     /// Write the registry component (registry.wasm) and its WIT package
     /// (wit/) into DIR, for use with other component hosts.
     ExportWasm {
@@ -81,175 +54,229 @@ enum Command {
     },
     /// Print the man page (roff).
     Man,
-    /// Remove stale, malformed and unsafe entries.
-    Cleanup {
-        /// Entries last written longer ago than this many milliseconds are removed.
-        #[arg(long, value_name = "MS", default_value_t = cli::DEFAULT_MAX_AGE_MS)]
-        max_age_ms: u64,
-        /// Also remove entries whose owning process is no longer running.
-        #[arg(long)]
-        dead_owners: bool,
-    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
-        Ok(code) => code,
-        Err(e) => {
-            // The reader went away (`... | head`): nothing more to say.
+    let outcome = match cli.command {
+        Command::Registry(command) => run_registry(cli.data_dir, command, cli.json),
+        Command::ExportWasm { dir } => export_wasm(&dir),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "agentmux-registry", &mut script);
+            write_out(&script).map_err(Into::into)
+        }
+        Command::Man => man(),
+    };
+    match outcome {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::NotFound(why)) => {
+            eprintln!("agentmux-registry: {why}");
+            ExitCode::from(EXIT_NOT_FOUND)
+        }
+        Ok(Outcome::Incomplete(why)) => {
+            eprintln!("agentmux-registry: {why}");
+            ExitCode::from(EXIT_FAILED)
+        }
+        // The reader went away (`... | head`): nothing more to say.
+        Err(e)
             if e.downcast_ref::<std::io::Error>()
-                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
-            {
-                return ExitCode::SUCCESS;
-            }
-            eprintln!("agentmux-registry: {}", cli::printable(&e.to_string()));
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("agentmux-registry: {}", cli::printable(&with_causes(&*e)));
             ExitCode::from(EXIT_FAILED)
         }
     }
 }
 
-/// Writes `bytes` to stdout, reporting failure instead of panicking.
-fn write_out(bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(bytes)?;
-    stdout.flush()
-}
-
-/// Writes one line to stdout.
-fn line(text: &str) -> std::io::Result<()> {
-    write_out(format!("{text}\n").as_bytes())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Writes the component and its WIT package into `dir`.
-fn export_wasm(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir.join("wit/deps/cli"))?;
-    std::fs::write(
-        dir.join("registry.wasm"),
-        agentmux_registry::component_bytes(),
-    )?;
-    std::fs::write(dir.join("wit/registry.wit"), agentmux_registry::WIT)?;
-    std::fs::write(
-        dir.join("wit/deps/cli/run.wit"),
-        agentmux_registry::WIT_CLI_RUN,
-    )?;
-    Ok(())
-}
-
-fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    match &cli.command {
-        Command::ExportWasm { dir } => {
-            export_wasm(dir).map_err(|e| format!("exporting to {}: {e}", dir.display()))?;
-            line(&format!(
-                "wrote {0}/registry.wasm and its WIT in {0}/wit",
-                dir.display()
-            ))?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        Command::Completions { shell } => {
-            let mut script = Vec::new();
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "agentmux-registry",
-                &mut script,
-            );
-            write_out(&script)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        Command::Man => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
-            write_out(&page)?;
-            return Ok(ExitCode::SUCCESS);
-        }
-        _ => {}
+/// `e` and each of its causes, joined by ": ".
+fn with_causes(e: &dyn Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(e) = cause {
+        text += &format!(": {e}");
+        cause = e.source();
     }
-    let data_dir = match cli.data_dir.or_else(agentmux_registry::default_data_dir) {
-        Some(dir) => dir,
-        None => {
-            return Err("no data dir: pass --data-dir, or set AGENTMUX_DATA_HOME or HOME".into())
-        }
-    };
+    text
+}
+
+/// Runs a registry command on the registry of `data_dir` (or the default).
+fn run_registry(
+    data_dir: Option<PathBuf>,
+    command: cli::Command,
+    json: bool,
+) -> Result<Outcome, Box<dyn Error>> {
+    let data_dir = data_dir
+        .or_else(agentmux_registry::default_data_dir)
+        .ok_or("no data dir: pass --data-dir, or set AGENTMUX_DATA_HOME or HOME")?;
     let registry = Registry::open(&data_dir)?;
     // Said on every run: other users can make the registry unavailable.
     if let Ok(Some(why)) = agentmux_registry::data_dir_warning(&data_dir) {
         let _ = writeln!(std::io::stderr(), "agentmux-registry: warning: {why}");
     }
-    let json = cli.json;
-    match cli.command {
-        Command::ExportWasm { .. } | Command::Completions { .. } | Command::Man => {
-            unreachable!("handled above")
-        }
-        Command::Write {
-            agent_id,
-            url,
-            block,
-            pid,
-            auth_key,
-        } => {
-            let entry = registry.write(EntryFields {
-                agent_id,
-                local_url: url,
-                block_id: block,
-                pid,
-                auth_key,
-                ..EntryFields::default()
-            })?;
-            line(&cli::written(&entry, json))?;
-        }
-        Command::Remove { agent_id } => {
-            let removed = registry.remove(&agent_id)?;
-            line(&cli::removed(&agent_id, removed, json))?;
-        }
-        Command::Lookup { agent_id } => match registry.lookup(&agent_id)? {
-            Some(entry) => line(&cli::found(&entry, json, now_ms()))?,
-            None => {
-                let (out, err) = cli::not_found(&agent_id, json);
-                if let Some(out) = out {
-                    line(out)?;
-                }
-                eprintln!("agentmux-registry: {err}");
-                return Ok(ExitCode::from(EXIT_NOT_FOUND));
-            }
-        },
-        Command::List => {
-            line(&cli::listed(&registry.list()?, json, now_ms()))?;
-        }
-        Command::Cleanup {
-            max_age_ms,
-            dead_owners,
-        } => {
-            // Progress on a terminal only: scripts read the one result line.
-            let show = std::io::stderr().is_terminal();
-            let mut last = SweepProgress::default();
-            let mut removed =
-                registry.cleanup_stale_with_progress(Duration::from_millis(max_age_ms), |p| {
-                    if show && !p.done {
-                        eprint!("\rswept {} names, removed {}", p.examined, p.removed);
-                    }
-                    last = p;
-                })?;
-            if show {
-                eprint!("\r\x1b[K");
-            }
-            if dead_owners {
-                removed += registry.cleanup_dead_owners()?;
-            }
-            line(&cli::cleaned(removed, json))?;
-            if last.failed > 0 {
-                let why = cli::sweep_failures(last.failed, last.first_failure.as_deref());
-                eprintln!("agentmux-registry: {}", cli::printable(&why));
-                return Ok(ExitCode::from(EXIT_FAILED));
-            }
-        }
+    let mut stdout = std::io::stdout().lock();
+    cli::dispatch(command, json, &mut Host(registry), &mut stdout).map_err(|e| match e {
+        cli::Failure::Registry(e) => Box::new(e) as Box<dyn Error>,
+        cli::Failure::Output(e) => Box::new(e),
+    })
+}
+
+/// The registry as the commands' backend.
+struct Host(Registry);
+
+impl cli::Backend for Host {
+    type Error = agentmux_registry::Error;
+
+    fn write(&mut self, fields: EntryFields) -> Result<AgentEntry, Self::Error> {
+        self.0.write(fields)
     }
-    Ok(ExitCode::SUCCESS)
+
+    fn remove(&mut self, agent_id: &str) -> Result<bool, Self::Error> {
+        self.0.remove(agent_id)
+    }
+
+    fn lookup(&mut self, agent_id: &str) -> Result<Option<AgentEntry>, Self::Error> {
+        self.0.lookup(agent_id)
+    }
+
+    fn list(&mut self) -> Result<Vec<AgentEntry>, Self::Error> {
+        self.0.list()
+    }
+
+    fn cleanup(
+        &mut self,
+        max_age_ms: u64,
+        dead_owners: bool,
+    ) -> Result<SweepProgress, Self::Error> {
+        // Progress on a terminal only: scripts read the one result line.
+        let show = std::io::stderr().is_terminal();
+        let mut last = SweepProgress::default();
+        self.0
+            .cleanup_stale_with_progress(Duration::from_millis(max_age_ms), |p| {
+                if show && !p.done {
+                    eprint!("\rswept {} names, removed {}", p.examined, p.removed);
+                }
+                last = p;
+            })?;
+        if show {
+            eprint!("\r\x1b[K");
+        }
+        if dead_owners {
+            last.removed += self.0.cleanup_dead_owners()?;
+        }
+        Ok(last)
+    }
+
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// Writes `bytes` to stdout, reporting failure instead of panicking.
+fn write_out(bytes: &[u8]) -> std::io::Result<Outcome> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(bytes)?;
+    stdout.flush()?;
+    Ok(Outcome::Done)
+}
+
+/// Writes the component and its WIT package into `dir`.
+fn export_wasm(dir: &Path) -> Result<Outcome, Box<dyn Error>> {
+    let export = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir.join("wit/deps/cli"))?;
+        std::fs::write(
+            dir.join("registry.wasm"),
+            agentmux_registry::component_bytes(),
+        )?;
+        std::fs::write(dir.join("wit/registry.wit"), agentmux_registry::WIT)?;
+        std::fs::write(
+            dir.join("wit/deps/cli/run.wit"),
+            agentmux_registry::WIT_CLI_RUN,
+        )
+    };
+    export().map_err(|e| format!("exporting to {}: {e}", dir.display()))?;
+    let done = format!(
+        "wrote {0}/registry.wasm and its WIT in {0}/wit\n",
+        dir.display()
+    );
+    Ok(write_out(done.as_bytes())?)
+}
+
+/// Prints the man page.
+fn man() -> Result<Outcome, Box<dyn Error>> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+    Ok(write_out(&page)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The host's clap grammar and the component's parser read every
+    /// command line the component accepts the same way, and refuse the same
+    /// malformed ones.
+    #[test]
+    fn both_command_lines_parse_the_same_grammar() {
+        let host = |line: &str| {
+            let args = std::iter::once("agentmux-registry").chain(line.split_whitespace());
+            match Cli::try_parse_from(args) {
+                Ok(Cli {
+                    command: Command::Registry(command),
+                    json,
+                    ..
+                }) => Some(cli::Invocation { json, command }),
+                Ok(_) => panic!("{line:?} is not a registry command"),
+                Err(_) => None,
+            }
+        };
+        let component = |line: &str| {
+            let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+            cli::parse(&args).ok()
+        };
+        for line in [
+            "write a1 --url u --block b",
+            "--json write a1 --url u --block b --pid 7 --auth-key k",
+            "write a1 --block b --url u --auth-key k --json",
+            "remove a1",
+            "lookup a1 --json",
+            "list",
+            "cleanup",
+            "cleanup --max-age-ms 5",
+        ] {
+            let parsed = host(line);
+            assert!(parsed.is_some(), "{line:?}");
+            assert_eq!(parsed, component(line), "{line:?}");
+        }
+        for line in [
+            "",
+            "frobnicate",
+            "write a1 --block b",
+            "write a1 --url u --block b --pid x",
+            "lookup",
+            "lookup a b",
+            "list extra",
+            "lookup a1 --url u",
+            "list --verbose",
+            "cleanup --max-age-ms -1",
+        ] {
+            assert_eq!(host(line), None, "{line:?}");
+            assert_eq!(component(line), None, "{line:?}");
+        }
+        // The one difference: the component cannot see processes.
+        let dead = "cleanup --dead-owners";
+        assert!(matches!(
+            host(dead).map(|i| i.command),
+            Some(cli::Command::Cleanup {
+                dead_owners: true,
+                ..
+            })
+        ));
+        assert_eq!(component(dead), None);
+    }
 }

@@ -92,7 +92,10 @@ impl Registration {
             .inner
             .heartbeats
             .add(registry, beat)
-            .map_err(|e| Error::Component(format!("starting the heartbeat driver: {e}")))?;
+            .map_err(|e| Error::Thread {
+                thread: "heartbeat driver",
+                source: std::sync::Arc::new(e),
+            })?;
         Ok(guard)
     }
 

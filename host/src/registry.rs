@@ -1,33 +1,19 @@
-//! [`Registry`]: the async handle on one data dir's agents directory.
-//!
-//! Every guest call goes through one funnel, [`Lease::call`]: it arms that
-//! call's own deadline, maps a trap to the matching [`Error`], and decides
-//! whether the instance may go back to the pool (only after every call made
-//! on it completed successfully).
+//! [`Registry`]: the async handle on one data dir's agents directory. Each
+//! operation runs on an instance leased from its pool ([`crate::pool`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agentmux_registry_core::entry::file_name_of;
+use agentmux_registry_core::ops::{LIST_BATCH, SWEEP_BATCH};
 use wasmtime::component::ResourceAny;
 
 use crate::agents_dir::AgentsDir;
 use crate::bindings::exports::agentmux::registry::registry as wit;
-use crate::heartbeat::Heartbeats;
 use crate::liveness::{owner_liveness, Liveness};
-use crate::runtime::{Instance, Runtime};
-use crate::{AgentEntry, EntryFields, Error, Owner};
-
-/// Instances kept warm per registry, for concurrent callers.
-const MAX_IDLE_INSTANCES: usize = 16;
-
-/// Entries per guest call when listing: bounds the guest's memory (a valid
-/// entry is at most about 4 KiB) and the time of each call.
-const LIST_BATCH: u32 = 256;
-
-/// Names looked at per guest call when sweeping.
-const SWEEP_BATCH: u32 = 256;
+use crate::pool::{Access, Inner, Lease};
+use crate::runtime::Runtime;
+use crate::{AgentEntry, EntryFields, Error, Owner, Renewal, SweepProgress};
 
 /// Settings for [`Registry::open_with`].
 #[derive(Clone, Debug)]
@@ -83,34 +69,6 @@ impl Options {
     }
 }
 
-/// What [`Registry::renew`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Renewal {
-    /// The entry was this registration's and was rewritten.
-    Refreshed,
-    /// There was no entry (or only a malformed file): it was written anew.
-    Restored,
-    /// Another registration owns the id now; nothing was changed.
-    Superseded,
-}
-
-/// How far a sweep has come; see [`Registry::cleanup_stale_with_progress`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SweepProgress {
-    /// Directory names looked at so far.
-    pub examined: u64,
-    /// Directory names removed so far.
-    pub removed: u64,
-    /// Names that could not be read or removed so far (for example,
-    /// permission denied); they stay for the next sweep. A name another
-    /// instance removed or rewrote meanwhile is not a failure.
-    pub failed: u64,
-    /// Why the first of the `failed` names failed.
-    pub first_failure: Option<String>,
-    /// True once every name was looked at.
-    pub done: bool,
-}
-
 /// A handle on the agent registry in one data dir.
 ///
 /// Cheap to clone and safe to share between threads and tasks; concurrent
@@ -122,65 +80,11 @@ pub struct Registry {
     pub(crate) inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    data_dir: PathBuf,
-    runtime: Arc<Runtime>,
-    call_timeout: Duration,
-    memory_limit: usize,
-    state: Mutex<State>,
-    /// The one heartbeat driver serving every [`crate::Registration`].
-    pub(crate) heartbeats: Heartbeats,
-}
-
-struct State {
-    dir: Arc<AgentsDir>,
-    idle: Vec<Instance>,
-    /// When `dir` was last checked against the data dir's path.
-    checked: Instant,
-}
-
-/// Whether a call may change the agents directory.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Access {
-    Read,
-    Write,
-}
-
-/// How stale the directory check may be before a read-only call.
-const READ_RECHECK: Duration = Duration::from_millis(100);
-
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registry")
             .field("data_dir", &self.inner.data_dir)
             .finish_non_exhaustive()
-    }
-}
-
-fn fields_out(f: &EntryFields) -> wit::EntryFields {
-    wit::EntryFields {
-        agent_id: f.agent_id.clone(),
-        local_url: f.local_url.clone(),
-        block_id: f.block_id.clone(),
-        pid: f.pid,
-        auth_key: f.auth_key.clone(),
-        pid_started: f.pid_started,
-        pid_namespace: f.pid_namespace,
-        registration: f.registration.clone(),
-    }
-}
-
-fn entry_in(e: wit::AgentEntry) -> AgentEntry {
-    AgentEntry {
-        agent_id: e.agent_id,
-        local_url: e.local_url,
-        block_id: e.block_id,
-        pid: e.pid,
-        updated_at: e.updated_at,
-        auth_key: e.auth_key,
-        pid_started: e.pid_started,
-        pid_namespace: e.pid_namespace,
-        registration: e.registration,
     }
 }
 
@@ -219,20 +123,15 @@ impl Registry {
         };
         #[cfg(not(feature = "custom-components"))]
         let runtime = Runtime::embedded()?;
-        let dir = Arc::new(AgentsDir::open(&data_dir)?);
+        let dir = AgentsDir::open(&data_dir)?;
         Ok(Registry {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Inner::new(
                 data_dir,
+                dir,
                 runtime,
-                call_timeout: options.call_timeout,
-                memory_limit: options.memory_limit,
-                state: Mutex::new(State {
-                    dir,
-                    idle: Vec::new(),
-                    checked: Instant::now(),
-                }),
-                heartbeats: Heartbeats::default(),
-            }),
+                options.call_timeout,
+                options.memory_limit,
+            )),
         })
     }
 
@@ -243,7 +142,7 @@ impl Registry {
 
     /// `{data_dir}/agents`, the only directory the component can reach.
     pub fn agents_dir(&self) -> PathBuf {
-        self.inner.lock().dir.path().to_path_buf()
+        self.inner.agents_dir()
     }
 
     /// Creates or replaces the entry of `fields.agent_id` and returns it as
@@ -252,7 +151,7 @@ impl Registry {
     /// the pid is not mistaken for the owner). The entry file is made
     /// readable by its owner only.
     pub async fn write(&self, fields: EntryFields) -> Result<AgentEntry, Error> {
-        let fields = fields_out(&with_owner_facts(fields));
+        let fields = wit::EntryFields::from(with_owner_facts(fields));
         waiting_out_claims(|| self.write_once(&fields)).await
     }
 
@@ -262,7 +161,7 @@ impl Registry {
             .call(async |api, store| api.call_write(store, fields).await)
             .await??;
         lease.restrict(&entry.agent_id)?;
-        Ok(entry_in(entry))
+        Ok(entry.into())
     }
 
     /// One atomic heartbeat step for the registration `fields.registration`:
@@ -271,7 +170,7 @@ impl Registry {
     /// id (see the WIT contract's `renew`). [`crate::Registration`] calls this
     /// for you.
     pub async fn renew(&self, fields: EntryFields) -> Result<Renewal, Error> {
-        let fields = fields_out(&with_owner_facts(fields));
+        let fields = wit::EntryFields::from(with_owner_facts(fields));
         waiting_out_claims(|| self.renew_once(&fields)).await
     }
 
@@ -280,11 +179,7 @@ impl Registry {
         let renewal = lease
             .call(async |api, store| api.call_renew(store, fields).await)
             .await??;
-        let renewal = match renewal {
-            wit::Renewal::Refreshed => Renewal::Refreshed,
-            wit::Renewal::Restored => Renewal::Restored,
-            wit::Renewal::Superseded => Renewal::Superseded,
-        };
+        let renewal = Renewal::from(renewal);
         if renewal != Renewal::Superseded {
             lease.restrict(&fields.agent_id)?;
         }
@@ -309,11 +204,7 @@ impl Registry {
     /// left alone. To evict an entry you looked up, pass
     /// [`Owner::of`]`(&entry)`.
     pub async fn remove_owned(&self, agent_id: &str, owner: &Owner) -> Result<bool, Error> {
-        let owner = wit::Owner {
-            pid: owner.pid,
-            auth_key: owner.auth_key.clone(),
-            registration: owner.registration.clone(),
-        };
+        let owner = wit::Owner::from(owner.clone());
         waiting_out_claims(|| self.remove_owned_once(agent_id, &owner)).await
     }
 
@@ -330,7 +221,7 @@ impl Registry {
         let found = lease
             .call(async |api, store| api.call_lookup(store, agent_id).await)
             .await??;
-        Ok(found.map(entry_in))
+        Ok(found.map(AgentEntry::from))
     }
 
     /// Every valid entry, sorted by agent id. The component's memory stays
@@ -364,7 +255,7 @@ impl Registry {
     /// among them).
     #[doc(hidden)]
     pub fn pooled_instances(&self) -> usize {
-        self.inner.lock().idle.len()
+        self.inner.pooled_instances()
     }
 
     /// Removes entries last written more than `max_age` ago, malformed entry
@@ -398,13 +289,7 @@ impl Registry {
                     api.sweep().call_next_batch(store, sweep, SWEEP_BATCH).await
                 })
                 .await??;
-            let p = SweepProgress {
-                examined: p.examined,
-                removed: p.removed,
-                failed: p.failed,
-                first_failure: p.first_failure,
-                done: p.done,
-            };
+            let p = SweepProgress::from(p);
             let (done, removed, failed) = (p.done, p.removed, p.failed);
             if done && failed > 0 {
                 tracing::warn!(
@@ -523,7 +408,7 @@ impl Listing {
                     .await
             })
             .await??;
-        Ok(batch.map(|entries| entries.into_iter().map(entry_in).collect()))
+        Ok(batch.map(|entries| entries.into_iter().map(AgentEntry::from).collect()))
     }
 }
 
@@ -577,148 +462,5 @@ async fn sleep(pause: Duration) {
                 .await;
         }
         Err(_) => std::thread::sleep(pause),
-    }
-}
-
-impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock leaves the state consistent (a
-        // directory handle and a list of idle instances).
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// An instance for one operation. If the agents directory (or the data
-    /// dir holding it) was deleted or replaced since it was opened, it is
-    /// opened (and created) afresh: before every call that changes the
-    /// directory, so no write ever lands in a directory nobody else can see;
-    /// before read-only calls at most every [`READ_RECHECK`], since a stale
-    /// read can only miss entries.
-    async fn lease(self: &Arc<Self>, access: Access) -> Result<Lease, Error> {
-        let (dir, idle) = {
-            let mut state = self.lock();
-            let due = access == Access::Write || state.checked.elapsed() >= READ_RECHECK;
-            if due {
-                if !state.dir.is_current() {
-                    state.dir = Arc::new(AgentsDir::open(&self.data_dir)?);
-                    state.idle.clear();
-                }
-                state.checked = Instant::now();
-            }
-            (state.dir.clone(), state.idle.pop())
-        };
-        let instance = match idle {
-            Some(instance) => instance,
-            None => {
-                self.runtime
-                    .instantiate(&dir.preopen_path(), self.memory_limit)
-                    .await?
-            }
-        };
-        Ok(Lease {
-            inner: self.clone(),
-            dir,
-            instance: Some(instance),
-            failed: false,
-            in_call: false,
-            open_resources: 0,
-        })
-    }
-}
-
-/// An instance checked out for one operation. It goes back to the pool only
-/// if every call made on it completed successfully: one that trapped, or
-/// whose call was cancelled mid-way, may be in any state and is dropped.
-struct Lease {
-    inner: Arc<Inner>,
-    dir: Arc<AgentsDir>,
-    instance: Option<Instance>,
-    /// A call on this instance trapped, or it holds state that must not be
-    /// pooled.
-    failed: bool,
-    /// A call started and has not completed (its future was dropped).
-    in_call: bool,
-    /// Resources the guest created for this lease and that were not dropped
-    /// yet (a sweep or listing cursor holds a directory stream): an instance
-    /// holding any is never pooled, whatever ended the operation (an error,
-    /// a panic in a caller's closure, a dropped future).
-    open_resources: usize,
-}
-
-/// The registry interface's call handles.
-type Api = wit::Guest;
-
-impl Lease {
-    /// Makes one guest call: the only place that arms a deadline, runs guest
-    /// code and maps its traps. `call` gets the interface and the store.
-    async fn call<T>(
-        &mut self,
-        call: impl AsyncFnOnce(
-            &Api,
-            &mut wasmtime::Store<crate::runtime::HostState>,
-        ) -> wasmtime::Result<T>,
-    ) -> Result<T, Error> {
-        let timeout = self.inner.call_timeout;
-        let instance = self.instance.as_mut().expect("present until drop");
-        instance.arm(timeout);
-        self.in_call = true;
-        let api = instance.bindings.agentmux_registry_registry();
-        let out = call(api, &mut instance.store).await;
-        self.in_call = false;
-        out.map_err(|err| {
-            self.failed = true;
-            instance.call_error(err, timeout)
-        })
-    }
-
-    /// Makes a call that creates a guest resource, counted as open until
-    /// [`Lease::drop_resource`] frees it.
-    async fn open_resource(
-        &mut self,
-        call: impl AsyncFnOnce(
-            &Api,
-            &mut wasmtime::Store<crate::runtime::HostState>,
-        ) -> wasmtime::Result<ResourceAny>,
-    ) -> Result<ResourceAny, Error> {
-        let resource = self.call(call).await?;
-        self.open_resources += 1;
-        Ok(resource)
-    }
-
-    /// Frees a resource the guest created for this lease's operation.
-    async fn drop_resource(&mut self, resource: ResourceAny) -> Result<(), Error> {
-        self.call(async |_, store| resource.resource_drop_async(store).await)
-            .await?;
-        self.open_resources = self.open_resources.saturating_sub(1);
-        Ok(())
-    }
-
-    /// Keeps this instance out of the pool.
-    fn discard(&mut self) {
-        self.failed = true;
-    }
-
-    /// Makes `agent_id`'s entry file private to its owner (what WASI cannot
-    /// express). The name comes from the rule the component follows.
-    fn restrict(&self, agent_id: &str) -> Result<(), Error> {
-        match file_name_of(agent_id) {
-            Ok(name) => self.dir.restrict_entry(&name),
-            Err(_) => Ok(()),
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if self.failed || self.in_call || self.open_resources > 0 {
-            return;
-        }
-        if let Some(instance) = self.instance.take() {
-            let mut state = self.inner.lock();
-            if Arc::ptr_eq(&state.dir, &self.dir) && state.idle.len() < MAX_IDLE_INSTANCES {
-                state.idle.push(instance);
-            }
-        }
     }
 }

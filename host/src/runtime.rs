@@ -11,7 +11,7 @@ use wasmtime::{Config, Engine, ResourceLimiter, Store};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::bindings::{AgentRegistry, AgentRegistryPre};
-use crate::Error;
+use crate::{Error, WasmtimeError};
 
 include!("engine_config.rs");
 
@@ -81,14 +81,39 @@ pub(crate) struct Instance {
     pub(crate) bindings: AgentRegistry,
 }
 
+/// A failure to set up, kept so that every later caller gets it too.
+#[derive(Clone)]
+enum SetupFailure {
+    Wasmtime(&'static str, WasmtimeError),
+    Thread(&'static str, Arc<std::io::Error>),
+}
+
+impl From<SetupFailure> for Error {
+    fn from(failure: SetupFailure) -> Error {
+        match failure {
+            SetupFailure::Wasmtime(step, source) => Error::Setup { step, source },
+            SetupFailure::Thread(thread, source) => Error::Thread { thread, source },
+        }
+    }
+}
+
+/// Maps wasmtime's error for the setup step `step`.
+fn setup(step: &'static str) -> impl FnOnce(wasmtime::Error) -> Error {
+    move |e| Error::Setup {
+        step,
+        source: e.into(),
+    }
+}
+
 /// The process-wide engine. Its epoch is advanced by one background thread.
 fn engine() -> Result<&'static Engine, Error> {
-    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    static ENGINE: OnceLock<Result<Engine, SetupFailure>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
             let mut config = Config::new();
             configure_engine(&mut config, cfg!(windows));
-            let engine = Engine::new(&config).map_err(|e| format!("{e:#}"))?;
+            let engine = Engine::new(&config)
+                .map_err(|e| SetupFailure::Wasmtime("creating the wasmtime engine", e.into()))?;
             let ticker = engine.weak();
             std::thread::Builder::new()
                 .name("agentmux-registry-epoch".into())
@@ -99,54 +124,54 @@ fn engine() -> Result<&'static Engine, Error> {
                         std::thread::sleep(EPOCH_TICK);
                     }
                 })
-                .map_err(|e| format!("starting the epoch thread: {e}"))?;
+                .map_err(|e| SetupFailure::Thread("deadline ticker", Arc::new(e)))?;
             Ok(engine)
         })
         .as_ref()
-        .map_err(|e| Error::Component(format!("creating the wasmtime engine: {e}")))
+        .map_err(|failure| failure.clone().into())
 }
 
 impl Runtime {
     /// The runtime for the embedded component, set up once per process from
     /// the native code compiled at build time: no compiler, no files.
     pub(crate) fn embedded() -> Result<Arc<Runtime>, Error> {
-        static EMBEDDED: OnceLock<Result<Arc<Runtime>, String>> = OnceLock::new();
+        static EMBEDDED: OnceLock<Result<Arc<Runtime>, SetupFailure>> = OnceLock::new();
+        let engine = engine()?;
         EMBEDDED
             .get_or_init(|| {
-                let engine = engine().map_err(|e| e.to_string())?;
                 // SAFETY: the bytes are this crate's own build output, made by
                 // the same wasmtime version with the same configuration
                 // (`engine_config.rs`) for this target, and embedded in this
                 // binary: nothing outside can have altered them. wasmtime still
                 // checks version, target and configuration before loading.
-                let component = unsafe { Component::deserialize(engine, PRECOMPILED) }
-                    .map_err(|e| format!("loading the precompiled component: {e:#}"))?;
-                Runtime::link(engine, &component)
-                    .map(Arc::new)
-                    .map_err(|e| e.to_string())
+                let component =
+                    unsafe { Component::deserialize(engine, PRECOMPILED) }.map_err(|e| {
+                        SetupFailure::Wasmtime("loading the precompiled component", e.into())
+                    })?;
+                Runtime::link(engine, &component).map(Arc::new)
             })
             .clone()
-            .map_err(Error::Component)
+            .map_err(Error::from)
     }
 
     /// Compiles and links a component that must export the registry world.
     #[cfg(feature = "custom-components")]
     pub(crate) fn new(component: &[u8]) -> Result<Runtime, Error> {
         let engine = engine()?;
-        let component = Component::new(engine, component)
-            .map_err(|e| Error::Component(format!("compiling the component: {e:#}")))?;
-        Runtime::link(engine, &component)
+        let component =
+            Component::new(engine, component).map_err(setup("compiling the component"))?;
+        Runtime::link(engine, &component).map_err(Error::from)
     }
 
-    fn link(engine: &Engine, component: &Component) -> Result<Runtime, Error> {
+    fn link(engine: &Engine, component: &Component) -> Result<Runtime, SetupFailure> {
         let engine = engine.clone();
         let mut linker = Linker::<HostState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(|e| Error::Component(format!("linking WASI: {e:#}")))?;
+            .map_err(|e| SetupFailure::Wasmtime("linking WASI", e.into()))?;
         let pre = linker
             .instantiate_pre(component)
             .and_then(AgentRegistryPre::new)
-            .map_err(|e| Error::Component(format!("linking the component: {e:#}")))?;
+            .map_err(|e| SetupFailure::Wasmtime("linking the component", e.into()))?;
         Ok(Runtime { engine, pre })
     }
 
@@ -162,7 +187,14 @@ impl Runtime {
         // inline instead of on a background thread.
         wasi.allow_blocking_current_thread(true);
         wasi.preopened_dir(agents_dir, "/", FsPerms::ReadWrite)
-            .map_err(|e| Error::Component(format!("preopening the agents directory: {e:#}")))?;
+            .map_err(|e| match e.downcast::<std::io::Error>() {
+                // The OS refused to open the directory.
+                Ok(source) => Error::Directory {
+                    path: agents_dir.to_path_buf(),
+                    source,
+                },
+                Err(e) => setup("preopening the agents directory")(e),
+            })?;
         wasi.allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
@@ -183,7 +215,7 @@ impl Runtime {
             .pre
             .instantiate_async(&mut store)
             .await
-            .map_err(|e| Error::Component(format!("instantiating the component: {e:#}")))?;
+            .map_err(setup("instantiating the component"))?;
         Ok(Instance { store, bindings })
     }
 }
@@ -210,7 +242,7 @@ impl Instance {
         match err.downcast_ref::<wasmtime::Trap>() {
             Some(wasmtime::Trap::Interrupt) => Error::Timeout(timeout),
             _ if memory.exceeded => Error::MemoryLimit(memory.limit),
-            _ => Error::Component(format!("the registry component trapped: {err:#}")),
+            _ => Error::Trap(err.into()),
         }
     }
 }

@@ -9,6 +9,7 @@ mod containment;
 #[cfg(unix)]
 mod churn;
 // Unix modes, FIFOs, devices and other users' files.
+mod contract;
 #[cfg(unix)]
 mod hostile_dir;
 mod interop;

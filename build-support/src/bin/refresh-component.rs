@@ -1,13 +1,18 @@
 //! Rebuilds the registry component from `guest/` and refreshes the copies
 //! the `agentmux-registry` package ships: `host/component/registry.wasm` and
-//! `host/wit/` (a copy of `wit/`). With `--check`, changes nothing and fails
-//! if either differs from what the sources build.
+//! `host/wit/` (a copy of the contract the component implements,
+//! `wit/<CONTRACT>/`; each released contract keeps its own frozen folder under
+//! `wit/`). With `--check`, changes nothing and fails if either differs from
+//! what the sources build.
 //!
 //! `cargo refresh-component` / `cargo refresh-component --check` (an alias in
 //! `.cargo/config.toml`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+/// The contract version the component implements: its folder under `wit/`.
+const CONTRACT: &str = "0.2.0";
 
 fn main() -> ExitCode {
     let check = match std::env::args().nth(1).as_deref() {
@@ -31,7 +36,7 @@ fn main() -> ExitCode {
         std::fs::read(&built).expect("reading the built component"),
     )];
     for wit in ["registry.wit", "deps/cli/run.wit"] {
-        let source = workspace.join("wit").join(wit);
+        let source = workspace.join("wit").join(CONTRACT).join(wit);
         let bytes =
             std::fs::read(&source).unwrap_or_else(|e| panic!("reading {}: {e}", source.display()));
         shipped.push((workspace.join("host/wit").join(wit), bytes));

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 wit_bindgen::generate!({
-    path: "../../wit",
+    path: "../../wit/0.2.0",
     world: "agent-registry",
 });
 

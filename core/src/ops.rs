@@ -1,0 +1,79 @@
+//! What registry operations report, and how the bulk ones are batched: the
+//! types the contract's `renewal` enum and `sweep-progress` record map to on
+//! both sides of it.
+
+/// Entries per guest call when a host lists the registry: bounds the
+/// component's memory (a valid entry is at most about 4 KiB) and the time of
+/// each call.
+pub const LIST_BATCH: u32 = 256;
+
+/// Directory names per guest call when a host sweeps the registry.
+pub const SWEEP_BATCH: u32 = 256;
+
+/// What a renewal did (the contract's `renewal`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    /// The entry was this registration's and was rewritten.
+    Refreshed,
+    /// There was no entry (or only a malformed file): it was written anew.
+    Restored,
+    /// Another registration owns the id now; nothing was changed.
+    Superseded,
+}
+
+/// How far a sweep has come (the contract's `sweep-progress`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepProgress {
+    /// Directory names looked at so far.
+    pub examined: u64,
+    /// Directory names removed so far.
+    pub removed: u64,
+    /// Names that could not be read or removed so far (for example,
+    /// permission denied); they stay for the next sweep. A name another
+    /// instance removed or rewrote meanwhile is not a failure.
+    pub failed: u64,
+    /// Why the first of the `failed` names failed.
+    pub first_failure: Option<String>,
+    /// True once every name was looked at.
+    pub done: bool,
+}
+
+/// Writes `From` impls between two types of the same shape: records whose
+/// fields have the same names (each converted with `Into`), or enums whose
+/// unit cases have the same names. Each side of the contract lists every
+/// record's fields once, in one file, and the list is checked by the
+/// compiler: the source is destructured exhaustively, so a field added to
+/// either type and missing from the list fails the build.
+///
+/// ```
+/// # use agentmux_registry_core::same_shape;
+/// struct Wire { id: String, n: u32 }
+/// struct Domain { id: String, n: u32 }
+/// same_shape!(Wire => Domain { id, n });
+/// let d: Domain = Wire { id: "a".into(), n: 1 }.into();
+/// assert_eq!((d.id.as_str(), d.n), ("a", 1));
+/// ```
+#[macro_export]
+macro_rules! same_shape {
+    (enum $from:ty => $to:ty { $($case:ident),+ $(,)? }) => {
+        impl ::core::convert::From<$from> for $to {
+            fn from(value: $from) -> $to {
+                type From_ = $from;
+                type To_ = $to;
+                match value {
+                    $(From_::$case => To_::$case),+
+                }
+            }
+        }
+    };
+    ($from:ty => $to:ty { $($field:ident),+ $(,)? }) => {
+        impl ::core::convert::From<$from> for $to {
+            fn from(value: $from) -> $to {
+                type From_ = $from;
+                type To_ = $to;
+                let From_ { $($field),+ } = value;
+                To_ { $($field: $field.into()),+ }
+            }
+        }
+    };
+}
