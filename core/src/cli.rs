@@ -521,6 +521,18 @@ pub fn sweep_failures(failed: u64, first_failure: Option<&str>) -> String {
     format!("could not remove {failed} name(s) that should have gone, left for the next sweep{why}")
 }
 
+/// `error` and each of its causes, joined by ": " (an error's own text does
+/// not repeat its cause's).
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text += &format!(": {e}");
+        cause = e.source();
+    }
+    text
+}
+
 /// "5s ago", "3m ago", "2h ago", "4d ago".
 fn age(updated_at: u64, now_ms: u64) -> String {
     let secs = now_ms.saturating_sub(updated_at) / 1000;

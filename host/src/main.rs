@@ -86,21 +86,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("agentmux-registry: {}", cli::printable(&with_causes(&*e)));
+            eprintln!("agentmux-registry: {}", cli::printable(&cli::with_causes(&*e)));
             ExitCode::from(EXIT_FAILED)
         }
     }
-}
-
-/// `e` and each of its causes, joined by ": ".
-fn with_causes(e: &dyn Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(e) = cause {
-        text += &format!(": {e}");
-        cause = e.source();
-    }
-    text
 }
 
 /// Runs a registry command on the registry of `data_dir` (or the default).

@@ -54,7 +54,7 @@ fn a_call_that_exhausts_its_stack_fails_without_harming_the_host() {
     let (_tmp, registry) = open(Options::new());
     let err = registry.cleanup_stale(Duration::ZERO).unwrap_err();
     assert!(matches!(&err, Error::Trap(_)), "{err:?}");
-    let why = with_causes(&err);
+    let why = agentmux_registry_core::cli::with_causes(&err);
     assert!(why.contains("call stack exhausted"), "{why}");
     assert!(!registry.remove("a1").unwrap());
 }
@@ -102,15 +102,4 @@ fn the_longest_call_timeout_means_no_practical_limit() {
     let real = Registry::open_with(tmp.path(), Options::new().call_timeout(Duration::MAX)).unwrap();
     real.write(fields("a", "u", "b", 1, "k")).unwrap();
     assert!(real.lookup("a").unwrap().is_some());
-}
-
-/// `e` and each of its causes, joined by ": ".
-fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(e) = cause {
-        text += &format!(": {e}");
-        cause = e.source();
-    }
-    text
 }
