@@ -86,7 +86,10 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("agentmux-registry: {}", cli::printable(&cli::with_causes(&*e)));
+            eprintln!(
+                "agentmux-registry: {}",
+                cli::printable(&cli::with_causes(&*e))
+            );
             ExitCode::from(EXIT_FAILED)
         }
     }
