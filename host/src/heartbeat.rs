@@ -10,6 +10,7 @@
 
 use std::any::Any;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,8 +28,29 @@ pub(crate) struct Beat {
     /// Held while renewing, so that ending a registration waits for a
     /// renewal in flight (which could otherwise restore a removed entry).
     pub(crate) state: Mutex<BeatState>,
+    /// Counters the driver keeps for tests to wait on (see [`Progress`]).
+    progress: Progress,
     #[cfg(test)]
     test: tests::Hooks,
+}
+
+/// What the driver has done for one beat, so that tests can wait for a
+/// renewal instead of sleeping. Changed only under the schedule's lock;
+/// atomics so that they can be read without it.
+#[derive(Default)]
+struct Progress {
+    /// Renewals finished, whatever their outcome (a contained panic too).
+    renewals: AtomicU64,
+    /// Renewals asked for out of schedule: the last ticket handed out, and
+    /// the last one served. A beat with `requested > served` is due now.
+    requested: AtomicU64,
+    served: AtomicU64,
+}
+
+impl Progress {
+    fn asked(&self) -> bool {
+        self.requested.load(Ordering::Relaxed) > self.served.load(Ordering::Relaxed)
+    }
 }
 
 pub(crate) struct BeatState {
@@ -47,6 +69,7 @@ impl Beat {
                 active: true,
                 superseded: false,
             }),
+            progress: Progress::default(),
             #[cfg(test)]
             test: tests::Hooks::default(),
         })
@@ -109,8 +132,6 @@ impl Beat {
                 true
             }
         };
-        #[cfg(test)]
-        self.test.count_renewal();
         keep
     }
 }
@@ -146,6 +167,8 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
 pub(crate) struct Heartbeats {
     state: Mutex<Schedule>,
     wake: Condvar,
+    /// Signalled when a renewal finished or a beat stopped being driven.
+    done: Condvar,
     #[cfg(test)]
     test: tests::DriverHooks,
 }
@@ -181,11 +204,70 @@ impl Heartbeats {
     pub(crate) fn remove(&self, beat: &Arc<Beat>) {
         self.lock().beats.retain(|(b, _)| !Arc::ptr_eq(b, beat));
         self.wake.notify_all();
+        self.done.notify_all();
     }
 
     /// How many heartbeats are driven (for tests and diagnostics).
     pub(crate) fn len(&self) -> usize {
         self.lock().beats.len()
+    }
+
+    /// How many renewals of `beat` the driver has finished.
+    pub(crate) fn renewals(&self, beat: &Beat) -> u64 {
+        beat.progress.renewals.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` renewals of `beat` have finished, `beat` is no
+    /// longer driven, or `within` has passed; returns the renewals finished.
+    pub(crate) fn wait_for_renewals(&self, beat: &Arc<Beat>, n: u64, within: Duration) -> u64 {
+        let schedule = self.lock();
+        self.wait(schedule, beat, within, |p| {
+            p.renewals.load(Ordering::Relaxed) >= n
+        });
+        self.renewals(beat)
+    }
+
+    /// Makes `beat` due now, and waits until a renewal of it that began
+    /// after this call has finished, or `beat` is no longer driven; false
+    /// when `within` passed first. Its schedule goes on from that renewal.
+    pub(crate) fn beat_now(&self, beat: &Arc<Beat>, within: Duration) -> bool {
+        let schedule = self.lock();
+        let ticket = beat.progress.requested.fetch_add(1, Ordering::Relaxed) + 1;
+        self.wake.notify_all();
+        self.wait(schedule, beat, within, |p| {
+            p.served.load(Ordering::Relaxed) >= ticket
+        })
+    }
+
+    /// Waits on `done` until `reached` holds for `beat`'s progress or `beat`
+    /// is no longer driven (true), or `within` has passed (false).
+    fn wait(
+        &self,
+        mut schedule: MutexGuard<'_, Schedule>,
+        beat: &Arc<Beat>,
+        within: Duration,
+        reached: impl Fn(&Progress) -> bool,
+    ) -> bool {
+        let deadline = Instant::now().checked_add(within);
+        loop {
+            if reached(&beat.progress) || !schedule.beats.iter().any(|(b, _)| Arc::ptr_eq(b, beat))
+            {
+                return true;
+            }
+            schedule = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return false;
+                    }
+                    self.done
+                        .wait_timeout(schedule, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+                None => self.done.wait(schedule).unwrap_or_else(|p| p.into_inner()),
+            };
+        }
     }
 }
 
@@ -243,11 +325,13 @@ impl Drop for RestartOnUnwind<'_> {
 }
 
 /// Sleeps until the earliest beat is due, renews every due beat; returns
-/// once no beat is left (and marks the driver stopped).
+/// once no beat is left (and marks the driver stopped). A beat asked for
+/// out of schedule ([`Heartbeats::beat_now`]) is due at once.
 fn drive_until_idle(registry: &Registry) {
     let heartbeats = &registry.inner.heartbeats;
     loop {
-        let due: Vec<Arc<Beat>> = {
+        // Each due beat, with the last out-of-schedule ticket its renewal serves.
+        let due: Vec<(Arc<Beat>, u64)> = {
             let mut schedule = heartbeats.lock();
             loop {
                 if schedule.beats.is_empty() {
@@ -255,7 +339,11 @@ fn drive_until_idle(registry: &Registry) {
                     return;
                 }
                 let now = Instant::now();
-                let next = schedule.beats.iter().filter_map(|(_, at)| *at).min();
+                let next = if schedule.beats.iter().any(|(b, _)| b.progress.asked()) {
+                    Some(now)
+                } else {
+                    schedule.beats.iter().filter_map(|(_, at)| *at).min()
+                };
                 schedule = match next {
                     Some(next) if next <= now => break,
                     Some(next) => {
@@ -276,15 +364,19 @@ fn drive_until_idle(registry: &Registry) {
             schedule
                 .beats
                 .iter()
-                .filter(|(_, at)| at.is_some_and(|at| at <= now))
-                .map(|(beat, _)| beat.clone())
+                .filter(|(b, at)| b.progress.asked() || at.is_some_and(|at| at <= now))
+                .map(|(b, _)| (b.clone(), b.progress.requested.load(Ordering::Relaxed)))
                 .collect()
         };
-        for beat in due {
+        for (beat, ticket) in due {
             #[cfg(test)]
             heartbeats.test.maybe_panic();
             let keep = beat.renew_contained(registry);
             let mut schedule = heartbeats.lock();
+            let progress = &beat.progress;
+            progress.renewals.fetch_add(1, Ordering::Relaxed);
+            progress.served.fetch_max(ticket, Ordering::Relaxed);
+            heartbeats.done.notify_all();
             if keep {
                 let next = Instant::now().checked_add(beat.interval);
                 for (b, at) in schedule.beats.iter_mut() {
@@ -307,12 +399,10 @@ mod tests {
     use crate::blocking::block_on;
     use crate::Registration;
 
-    /// Per-beat test hooks: panics on demand inside a renewal, and counts
-    /// renewals (those that panicked included).
+    /// Per-beat test hook: panics on demand inside a renewal.
     #[derive(Default)]
     pub(super) struct Hooks {
         panics: AtomicUsize,
-        renewals: AtomicUsize,
     }
 
     impl Hooks {
@@ -320,10 +410,6 @@ mod tests {
             if take_one(&self.panics) {
                 panic!("test: renewal panics");
             }
-        }
-
-        pub(super) fn count_renewal(&self) {
-            self.renewals.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -372,10 +458,11 @@ mod tests {
         block_on(Registration::register(registry, fields, interval)).unwrap()
     }
 
-    /// Waits up to 10 s for `check`.
+    /// Waits for `check`, giving up after 60 s (only so that a failing test
+    /// ends: what the tests assert is `check`, never the time it took).
     fn eventually(mut check: impl FnMut() -> bool) -> bool {
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(10) {
+        while start.elapsed() < Duration::from_secs(60) {
             if check() {
                 return true;
             }
@@ -384,8 +471,8 @@ mod tests {
         false
     }
 
-    fn renewals(guard: &Registration) -> usize {
-        guard.beat.test.renewals.load(Ordering::SeqCst)
+    fn renewals(guard: &Registration) -> u64 {
+        guard.renewals()
     }
 
     /// Issue: a panic in a renewal killed the driver thread with `running`

@@ -125,6 +125,35 @@ impl Registration {
             .await
     }
 
+    /// Test hook: how many renewals of this registration the heartbeat
+    /// driver has finished, whatever their outcome. Lets tests wait for
+    /// beats instead of sleeping.
+    #[doc(hidden)]
+    pub fn renewals(&self) -> u64 {
+        self.registry.inner.heartbeats.renewals(&self.beat)
+    }
+
+    /// Test hook: waits until the driver has finished `n` renewals of this
+    /// registration, its heartbeat has stopped (superseded or ended), or
+    /// `within` has passed; returns [`Registration::renewals`].
+    #[doc(hidden)]
+    pub fn wait_for_renewals(&self, n: u64, within: Duration) -> u64 {
+        self.registry
+            .inner
+            .heartbeats
+            .wait_for_renewals(&self.beat, n, within)
+    }
+
+    /// Test hook: has the driver renew this registration now, out of
+    /// schedule, and waits until a renewal that began after this call has
+    /// finished, or the heartbeat has stopped (superseded or ended). False
+    /// only when `within` passed first. The next scheduled renewal comes one
+    /// interval after this one.
+    #[doc(hidden)]
+    pub fn beat_now(&self, within: Duration) -> bool {
+        self.registry.inner.heartbeats.beat_now(&self.beat, within)
+    }
+
     /// Ends the heartbeat, waiting for a renewal in flight.
     fn stop_heartbeat(&mut self) {
         self.beat.lock().active = false;

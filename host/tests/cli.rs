@@ -306,21 +306,31 @@ fn text_output_cannot_be_forged_by_stored_fields() {
 }
 
 /// A failed stdout is an I/O error (exit 3), never a panic; a reader that
-/// stops early (`| head`) ends the command quietly.
+/// stops early (`| head`) ends the command quietly: exit 0, nothing on
+/// stderr. Each write here is made to fail: `/dev/full` refuses every byte,
+/// a pipe whose reading end is closed refuses the first, and a listing far
+/// larger than a pipe holds cannot fit in one whose reader left after the
+/// first line.
 #[test]
 fn a_failing_stdout_is_reported_not_a_panic() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("data");
     let d = d.to_str().unwrap();
+    // 200 rows of over 2,000 bytes each: 400 KB, where a pipe holds 64 KiB.
+    let url = format!("http://127.0.0.1:1/{}", "p".repeat(2000));
     for i in 0..200 {
         let id = format!("a{i}");
-        assert!(cli(
-            tmp.path(),
-            &["--data-dir", d, "write", &id, "--url", "u", "--block", "b"]
-        )
-        .status
-        .success());
+        let args = ["--data-dir", d, "write", &id, "--url", &url, "--block", "b"];
+        assert!(cli(tmp.path(), &args).status.success());
     }
+    let listing = cli(tmp.path(), &["--data-dir", d, "list"]);
+    assert!(listing.status.success(), "{}", stderr(&listing));
+    assert!(listing.stdout.len() > 4 << 16, "{}", listing.stdout.len());
+    let list = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"));
+        command.args(["--data-dir", d, "list"]);
+        command
+    };
     if std::path::Path::new("/dev/full").exists() {
         for args in [
             &["--data-dir", d, "list"][..],
@@ -336,16 +346,37 @@ fn a_failing_stdout_is_reported_not_a_panic() {
             assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
         }
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))
-        .args(["--data-dir", d, "list"])
+    let quiet = |out: Output, case: &str| {
+        assert_eq!(
+            (out.status.code(), stderr(&out).as_str()),
+            (Some(0), ""),
+            "{case}"
+        );
+    };
+
+    // The reading end is closed before the command starts.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = list().stdout(writer).output().unwrap();
+    quiet(out, "no reader at all");
+
+    // The reader takes the first line, then goes away.
+    let mut child = list()
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with("AGENT "), "{first}");
+    quiet(
+        child.wait_with_output().unwrap(),
+        "a reader that left early",
+    );
 }
 
 /// A sweep that could not remove everything says so: the result line, then

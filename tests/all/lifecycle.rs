@@ -2,15 +2,15 @@
 //! restore a swept entry and stop only when superseded, liveness that never
 //! calls an invisible owner dead, and a replaced data dir.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agentmux_registry::blocking;
 #[cfg(target_os = "linux")]
 use agentmux_registry::liveness::{owner_liveness, pid_namespace, Liveness};
 use agentmux_registry::{EntryFields, Error, Owner, Registration, Registry, Renewal};
-use agentmux_registry_tests::fields;
+use agentmux_registry_tests::{fields, wait_past_ms, GIVE_UP_AFTER};
 #[cfg(target_os = "linux")]
-use agentmux_registry_tests::{now_ms, SeedEntry};
+use agentmux_registry_tests::{now_ms, run_alone_in_a_child, SeedEntry};
 
 fn open() -> (tempfile::TempDir, Registry) {
     let tmp = tempfile::tempdir().unwrap();
@@ -25,23 +25,11 @@ fn with_token(agent_id: &str, token: &str) -> EntryFields {
     }
 }
 
-/// Polls `check` for up to `limit`.
-async fn eventually(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn renew_refreshes_restores_and_yields_to_other_registrations() {
     let (tmp, registry) = open();
     let first = registry.write(with_token("r", "t1")).await.unwrap();
-    std::thread::sleep(Duration::from_millis(5));
+    wait_past_ms(first.updated_at);
 
     assert_eq!(
         registry.renew(with_token("r", "t1")).await.unwrap(),
@@ -122,30 +110,45 @@ async fn remove_owned_needs_the_registration_token_to_match() {
 }
 
 /// Issue: a heartbeat that found its entry swept (owner stalled past the sweep
-/// age) stopped for good. Now it restores the entry within one beat.
+/// age) stopped for good. Now its next renewal restores the entry, and it
+/// goes on beating.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_registration_swept_away_is_restored_within_a_beat() {
     let (_tmp, registry) = open();
-    let beat = Duration::from_millis(100);
+    // Never due on its own: each renewal here is asked for (`beat_now`), so
+    // no renewal can meet the sweeps below.
     let guard = Registration::register(
         &registry,
         fields("swept", "http://127.0.0.1:1", "b", 0, "k"),
-        beat,
+        Duration::from_secs(3600),
     )
     .await
     .unwrap();
-    // Another instance's sweep takes the entry away (as after a long stall).
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    assert_eq!(registry.cleanup_stale(Duration::ZERO).await.unwrap(), 1);
-    assert_eq!(registry.lookup("swept").await.unwrap(), None);
-    let back = eventually(Duration::from_secs(3), async || {
-        registry.lookup("swept").await.unwrap().is_some()
-    })
-    .await;
-    assert!(back, "the heartbeat restored the entry");
-    let entry = registry.lookup("swept").await.unwrap().unwrap();
-    assert_eq!(entry.registration.as_deref(), Some(guard.token()));
-    assert!(!guard.is_superseded());
+    let mut stamped = guard.entry().updated_at;
+    for round in 0..2 {
+        // Another instance's sweep takes the entry away (as after a long stall).
+        wait_past_ms(stamped);
+        assert_eq!(
+            registry.cleanup_stale(Duration::ZERO).await.unwrap(),
+            1,
+            "round {round}"
+        );
+        assert_eq!(registry.lookup("swept").await.unwrap(), None);
+        assert!(guard.beat_now(GIVE_UP_AFTER), "round {round}");
+        let entry = registry
+            .lookup("swept")
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("round {round}: the next renewal restored the entry"));
+        assert_eq!(entry.registration.as_deref(), Some(guard.token()));
+        assert!(!guard.is_superseded());
+        assert_eq!(
+            registry.heartbeat_count(),
+            1,
+            "round {round}: still beating"
+        );
+        stamped = entry.updated_at;
+    }
     drop(guard);
     assert_eq!(registry.lookup("swept").await.unwrap(), None);
 }
@@ -172,10 +175,22 @@ async fn two_registrations_of_one_id_in_one_process_never_confuse_each_other() {
     .unwrap();
     assert_ne!(older.token(), newer.token());
     assert_eq!(older.entry().pid, newer.entry().pid);
-    let superseded = eventually(Duration::from_secs(3), async || older.is_superseded()).await;
-    assert!(superseded, "the older registration's heartbeat stopped");
+    // The older's next renewal finds the newer's entry.
+    assert!(older.beat_now(GIVE_UP_AFTER));
+    assert!(
+        older.is_superseded(),
+        "the older registration's heartbeat stopped"
+    );
     drop(older);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let entry = registry.lookup("twin").await.unwrap();
+    assert_eq!(
+        entry.and_then(|e| e.registration),
+        Some(newer.token().to_string()),
+        "dropping the older left the newer's entry"
+    );
+    // The newer goes on beating, and its entry stays its own.
+    let then = newer.renewals();
+    assert!(newer.wait_for_renewals(then + 2, GIVE_UP_AFTER) >= then + 2);
     let entry = registry
         .lookup("twin")
         .await
@@ -198,14 +213,17 @@ fn a_fast_heartbeat_never_overwrites_a_successor() {
     for trial in 0..100 {
         let id = format!("race-{trial}");
         let guard = blocking_register(&async_registry, &id, Duration::from_millis(1));
-        std::thread::sleep(Duration::from_millis(2));
+        // The heartbeat is beating: the write below races its renewals.
+        assert!(guard.wait_for_renewals(1, GIVE_UP_AFTER) >= 1);
         let successor = EntryFields {
             registration: Some(format!("successor-{trial}")),
             ..fields(&id, "http://127.0.0.1:2", "b", 1, "new")
         };
         registry.write(successor).unwrap();
-        // Give the predecessor's heartbeat many beats to misbehave.
-        std::thread::sleep(Duration::from_millis(10));
+        // A renewal that began after the write has finished: it found the
+        // successor's entry and stopped the heartbeat.
+        assert!(guard.beat_now(GIVE_UP_AFTER));
+        assert!(guard.is_superseded(), "trial {trial}: still beating");
         let entry = registry
             .lookup(&id)
             .unwrap()
@@ -247,17 +265,9 @@ fn one_heartbeat_driver_serves_every_registration() {
             .block_on(many_registrations_one_driver());
         return;
     }
-    let name = "lifecycle::one_heartbeat_driver_serves_every_registration";
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD, "1")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_alone_in_a_child(
+        "lifecycle::one_heartbeat_driver_serves_every_registration",
+        CHILD,
     );
 }
 
@@ -274,24 +284,24 @@ async fn many_registrations_one_driver() {
         );
     }
     assert_eq!(registry.heartbeat_count(), 50);
-    let drivers = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|comm| comm.trim_end() == "agentmux-beat")
-        .count();
-    assert_eq!(drivers, 1, "heartbeat threads for 50 registrations");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    for i in 0..50 {
-        // A renewal leaves the name absent for microseconds (see README):
-        // look again if a lookup lands in that window.
-        let id = format!("many-{i}");
-        let renewed = eventually(Duration::from_secs(2), async || {
-            let entry = registry.lookup(&id).await.unwrap();
-            entry.is_some_and(|e| now_ms() - e.updated_at < 1_000)
-        })
-        .await;
-        assert!(renewed, "{id} is renewed");
+    let drivers = || {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim_end() == "agentmux-beat")
+            .count()
+    };
+    assert_eq!(drivers(), 1, "heartbeat threads for 50 registrations");
+    // That one thread renews each on its schedule, each renewal at least an
+    // interval after the registration's write.
+    for guard in &guards {
+        let id = &guard.entry().agent_id;
+        assert!(guard.wait_for_renewals(2, GIVE_UP_AFTER) >= 2, "{id}");
+        let entry = registry.lookup(id).await.unwrap().expect(id);
+        assert_eq!(entry.registration.as_deref(), Some(guard.token()), "{id}");
+        assert!(entry.updated_at > guard.entry().updated_at, "{id} renewed");
     }
+    assert_eq!(drivers(), 1, "heartbeat threads after the beats");
     guards.clear();
     assert_eq!(registry.heartbeat_count(), 0);
     assert!(registry.list().await.unwrap().is_empty());

@@ -26,8 +26,12 @@ fn a_call_that_never_returns_is_stopped_at_its_deadline() {
         matches!(err, Error::Timeout(t) if t == Duration::from_millis(300)),
         "{err}"
     );
+    // Never before the deadline (that holds on any machine). The upper bound
+    // leaves a busy machine more than ten times the deadline, yet stays
+    // below the 5 s bound instantiation runs under and the 30 s default:
+    // only the deadline asked for stops the call this early.
     assert!(
-        took >= Duration::from_millis(300) && took < Duration::from_secs(5),
+        took >= Duration::from_millis(300) && took < Duration::from_secs(4),
         "took {took:?}"
     );
     // The trapped instance was discarded; the next call gets a fresh one.

@@ -11,7 +11,7 @@ use agentmux_registry::liveness::{
 use agentmux_registry::{Registration, Registry};
 #[cfg(target_os = "linux")]
 use agentmux_registry_tests::SeedEntry;
-use agentmux_registry_tests::{fields, now_ms};
+use agentmux_registry_tests::{fields, now_ms, wait_until, GIVE_UP_AFTER};
 
 fn open() -> (tempfile::TempDir, Registry) {
     let tmp = tempfile::tempdir().unwrap();
@@ -19,36 +19,74 @@ fn open() -> (tempfile::TempDir, Registry) {
     (tmp, registry)
 }
 
+/// Sets the stored `updated_at` of `agent_id` to `ms`, as a stalled owner's
+/// entry would have aged, leaving everything else as it is.
+fn age(tmp: &tempfile::TempDir, agent_id: &str, ms: u64) -> std::io::Result<()> {
+    let path = tmp.path().join(format!("agents/{agent_id}.json"));
+    let mut raw: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    raw["updated_at"] = ms.into();
+    std::fs::write(&path, raw.to_string())
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn the_heartbeat_keeps_the_entry_fresh_and_drop_removes_it() {
-    let (_tmp, registry) = open();
+    let (tmp, registry) = open();
     let guard = Registration::register(
         &registry,
         fields("hb", "http://127.0.0.1:1", "b", 0, "key"),
-        Duration::from_millis(100),
+        Duration::from_millis(20),
     )
     .await
     .unwrap();
     let first = guard.entry().updated_at;
     assert_eq!(guard.entry().pid, std::process::id());
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    // Two beats on the driver's own schedule, each at least an interval
+    // after the write.
+    assert!(
+        guard.wait_for_renewals(2, GIVE_UP_AFTER) >= 2,
+        "no heartbeat"
+    );
     // Looked up from the blocking side while the heartbeat runs.
     let blocking = agentmux_registry::blocking::Registry::from(registry.clone());
     let now = blocking.lookup("hb").unwrap().expect("the entry");
+    assert_eq!(now.registration.as_deref(), Some(guard.token()));
     assert!(
-        now.updated_at >= first + 200,
+        now.updated_at > first,
         "refreshed: {first} -> {}",
         now.updated_at
     );
-    // A sweep shorter than the registration's age but longer than the
-    // heartbeat leaves it alone.
+
+    // The entry aged an hour, as after a long stall of its owner, beside a
+    // plain entry just as old. (A renewal may replace the file while it is
+    // aged, or Windows refuse to write it while a renewal reads it: age it
+    // again until a lookup sees it aged.)
+    let hour_ago = now_ms() - 3_600_000;
+    assert!(wait_until(|| {
+        age(&tmp, "hb", hour_ago).is_ok()
+            && blocking
+                .lookup("hb")
+                .unwrap()
+                .is_some_and(|e| e.updated_at == hour_ago)
+    }));
+    registry
+        .write(fields("plain", "http://127.0.0.1:2", "b", 0, "k"))
+        .await
+        .unwrap();
+    age(&tmp, "plain", hour_ago).unwrap();
+    // The next renewal makes it fresh again: a sweep of entries older than
+    // a minute takes only the plain one.
+    assert!(guard.beat_now(GIVE_UP_AFTER), "no heartbeat");
+    let renewed = registry.lookup("hb").await.unwrap().expect("the entry");
+    assert!(renewed.updated_at >= now.updated_at, "{renewed:?}");
     assert_eq!(
         registry
-            .cleanup_stale(Duration::from_millis(300))
+            .cleanup_stale(Duration::from_secs(60))
             .await
             .unwrap(),
-        0
+        1
     );
+    assert_eq!(registry.lookup("plain").await.unwrap(), None);
+    assert!(registry.lookup("hb").await.unwrap().is_some());
 
     drop(guard);
     assert_eq!(registry.lookup("hb").await.unwrap(), None);
@@ -60,7 +98,7 @@ async fn drop_and_heartbeat_leave_a_successors_registration_alone() {
     let guard = Registration::register(
         &registry,
         fields("succ", "http://127.0.0.1:1", "b", 0, "old-key"),
-        Duration::from_millis(50),
+        Duration::from_millis(20),
     )
     .await
     .unwrap();
@@ -75,17 +113,21 @@ async fn drop_and_heartbeat_leave_a_successors_registration_alone() {
         ))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The first renewal that began after that write finds the successor's
+    // entry: the heartbeat stops and leaves it.
+    assert!(guard.beat_now(GIVE_UP_AFTER));
+    assert!(guard.is_superseded());
+    assert_eq!(registry.heartbeat_count(), 0, "its heartbeat stopped");
     assert_eq!(
         registry.lookup("succ").await.unwrap().unwrap().auth_key,
         "new-key",
         "heartbeat did not take it back"
     );
-    assert!(guard.is_superseded());
     drop(guard);
+    let left = registry.lookup("succ").await.unwrap();
     assert_eq!(
-        registry.lookup("succ").await.unwrap().unwrap().auth_key,
-        "new-key",
+        left.map(|e| e.auth_key).as_deref(),
+        Some("new-key"),
         "drop did not remove it"
     );
 }
@@ -227,16 +269,16 @@ async fn any_heartbeat_interval_is_accepted() {
     .await
     .unwrap();
     assert_eq!(registry.heartbeat_count(), 4);
-    // The short one is still driven: its entry comes back within a beat.
+    // The short one is still driven on its own schedule: the renewals after
+    // its entry was removed restore it (the first may have begun before).
     assert!(registry.remove("short").await.unwrap());
-    let start = std::time::Instant::now();
-    while registry.lookup("short").await.unwrap().is_none() {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the short heartbeat stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let then = short.renewals();
+    assert!(
+        short.wait_for_renewals(then + 2, GIVE_UP_AFTER) >= then + 2,
+        "the short heartbeat stopped"
+    );
+    assert!(registry.lookup("short").await.unwrap().is_some());
+    assert!(guards.iter().all(|g| g.renewals() == 0), "never due");
     for (i, guard) in guards.iter().enumerate() {
         assert!(!guard.is_superseded());
         let id = format!("long-{i}");

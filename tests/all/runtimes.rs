@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use agentmux_registry::{blocking, compat, Registry};
-use agentmux_registry_tests::fields;
+use agentmux_registry_tests::{fields, run_alone_in_a_child, wait_past_ms};
 
 async fn exercise_async(registry: &Registry) {
     registry
@@ -72,8 +72,18 @@ async fn blocking_calls_inside_a_current_thread_runtime() {
     exercise_blocking(&blocking::Registry::open(tmp.path()).unwrap());
 }
 
+/// `compat::init_local_auth_key` sets process-wide state (the first call
+/// wins), so this runs alone in a child process: its first call is the first
+/// of its process, whatever other tests of this binary did or will do.
 #[tokio::test(flavor = "current_thread")]
 async fn compat_api_inside_a_runtime_keeps_the_seed_semantics() {
+    const CHILD: &str = "AGENTMUX_TEST_COMPAT_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        return run_alone_in_a_child(
+            "runtimes::compat_api_inside_a_runtime_keeps_the_seed_semantics",
+            CHILD,
+        );
+    }
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path();
     compat::init_local_auth_key("first-key");
@@ -83,8 +93,9 @@ async fn compat_api_inside_a_runtime_keeps_the_seed_semantics() {
     assert_eq!(entry.auth_key, "first-key", "the first init wins");
     assert_eq!(entry.pid, std::process::id());
     assert_eq!(entry.block_id, "blk");
-    // Entries written in the same millisecond as the sweep still count as fresh.
-    std::thread::sleep(Duration::from_millis(5));
+    // Entries written in the same millisecond as the sweep still count as
+    // fresh: sweep once the clock has moved on.
+    wait_past_ms(entry.updated_at);
     compat::cleanup_stale(data_dir, 0);
     assert!(
         compat::lookup(data_dir, "compat-1").is_none(),

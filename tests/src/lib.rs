@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agentmux_registry::blocking::Registry;
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,50 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// How long a test waits for something that must happen before giving up.
+/// Only a guard, so that a failing test ends instead of hanging: tests assert
+/// what happened (counts, states), never how long it took.
+pub const GIVE_UP_AFTER: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it holds (true), or [`GIVE_UP_AFTER`] (false).
+pub fn wait_until(mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if start.elapsed() > GIVE_UP_AFTER {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until the wall clock has moved past `ms` (Unix milliseconds), so
+/// that an entry stamped `ms` is older than a sweep's maximum age of zero.
+pub fn wait_past_ms(ms: u64) {
+    assert!(wait_until(|| now_ms() > ms), "the clock stands at {ms}");
+}
+
+/// Runs the test `name` (its full path, e.g. `module::test`) of the current
+/// test binary alone in a child process, with `env` set to `1` there, and
+/// fails unless it passed. For tests that need a process of their own:
+/// counting its threads, or process-wide state that must start out unset.
+/// The test checks `env` to tell that it is the child.
+pub fn run_alone_in_a_child(name: &str, env: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(env, "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "{name} in a child process: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A temp dir holding a data dir (`data/`, with `data/agents/`) and files
