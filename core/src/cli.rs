@@ -142,7 +142,13 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     })
 }
 
-/// A command line split into its flag, its options and its positional words.
+/// The options that take a value.
+const VALUE_OPTIONS: [&str; 5] = ["--url", "--block", "--pid", "--auth-key", "--max-age-ms"];
+
+/// A command line split into its flag, its options and its positional words,
+/// by the conventions the host CLI's parser (clap) follows: `--name value` or
+/// `--name=value`, each option at most once, a value never taken from what
+/// looks like an option, and `--` ending the options.
 struct Line {
     json: bool,
     positional: Vec<String>,
@@ -158,24 +164,46 @@ impl Line {
         };
         let mut rest = args.iter();
         while let Some(arg) = rest.next() {
-            match arg.as_str() {
-                "--json" => line.json = true,
-                "--url" | "--block" | "--pid" | "--auth-key" | "--max-age-ms" => {
-                    let value = rest.next().ok_or_else(|| format!("{arg} needs a value"))?;
-                    line.options.push((arg.clone(), value.clone()));
+            let (name, inline) = match arg.split_once('=') {
+                Some((name, value)) if name.starts_with("--") => (name, Some(value)),
+                _ => (arg.as_str(), None),
+            };
+            match name {
+                "--" => {
+                    line.positional.extend(rest.cloned());
+                    break;
                 }
-                flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
+                "--json" if inline.is_none() => {
+                    if line.json {
+                        return Err("--json given twice".into());
+                    }
+                    line.json = true;
+                }
+                _ if VALUE_OPTIONS.contains(&name) => {
+                    let value = match inline {
+                        Some(value) => value,
+                        None => rest
+                            .next()
+                            .map(String::as_str)
+                            .filter(|v| !looks_like_an_option(v))
+                            .ok_or_else(|| format!("{name} needs a value"))?,
+                    };
+                    if line.options.iter().any(|(n, _)| n == name) {
+                        return Err(format!("{name} given twice"));
+                    }
+                    line.options.push((name.to_owned(), value.to_owned()));
+                }
+                _ if looks_like_an_option(arg) => return Err(format!("unknown option {arg}")),
                 _ => line.positional.push(arg.clone()),
             }
         }
         Ok(line)
     }
 
-    /// The last value given for option `name`.
+    /// The value given for option `name`.
     fn option(&self, name: &str) -> Option<&str> {
         self.options
             .iter()
-            .rev()
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     }
@@ -212,6 +240,13 @@ impl Line {
             _ => Err(format!("{command} takes no arguments")),
         }
     }
+}
+
+/// An argument the parser reads as an option (or a mistyped one), never as
+/// a value or an id: it starts with `-` and is not just `-`. An id that
+/// starts with `-` is given after `--`.
+fn looks_like_an_option(arg: &str) -> bool {
+    arg.starts_with('-') && arg != "-"
 }
 
 /// What [`dispatch`] needs of a registry: the component's own store, or the
@@ -300,10 +335,11 @@ pub fn dispatch<B: Backend>(
                 Some(entry) => writeln!(out, "{}", found(&entry, json, backend.now_ms()))?,
                 None => {
                     let (stdout, why) = not_found(&agent_id, json);
+                    // The outcome decides the exit status, whether or not the
+                    // output could be written.
                     if let Some(stdout) = stdout {
-                        writeln!(out, "{stdout}")?;
+                        let _ = writeln!(out, "{stdout}").and_then(|()| out.flush());
                     }
-                    out.flush()?;
                     return Ok(Outcome::NotFound(why));
                 }
             }
@@ -320,12 +356,14 @@ pub fn dispatch<B: Backend>(
             let progress = backend
                 .cleanup(max_age_ms, dead_owners)
                 .map_err(Failure::Registry)?;
-            writeln!(out, "{}", cleaned(progress.removed, json))?;
+            let written =
+                writeln!(out, "{}", cleaned(progress.removed, json)).and_then(|()| out.flush());
             if progress.failed > 0 {
-                out.flush()?;
+                // As for a missing entry: the outcome decides the exit status.
                 let why = sweep_failures(progress.failed, progress.first_failure.as_deref());
-                return Ok(Outcome::Incomplete(printable(&why).into_owned()));
+                return Ok(Outcome::Incomplete(terminal_safe(&why).into_owned()));
             }
+            written?;
         }
     }
     out.flush()?;
@@ -355,6 +393,25 @@ pub fn is_invisible(c: char) -> bool {
                 | '\u{e0001}'
                 | '\u{e0020}'..='\u{e007f}'
         )
+}
+
+/// A diagnostic safe to print on a terminal: invisible characters (see
+/// [`is_invisible`]) are escaped as `\u{…}`, and nothing else is. For
+/// messages whose quoted values are already escaped (the registry's errors
+/// quote names and ids with Rust's `{:?}`), so they are not escaped twice.
+pub fn terminal_safe(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(is_invisible) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_invisible(c) {
+            out += &format!("\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// `s` safe to print on a terminal: invisible characters (see

@@ -38,6 +38,20 @@ pub struct SweepProgress {
     pub done: bool,
 }
 
+impl SweepProgress {
+    /// Adds the totals of `later`, a pass that ran after this one; the first
+    /// failure stays the earliest.
+    pub fn add(&mut self, later: SweepProgress) {
+        self.examined += later.examined;
+        self.removed += later.removed;
+        self.failed += later.failed;
+        if self.first_failure.is_none() {
+            self.first_failure = later.first_failure;
+        }
+        self.done = later.done;
+    }
+}
+
 /// Writes `From` impls between two types of the same shape: records whose
 /// fields have the same names (each converted with `Into`), or enums whose
 /// unit cases have the same names. Each side of the contract lists every

@@ -112,9 +112,12 @@ impl exports::wasi::cli::run::Guest for Registry {
                 Err(())
             }
             Err(cli::Failure::Registry(e)) => {
-                eprintln!("registry: {e}");
+                eprintln!("registry: {}", cli::terminal_safe(&e.to_string()));
                 Err(())
             }
+            // The reader went away (`... | head`): nothing more to say, as
+            // the host CLI.
+            Err(cli::Failure::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
             Err(cli::Failure::Output(e)) => {
                 eprintln!("registry: writing the output: {e}");
                 Err(())

@@ -97,6 +97,11 @@ impl Registry {
         block_on(self.inner.cleanup_dead_owners())
     }
 
+    /// See [`crate::Registry::sweep_dead_owners`].
+    pub fn sweep_dead_owners(&self) -> Result<SweepProgress, Error> {
+        block_on(self.inner.sweep_dead_owners())
+    }
+
     /// See [`crate::Registry::entry_file_name`].
     pub fn entry_file_name(&self, agent_id: &str) -> Result<String, Error> {
         block_on(self.inner.entry_file_name(agent_id))

@@ -82,7 +82,7 @@ fn registry(data_dir: &Path) -> Option<Registry> {
             Some(registry)
         }
         Err(e) => {
-            tracing::error!(data_dir = %data_dir.display(), "agent registry unavailable: {e}");
+            tracing::error!(data_dir = %data_dir.display(), "agent registry unavailable: {}", e.with_causes());
             None
         }
     }
@@ -90,7 +90,7 @@ fn registry(data_dir: &Path) -> Option<Registry> {
 
 fn log_error<T>(op: &str, agent_id: &str, result: Result<T, crate::Error>) -> Option<T> {
     result
-        .map_err(|e| tracing::error!(agent_id, "agent registry {op} failed: {e}"))
+        .map_err(|e| tracing::error!(agent_id, "agent registry {op} failed: {}", e.with_causes()))
         .ok()
 }
 

@@ -108,7 +108,7 @@ impl Beat {
             }
             // A passing failure: try again next beat.
             Err(e) => {
-                log(|| tracing::warn!(agent_id, "heartbeat failed: {e}"));
+                log(|| tracing::warn!(agent_id, "heartbeat failed: {}", e.with_causes()));
                 true
             }
         }

@@ -92,8 +92,9 @@ pub enum Error {
     /// The component's file-system work failed.
     #[error("{}", agentmux_registry_core::Error::describe(ErrorKind::Io, .0))]
     Io(String),
-    /// The host could not create, open or adjust the agents directory.
-    #[error("agents directory {}: {source}", path.display())]
+    /// The host could not create, open or adjust the data dir, its agents
+    /// directory or an entry file's mode (`path` says which).
+    #[error("cannot use {}", path.display())]
     Directory {
         /// The path concerned.
         path: PathBuf,
@@ -143,6 +144,15 @@ pub enum Error {
         #[source]
         source: std::sync::Arc<std::io::Error>,
     },
+}
+
+impl Error {
+    /// This error and each of its causes, joined by ": ", for a log line or
+    /// a message to a person. (Its `Display` shows this error alone; its
+    /// causes follow through [`std::error::Error::source`].)
+    pub fn with_causes(&self) -> String {
+        agentmux_registry_core::cli::with_causes(self)
+    }
 }
 
 /// A failure reported by wasmtime, the cause of [`Error::Setup`] and

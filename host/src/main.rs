@@ -88,7 +88,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!(
                 "agentmux-registry: {}",
-                cli::printable(&cli::with_causes(&*e))
+                cli::terminal_safe(&cli::with_causes(&*e))
             );
             ExitCode::from(EXIT_FAILED)
         }
@@ -157,7 +157,7 @@ impl cli::Backend for Host {
             eprint!("\r\x1b[K");
         }
         if dead_owners {
-            last.removed += self.0.cleanup_dead_owners()?;
+            last.add(self.0.sweep_dead_owners()?);
         }
         Ok(last)
     }
@@ -240,6 +240,12 @@ mod tests {
             "list",
             "cleanup",
             "cleanup --max-age-ms 5",
+            "cleanup --max-age-ms=5",
+            "write a --url=u --block=b --pid=3",
+            "write a --url u=v --block b",
+            "lookup -- -x",
+            "write --url u --block b -- -x",
+            "lookup -",
         ] {
             let parsed = host(line);
             assert!(parsed.is_some(), "{line:?}");
@@ -256,6 +262,14 @@ mod tests {
             "lookup a1 --url u",
             "list --verbose",
             "cleanup --max-age-ms -1",
+            "write a --url u --url v --block b",
+            "--json --json list",
+            "write a --url --json --block b",
+            "write a --url -x --block b",
+            "write -x --url u --block b",
+            "lookup -x",
+            "list --json=yes",
+            "lookup a b --",
         ] {
             assert_eq!(host(line), None, "{line:?}");
             assert_eq!(component(line), None, "{line:?}");

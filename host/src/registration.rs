@@ -170,7 +170,7 @@ impl Drop for Registration {
             if let Err(e) = result {
                 // A panicking subscriber must not turn a drop into a panic.
                 log(
-                    || tracing::warn!(agent_id = %self.entry.agent_id, "removing the registration failed: {e}"),
+                    || tracing::warn!(agent_id = %self.entry.agent_id, "removing the registration failed: {}", e.with_causes()),
                 );
             }
         }

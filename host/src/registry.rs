@@ -318,22 +318,48 @@ impl Registry {
 
     /// Removes every entry whose owning process is provably dead, each by
     /// compare-and-remove (so an entry re-registered meanwhile stays).
-    /// Returns how many were removed.
+    /// Returns how many were removed, or the error of the first entry that
+    /// could not be removed (after trying every other one).
     pub async fn cleanup_dead_owners(&self) -> Result<u64, Error> {
-        let mut removed = 0;
+        let (progress, first_error) = self.dead_owner_pass().await?;
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(progress.removed),
+        }
+    }
+
+    /// [`Registry::cleanup_dead_owners`], reporting entries it could not
+    /// remove instead of failing: they are counted in `failed` (the first
+    /// one's reason in `first_failure`) and left for the next pass. Only an
+    /// error that ends the pass (listing failed) is returned.
+    pub async fn sweep_dead_owners(&self) -> Result<SweepProgress, Error> {
+        Ok(self.dead_owner_pass().await?.0)
+    }
+
+    async fn dead_owner_pass(&self) -> Result<(SweepProgress, Option<Error>), Error> {
+        let mut progress = SweepProgress::default();
+        let mut first_error = None;
         let mut listing = self.listing();
         while let Some(batch) = listing.next_batch().await? {
             for entry in batch {
-                if owner_liveness(&entry) == Liveness::Dead
-                    && self
-                        .remove_owned(&entry.agent_id, &Owner::of(&entry))
-                        .await?
-                {
-                    removed += 1;
+                progress.examined += 1;
+                if owner_liveness(&entry) != Liveness::Dead {
+                    continue;
+                }
+                match self.remove_owned(&entry.agent_id, &Owner::of(&entry)).await {
+                    Ok(removed) => progress.removed += u64::from(removed),
+                    Err(e) => {
+                        progress.failed += 1;
+                        progress
+                            .first_failure
+                            .get_or_insert_with(|| e.with_causes());
+                        first_error.get_or_insert(e);
+                    }
                 }
             }
         }
-        Ok(removed)
+        progress.done = true;
+        Ok((progress, first_error))
     }
 
     /// The name of `agent_id`'s entry file inside [`Registry::agents_dir`].

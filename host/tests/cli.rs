@@ -379,6 +379,17 @@ fn a_failing_stdout_is_reported_not_a_panic() {
     );
 }
 
+/// A test that cannot run here (it needs root, or `chattr`) is skipped with a
+/// note, unless `AGENTMUX_REQUIRE_ROOT=1` (as `.ci/run` sets), which makes it
+/// a failure.
+#[cfg(target_os = "linux")]
+fn skip_unless_required(why: &str) {
+    if std::env::var("AGENTMUX_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
+        panic!("cannot run, and AGENTMUX_REQUIRE_ROOT=1 requires it: {why}");
+    }
+    eprintln!("note: skipped: {why}");
+}
+
 /// A sweep that could not remove everything says so: the result line, then
 /// the reason on stderr, and exit code 3.
 #[cfg(target_os = "linux")]
@@ -406,7 +417,7 @@ fn cleanup_that_could_not_remove_a_stale_entry_fails_with_the_reason() {
     };
     // Immutable: not even root can rename or unlink it.
     if !chattr("+i") {
-        eprintln!("note: skipped: cannot make a file immutable here (needs root and chattr)");
+        skip_unless_required("cannot make a file immutable here (needs root and chattr)");
         return;
     }
     let out = cli(
@@ -432,7 +443,7 @@ fn cleanup_that_could_not_remove_a_stale_entry_fails_with_the_reason() {
 fn another_users_unreadable_entries_are_skipped_without_waiting() {
     use std::os::unix::fs::{chown, PermissionsExt};
     if !rustix::process::geteuid().is_root() {
-        eprintln!("note: skipped: needs root to make another user's files");
+        skip_unless_required("needs root to make another user's files");
         return;
     }
     const USER: u32 = 4243;
@@ -564,4 +575,110 @@ fn a_write_from_another_time_namespace_never_makes_a_live_owner_dead() {
     owner.kill().unwrap();
     let _ = owner.wait();
     assert!(found.status.success(), "the live owner's entry was removed");
+}
+
+/// `cleanup --dead-owners` that could not remove a dead owner's entry says
+/// so as a sweep does: how many it removed (the malformed file beside it),
+/// then on stderr how many it could not remove and why, and exit code 3.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_dead_owner_entry_that_cannot_be_removed_is_reported_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.to_str().unwrap();
+    // Written while its owner runs (so its start time and pid namespace are
+    // recorded), then the owner ends.
+    let mut owner = Command::new("sleep").arg("1000").spawn().unwrap();
+    let pid = owner.id().to_string();
+    let args = [
+        "--data-dir",
+        d,
+        "write",
+        "dead",
+        "--url",
+        "u",
+        "--block",
+        "b",
+        "--pid",
+        &pid,
+    ];
+    assert!(cli(tmp.path(), &args).status.success());
+    owner.kill().unwrap();
+    owner.wait().unwrap();
+    std::fs::write(data.join("agents/bad.json"), "junk").unwrap();
+    let stuck = data.join("agents/dead.json");
+    let chattr = |flag: &str| {
+        Command::new("chattr")
+            .arg(flag)
+            .arg(&stuck)
+            .output()
+            .is_ok_and(|out| out.status.success())
+    };
+    if !chattr("+i") {
+        skip_unless_required("cannot make a file immutable here (needs root and chattr)");
+        return;
+    }
+    let out = cli(tmp.path(), &["--data-dir", d, "cleanup", "--dead-owners"]);
+    chattr("-i");
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "removed 1 stale or invalid entries\n");
+    let err = stderr(&out);
+    assert!(
+        err.contains("could not remove 1") && err.contains("dead.json"),
+        "{err}"
+    );
+    // Once it can be removed, it is.
+    let out = cli(
+        tmp.path(),
+        &["--data-dir", d, "--json", "cleanup", "--dead-owners"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "{\"removed\":1}\n");
+}
+
+/// A lookup that finds nothing exits 1 even when its output cannot be
+/// written: the exit status says what happened to the registry, whatever
+/// became of the reader.
+#[test]
+fn a_missing_entry_exits_1_even_when_the_reader_is_gone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))
+        .args([
+            "--data-dir",
+            d.to_str().unwrap(),
+            "--json",
+            "lookup",
+            "nobody",
+        ])
+        .env_remove("AGENTMUX_DATA_HOME")
+        .stdout(writer)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no entry for agent"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// An error is printed with each of its causes once: "what: why".
+#[cfg(unix)]
+#[test]
+fn an_error_prints_each_cause_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let not_a_dir = file.join("data");
+    let out = cli(
+        tmp.path(),
+        &["--data-dir", not_a_dir.to_str().unwrap(), "list"],
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains(&not_a_dir.display().to_string()), "{err}");
+    assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
 }

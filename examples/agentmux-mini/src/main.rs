@@ -683,7 +683,7 @@ async fn run(config: Config) -> Result<(), String> {
         .map_err(|e| format!("cannot read the listening address: {e}"))?;
     let local_url = format!("http://{this_addr}");
     let registry = Registry::open(&config.data_dir)
-        .map_err(|e| format!("cannot open the agent registry: {e}"))?;
+        .map_err(|e| format!("cannot open the agent registry: {}", e.with_causes()))?;
     // Other users who can write the data dir can make the registry unavailable.
     if let Ok(Some(why)) = agentmux_registry::data_dir_warning(&config.data_dir) {
         eprintln!("agentmux-mini: warning: {why}");
@@ -694,11 +694,14 @@ async fn run(config: Config) -> Result<(), String> {
         .cleanup_stale(Duration::from_secs(4 * 3600))
         .await
         .unwrap_or_else(|e| {
-            eprintln!("startup sweep of stale entries failed: {e}");
+            eprintln!("startup sweep of stale entries failed: {}", e.with_causes());
             0
         });
     let dead = registry.cleanup_dead_owners().await.unwrap_or_else(|e| {
-        eprintln!("startup sweep of dead owners' entries failed: {e}");
+        eprintln!(
+            "startup sweep of dead owners' entries failed: {}",
+            e.with_causes()
+        );
         0
     });
     // Before announcing: a SIGTERM right after the announcement is handled.
