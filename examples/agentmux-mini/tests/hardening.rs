@@ -529,6 +529,12 @@ fn idle_and_half_sent_heads_are_closed_after_the_header_timeout() {
             "closed after {:?}, before the timeout",
             started.elapsed()
         );
+        // Well before the default (5 s): the configured timeout was used.
+        assert!(
+            started.elapsed() < Duration::from_millis(4500),
+            "closed after {:?}: the setting was ignored",
+            started.elapsed()
+        );
     }
     // A connection is never left idle after its request either.
     let mut stream = connect(&server.url);
@@ -579,6 +585,12 @@ fn a_half_sent_body_is_closed_after_the_connection_timeout() {
     assert!(
         started.elapsed() >= connection_timeout - Duration::from_millis(100),
         "closed after {:?}, before the timeout",
+        started.elapsed()
+    );
+    // Well before the default (15 s): the configured timeout was used.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "closed after {:?}: the setting was ignored",
         started.elapsed()
     );
     // Without the key, the body is not even waited for.
