@@ -369,11 +369,21 @@ fn an_adopted_dir_holding_files_others_could_change_is_refused() {
     assert!(registry.lookup("mine").unwrap().is_some());
 }
 
+/// A test that cannot run here (it needs root, or `chattr`) is skipped with a
+/// note, unless `AGENTMUX_REQUIRE_ROOT=1` (as `.ci/run` sets), which makes it
+/// a failure.
+fn skip_unless_required(why: &str) {
+    if std::env::var("AGENTMUX_REQUIRE_ROOT").is_ok_and(|v| v == "1") {
+        panic!("cannot run, and AGENTMUX_REQUIRE_ROOT=1 requires it: {why}");
+    }
+    eprintln!("note: skipped: {why}");
+}
+
 /// A data dir holding an empty `agents/`, for a test that gives files to
 /// another user: only root can, so elsewhere `None` (and the test is skipped).
 fn agents_dir_as_root() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     if !rustix::process::geteuid().is_root() {
-        eprintln!("note: skipped: needs root to create another user's file");
+        skip_unless_required("needs root to create another user's file");
         return None;
     }
     let tmp = tempfile::tempdir().unwrap();
@@ -556,7 +566,7 @@ fn a_name_a_sweep_cannot_remove_is_counted_and_explained() {
     fx.write_raw("stuck.json", SeedEntry::new("stuck", 1).to_json());
     fx.write_raw("old.json", SeedEntry::new("old", 1).to_json());
     let Some(_stuck) = Unremovable::set(&fx.path("stuck.json")) else {
-        eprintln!("note: skipped: cannot make a file immutable here (needs root and chattr)");
+        skip_unless_required("cannot make a file immutable here (needs root and chattr)");
         return;
     };
     let mut last = None;
