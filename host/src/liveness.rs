@@ -375,6 +375,7 @@ mod tests {
         }
     }
 
+    #[cfg(any(target_os = "linux", windows))]
     fn exited_pid() -> u32 {
         let mut child = std::process::Command::new(if cfg!(windows) { "cmd" } else { "true" })
             .args(if cfg!(windows) {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use agentmux_registry::blocking::Registry;
 use agentmux_registry::Error;
 use agentmux_registry_tests::{fields, now_ms, owner, Fixture, SeedEntry};
+#[cfg(not(target_vendor = "apple"))]
 use rustix::fs::{mknodat, FileType, Mode, CWD};
 
 /// Runs `f` on another thread and fails the test if it takes over 20 s: a
@@ -39,14 +40,7 @@ fn plant_everything(fx: &Fixture) -> bool {
     std::fs::write(&outside, valid_entry("hard")).unwrap();
     std::fs::hard_link(&outside, fx.path("hard.json")).unwrap();
     // A FIFO: opening it for reading would block until a writer comes.
-    mknodat(
-        CWD,
-        fx.path("fifo.json"),
-        FileType::Fifo,
-        Mode::from_raw_mode(0o600),
-        0,
-    )
-    .unwrap();
+    make_fifo(&fx.path("fifo.json"));
     // A socket.
     let _listener = std::os::unix::net::UnixListener::bind(fx.path("sock.json")).unwrap();
     std::mem::forget(_listener);
@@ -58,15 +52,40 @@ fn plant_everything(fx: &Fixture) -> bool {
     big.extend(std::iter::repeat_n(b' ', 70 * 1024));
     big.push(b'}');
     fx.write_raw("big.json", &big);
-    // A character device (/dev/null's numbers), where permitted.
-    mknodat(
+    make_device(&fx.path("dev.json"))
+}
+
+/// Makes a FIFO at `path` (with the `mkfifo` command on macOS, where rustix
+/// has no `mknodat`).
+fn make_fifo(path: &std::path::Path) {
+    #[cfg(not(target_vendor = "apple"))]
+    mknodat(CWD, path, FileType::Fifo, Mode::from_raw_mode(0o600), 0).unwrap();
+    #[cfg(target_vendor = "apple")]
+    assert!(std::process::Command::new("mkfifo")
+        .args(["-m", "600"])
+        .arg(path)
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// Makes a character device with /dev/null's numbers at `path`, where
+/// permitted (root on Linux); false where it could not.
+fn make_device(path: &std::path::Path) -> bool {
+    #[cfg(not(target_vendor = "apple"))]
+    return mknodat(
         CWD,
-        fx.path("dev.json"),
+        path,
         FileType::CharacterDevice,
         Mode::from_raw_mode(0o600),
         rustix::fs::makedev(1, 3),
     )
-    .is_ok()
+    .is_ok();
+    #[cfg(target_vendor = "apple")]
+    {
+        let _ = path;
+        false
+    }
 }
 
 const PLANTED: &[&str] = &["sym", "hard", "fifo", "sock", "dir", "big", "dev"];

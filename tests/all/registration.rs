@@ -5,6 +5,7 @@ use std::time::Duration;
 
 #[cfg(target_os = "linux")]
 use agentmux_registry::liveness::process_start;
+#[cfg(any(target_os = "linux", windows))]
 use agentmux_registry::liveness::{
     owner_liveness, pid_namespace, should_evict_after_failed_forward, Liveness,
 };
