@@ -318,11 +318,19 @@ fn a_failing_stdout_is_reported_not_a_panic() {
     let d = d.to_str().unwrap();
     // 200 rows of over 2,000 bytes each: 400 KB, where a pipe holds 64 KiB.
     let url = format!("http://127.0.0.1:1/{}", "p".repeat(2000));
+    // Written through the library: 200 process launches are slow under Wine,
+    // and Wine's process creation fails now and then (ERROR_INTERNAL_ERROR).
+    let registry = agentmux_registry::blocking::Registry::open(d).unwrap();
     for i in 0..200 {
-        let id = format!("a{i}");
-        let args = ["--data-dir", d, "write", &id, "--url", &url, "--block", "b"];
-        assert!(cli(tmp.path(), &args).status.success());
+        let fields = agentmux_registry::EntryFields {
+            agent_id: format!("a{i}"),
+            local_url: url.clone(),
+            block_id: "b".into(),
+            ..Default::default()
+        };
+        registry.write(fields).unwrap();
     }
+    drop(registry);
     let listing = cli(tmp.path(), &["--data-dir", d, "list"]);
     assert!(listing.status.success(), "{}", stderr(&listing));
     assert!(listing.stdout.len() > 4 << 16, "{}", listing.stdout.len());
