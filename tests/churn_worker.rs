@@ -182,7 +182,7 @@ mod unix {
             let t1 = now();
             match result {
                 Ok(guard) => {
-                    let token = guard.token().to_owned();
+                    let token = guard.nonce().to_string();
                     log!(self.log, "R {id} {token} {auth_key} {t0} {t1}");
                     self.held.push(Held {
                         id,
@@ -317,7 +317,10 @@ mod unix {
                 Ok(Some(e)) => log!(
                     log,
                     "L {id} {t0} {t1} {} {} {}",
-                    e.registration.as_deref().unwrap_or("?"),
+                    match e.registration_nonce {
+                        0 => "?".to_string(),
+                        nonce => nonce.to_string(),
+                    },
                     e.pid,
                     if e.auth_key.is_empty() {
                         "-"

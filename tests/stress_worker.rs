@@ -111,13 +111,18 @@ fn main() {
     let mut junk = 0u64;
 
     let write = |c: &mut Counts, id: &str, seq: u64| {
-        let written = registry.write(fields(
-            id,
-            "http://127.0.0.1:1",
-            &seq.to_string(),
-            pid,
-            &key(id, seq),
-        ));
+        // Each write is a registration of its own (nonce `seq`), so a
+        // compare-and-remove below can name it.
+        let written = registry.write(agentmux_registry::EntryFields {
+            registration_nonce: seq,
+            ..fields(
+                id,
+                "http://127.0.0.1:1",
+                &seq.to_string(),
+                pid,
+                &key(id, seq),
+            )
+        });
         if written.is_err() {
             c.write_errors += 1;
         }
@@ -180,7 +185,7 @@ fn main() {
                     }
                     2 => {
                         if write(&mut c, &id, seq) {
-                            let _ = registry.remove_owned(&id, &owner(pid, &key(&id, seq)));
+                            let _ = registry.remove_owned(&id, &owner(pid, &key(&id, seq), seq));
                         }
                     }
                     _ => {

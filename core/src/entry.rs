@@ -14,16 +14,34 @@ pub const MAX_LOCAL_URL_BYTES: usize = 2048;
 pub const MAX_BLOCK_ID_BYTES: usize = 256;
 /// Longest accepted `auth_key`, in bytes.
 pub const MAX_AUTH_KEY_BYTES: usize = 1024;
-/// Longest accepted `registration` token, in bytes.
-pub const MAX_REGISTRATION_BYTES: usize = 128;
+/// Longest accepted key of an [`Entry::extra`] key, in bytes.
+pub const MAX_EXTRA_KEY_BYTES: usize = 256;
+
+/// The keys the registry interprets, in the order it writes them. Every other
+/// key of an entry file is kept, in order, in [`Entry::extra`].
+pub const KNOWN_KEYS: [&str; 10] = [
+    "agent_id",
+    "local_url",
+    "block_id",
+    "pid",
+    "updated_at",
+    "auth_key",
+    "channel",
+    "registration_nonce",
+    "pid_started",
+    "pid_ns",
+];
 
 /// One entry file. Field order and names are the on-disk format: serialising
-/// this with `serde_json` gives the same bytes older registry versions wrote
-/// (the optional keys are written only when known). Unknown keys are ignored
-/// when reading, and a missing `auth_key` reads as empty.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// this with `serde_json` gives the bytes agentmux-srv writes (`channel` and
+/// `registration_nonce` are written only when set, as the original module
+/// wrote entries without them; `pid_started` and `pid_ns` only when known),
+/// then every key of [`Entry::extra`], in order. A missing `auth_key` or
+/// `channel` reads as empty, a missing `registration_nonce` as 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
-    /// The agent's id, exactly as registered (case-sensitive).
+    /// The agent's id as the caller spelled it. Ids are case-insensitive: an
+    /// entry is found by any spelling that lowercases alike.
     pub agent_id: String,
     /// Loopback HTTP base URL of the owning instance.
     pub local_url: String,
@@ -37,15 +55,53 @@ pub struct Entry {
     /// before keys existed.
     #[serde(default)]
     pub auth_key: String,
+    /// The agentmux channel that wrote the entry: empty in the per-channel
+    /// registry, the writing channel in the shared one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub channel: String,
+    /// The registration that wrote the entry: unique per registration, at
+    /// least 1; 0 for a plain write, which no conditional removal removes.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub registration_nonce: u64,
     /// When the owning process started, in the OS's own units.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_started: Option<u64>,
     /// The pid namespace `pid` belongs to (Linux), stored as `pid_ns`.
     #[serde(default, rename = "pid_ns", skip_serializing_if = "Option::is_none")]
     pub pid_namespace: Option<u64>,
-    /// The token of the registration that wrote the entry.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub registration: Option<String>,
+    /// Every other key, in the order stored, each with its value as compact
+    /// JSON text: keys this registry does not interpret (for example
+    /// agentmux-srv's `jekt_public_key`, `uid` and `uid_public_key`, or
+    /// the `registration` token of registry 0.2), kept for the callers that
+    /// do.
+    #[serde(flatten, with = "extra_keys")]
+    pub extra: Vec<(String, String)>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// (De)serialises [`Entry::extra`] as the entry's remaining keys.
+mod extra_keys {
+    use serde::ser::SerializeMap;
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_json::{Map, Value};
+
+    pub fn serialize<S: Serializer>(extra: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(extra.len()))?;
+        for (key, text) in extra {
+            // Checked to be JSON when the entry was written or read.
+            let value: Value = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
+            map.serialize_entry(key, &value)?;
+        }
+        map.end()
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        let map = Map::<String, Value>::deserialize(d)?;
+        Ok(map.into_iter().map(|(k, v)| (k, v.to_string())).collect())
+    }
 }
 
 /// What a caller asks to store: an [`Entry`] without its time stamp.
@@ -76,12 +132,17 @@ pub struct EntryFields {
     pub pid: u32,
     /// The owning instance's per-launch auth key.
     pub auth_key: String,
+    /// See [`Entry::channel`].
+    pub channel: String,
+    /// See [`Entry::registration_nonce`]; 0 for a plain write.
+    pub registration_nonce: u64,
     /// When the owning process started; `None` lets the host fill it in.
     pub pid_started: Option<u64>,
     /// The pid namespace of `pid`; `None` lets the host fill it in.
     pub pid_namespace: Option<u64>,
-    /// The registration token; `None` for a plain write.
-    pub registration: Option<String>,
+    /// See [`Entry::extra`]: keys no other field names, each with a JSON
+    /// value as text.
+    pub extra: Vec<(String, String)>,
 }
 
 /// One registration, as a conditional removal names it.
@@ -91,8 +152,8 @@ pub struct Owner {
     pub pid: u32,
     /// The stored `auth_key`.
     pub auth_key: String,
-    /// The stored `registration` token.
-    pub registration: Option<String>,
+    /// The stored `registration_nonce`; 0 matches nothing.
+    pub registration_nonce: u64,
 }
 
 impl Owner {
@@ -101,7 +162,7 @@ impl Owner {
         Owner {
             pid: entry.pid,
             auth_key: entry.auth_key.clone(),
-            registration: entry.registration.clone(),
+            registration_nonce: entry.registration_nonce,
         }
     }
 }
@@ -116,22 +177,31 @@ impl EntryFields {
             pid: self.pid,
             updated_at,
             auth_key: self.auth_key,
+            channel: self.channel,
+            registration_nonce: self.registration_nonce,
             pid_started: self.pid_started,
             pid_namespace: self.pid_namespace,
-            registration: self.registration,
+            extra: self.extra,
         }
     }
 
-    /// Checks every limit: the id must name a file, and each other field must
-    /// be within its length limit.
+    /// Checks every limit: the id (and a channel, when set) must name a file,
+    /// each other field must be within its length limit, each extra key must
+    /// be new and its value JSON, and the whole entry must fit in
+    /// [`MAX_ENTRY_FILE_BYTES`].
     pub fn check(&self) -> Result<(), Error> {
         file_name_of(&self.agent_id)?;
-        check_lengths(
-            &self.local_url,
-            &self.block_id,
-            &self.auth_key,
-            self.registration.as_deref(),
-        )
+        check_channel(&self.channel)?;
+        check_lengths(&self.local_url, &self.block_id, &self.auth_key)?;
+        check_extra(&self.extra)?;
+        let size = self.clone().into_entry(u64::MAX).to_json().len();
+        if size as u64 > MAX_ENTRY_FILE_BYTES {
+            return Err(Error::InvalidField(format!(
+                "extra: the entry would be {size} bytes, over the limit of \
+                 {MAX_ENTRY_FILE_BYTES}"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -149,13 +219,8 @@ impl Entry {
 
     fn fields_ok(&self) -> bool {
         file_name_of(&self.agent_id).is_ok()
-            && check_lengths(
-                &self.local_url,
-                &self.block_id,
-                &self.auth_key,
-                self.registration.as_deref(),
-            )
-            .is_ok()
+            && check_channel(&self.channel).is_ok()
+            && check_lengths(&self.local_url, &self.block_id, &self.auth_key).is_ok()
     }
 
     /// The fields this entry was written from (all but its time stamp): what
@@ -167,9 +232,11 @@ impl Entry {
             block_id: self.block_id.clone(),
             pid: self.pid,
             auth_key: self.auth_key.clone(),
+            channel: self.channel.clone(),
+            registration_nonce: self.registration_nonce,
             pid_started: self.pid_started,
             pid_namespace: self.pid_namespace,
-            registration: self.registration.clone(),
+            extra: self.extra.clone(),
         }
     }
 
@@ -179,17 +246,32 @@ impl Entry {
         serde_json::to_vec(self).expect("entry serialises")
     }
 
-    /// Whether this is `agent_id`'s entry written by the registration `owner`.
+    /// Whether this is `agent_id`'s entry (in any spelling) written by the
+    /// registration `owner`. Never for a nonce of 0: a plain write is no
+    /// registration.
     pub fn is_owned_by(&self, agent_id: &str, owner: &Owner) -> bool {
-        self.agent_id == agent_id
+        self.is_registration(agent_id, owner.registration_nonce)
             && self.pid == owner.pid
             && self.auth_key == owner.auth_key
-            && self.registration == owner.registration
     }
 
-    /// Whether this is `agent_id`'s entry written by registration `token`.
-    pub fn is_registration(&self, agent_id: &str, token: &str) -> bool {
-        self.agent_id == agent_id && self.registration.as_deref() == Some(token)
+    /// Whether this is `agent_id`'s entry (in any spelling) written by the
+    /// registration with nonce `nonce` (never for 0).
+    pub fn is_registration(&self, agent_id: &str, nonce: u64) -> bool {
+        nonce != 0 && self.registration_nonce == nonce && self.is_of(agent_id)
+    }
+
+    /// Whether this is `agent_id`'s entry, in any spelling.
+    pub fn is_of(&self, agent_id: &str) -> bool {
+        name::same_id(&self.agent_id, agent_id)
+    }
+
+    /// The value of extra key `key`, as JSON text.
+    pub fn extra_value(&self, key: &str) -> Option<&str> {
+        self.extra
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -272,21 +354,45 @@ pub fn file_name_of(agent_id: &str) -> Result<String, Error> {
     Ok(name::entry_file_name(agent_id)?)
 }
 
-fn check_lengths(
-    local_url: &str,
-    block_id: &str,
-    auth_key: &str,
-    registration: Option<&str>,
-) -> Result<(), Error> {
+/// A channel, when set, must name a file, as an id does.
+fn check_channel(channel: &str) -> Result<(), Error> {
+    if channel.is_empty() {
+        return Ok(());
+    }
+    match name::entry_file_name(channel) {
+        Ok(_) => Ok(()),
+        Err(IdError::TooLong { bytes }) => Err(Error::InvalidField(format!(
+            "channel is too long: its file name would be {bytes} bytes, over the limit of {}",
+            name::MAX_FILE_NAME_BYTES
+        ))),
+        Err(IdError::Empty) => Ok(()),
+    }
+}
+
+fn check_extra(extra: &[(String, String)]) -> Result<(), Error> {
+    for (i, (key, value)) in extra.iter().enumerate() {
+        let bad = |why: String| Err(Error::InvalidField(format!("extra key {key:?}: {why}")));
+        if key.is_empty() || key.len() > MAX_EXTRA_KEY_BYTES {
+            return bad(format!("keys are 1 to {MAX_EXTRA_KEY_BYTES} bytes"));
+        }
+        if KNOWN_KEYS.contains(&key.as_str()) {
+            return bad("the registry sets this key itself (use its field)".into());
+        }
+        if extra[..i].iter().any(|(k, _)| k == key) {
+            return bad("given twice".into());
+        }
+        if serde_json::from_str::<serde_json::Value>(value).is_err() {
+            return bad(format!("the value is not JSON text: {value:?}"));
+        }
+    }
+    Ok(())
+}
+
+fn check_lengths(local_url: &str, block_id: &str, auth_key: &str) -> Result<(), Error> {
     for (field, value, limit) in [
         ("local-url", local_url, MAX_LOCAL_URL_BYTES),
         ("block-id", block_id, MAX_BLOCK_ID_BYTES),
         ("auth-key", auth_key, MAX_AUTH_KEY_BYTES),
-        (
-            "registration",
-            registration.unwrap_or(""),
-            MAX_REGISTRATION_BYTES,
-        ),
     ] {
         if value.len() > limit {
             return Err(Error::InvalidField(format!(
@@ -310,9 +416,11 @@ mod tests {
             pid: 42,
             updated_at: 1_700_000_000_000,
             auth_key: "k".into(),
+            channel: String::new(),
+            registration_nonce: 0,
             pid_started: None,
             pid_namespace: None,
-            registration: None,
+            extra: Vec::new(),
         }
     }
 
@@ -334,14 +442,21 @@ mod tests {
     #[test]
     fn optional_keys_trail_in_a_fixed_order() {
         let with = Entry {
+            channel: "dev-a".into(),
+            registration_nonce: 9,
             pid_started: Some(123),
             pid_namespace: Some(7),
-            registration: Some("t1".into()),
+            extra: vec![
+                ("zeta".into(), "[1,{\"b\":2,\"a\":1}]".into()),
+                ("alpha".into(), "\"x\"".into()),
+            ],
             ..sample()
         };
         let json = String::from_utf8(with.to_json()).unwrap();
         assert!(
-            json.ends_with(r#","auth_key":"k","pid_started":123,"pid_ns":7,"registration":"t1"}"#),
+            json.ends_with(
+                r#","auth_key":"k","channel":"dev-a","registration_nonce":9,"pid_started":123,"pid_ns":7,"zeta":[1,{"b":2,"a":1}],"alpha":"x"}"#
+            ),
             "{json}"
         );
         assert_eq!(Entry::parse(json.as_bytes()), Some(with.clone()));
@@ -353,7 +468,65 @@ mod tests {
         let old = br#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000}"#;
         assert_eq!(Entry::parse(old).unwrap().auth_key, "");
         let extra = br#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000,"auth_key":"k","future":[1]}"#;
-        assert_eq!(Entry::parse(extra).unwrap(), sample());
+        let entry = Entry::parse(extra).unwrap();
+        assert_eq!(entry.extra, [("future".to_string(), "[1]".to_string())]);
+        assert_eq!(entry.to_json(), extra);
+    }
+
+    /// What agentmux-srv writes today (keys in its order, `channel` and
+    /// `registration_nonce` always present, identity keys after them) is
+    /// read with every key, and written back byte for byte.
+    #[test]
+    fn reads_and_rewrites_todays_server_entries_byte_for_byte() {
+        let shared = br#"{"agent_id":"AgentX","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000,"auth_key":"k","channel":"dev-a","registration_nonce":7,"jekt_public_key":"bWFkZSB1cA==","uid":"u-1","uid_public_key":"cHVi"}"#;
+        let entry = Entry::parse(shared).unwrap();
+        assert_eq!(
+            (entry.channel.as_str(), entry.registration_nonce),
+            ("dev-a", 7)
+        );
+        assert_eq!(entry.extra_value("uid"), Some("\"u-1\""));
+        assert_eq!(entry.to_json(), shared);
+        // Per-channel: an empty channel and a 0 nonce read as unset, and are
+        // left out when written again.
+        let plain = br#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000,"auth_key":"k","channel":"","registration_nonce":0}"#;
+        assert_eq!(Entry::parse(plain), Some(sample()));
+    }
+
+    #[test]
+    fn extra_keys_are_checked_on_write() {
+        let with = |extra: Vec<(&str, &str)>| EntryFields {
+            extra: extra
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+            ..fields()
+        };
+        assert!(
+            with(vec![("uid", "\"u\""), ("n", "1"), ("o", "{\"a\":[null]}")])
+                .check()
+                .is_ok()
+        );
+        for (bad, why) in [
+            (with(vec![("pid", "1")]), "sets this key itself"),
+            (
+                with(vec![("registration_nonce", "1")]),
+                "sets this key itself",
+            ),
+            (with(vec![("u", "1"), ("u", "2")]), "given twice"),
+            (with(vec![("u", "not json")]), "not JSON"),
+            (with(vec![("", "1")]), "bytes"),
+            (with(vec![("u", "1 2")]), "not JSON"),
+        ] {
+            match bad.check() {
+                Err(Error::InvalidField(m)) => assert!(m.contains(why), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let big = "\"".to_string() + &"x".repeat(MAX_ENTRY_FILE_BYTES as usize) + "\"";
+        match with(vec![("big", &big)]).check() {
+            Err(Error::InvalidField(m)) => assert!(m.contains("over the limit of 65536"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
@@ -397,7 +570,7 @@ mod tests {
                 ..sample()
             },
             Entry {
-                registration: Some("r".repeat(MAX_REGISTRATION_BYTES + 1)),
+                channel: "c".repeat(300),
                 ..sample()
             },
             Entry {
@@ -433,7 +606,7 @@ mod tests {
                 ..fields()
             },
             EntryFields {
-                registration: Some("r".repeat(MAX_REGISTRATION_BYTES + 1)),
+                channel: "c".repeat(300),
                 ..fields()
             },
         ] {
@@ -446,21 +619,22 @@ mod tests {
     }
 
     #[test]
-    fn ownership_needs_pid_key_and_token_to_match() {
+    fn ownership_needs_pid_key_and_a_nonzero_nonce_to_match() {
         let mine = Entry {
-            registration: Some("t1".into()),
+            registration_nonce: 5,
             ..sample()
         };
         let owner = Owner::of(&mine);
         assert!(mine.is_owned_by("a1", &owner));
+        assert!(mine.is_owned_by("A1", &owner), "ids are case-insensitive");
         assert!(!mine.is_owned_by("a2", &owner));
         for other in [
             Owner {
-                registration: Some("t2".into()),
+                registration_nonce: 6,
                 ..owner.clone()
             },
             Owner {
-                registration: None,
+                registration_nonce: 0,
                 ..owner.clone()
             },
             Owner {
@@ -474,8 +648,10 @@ mod tests {
         ] {
             assert!(!mine.is_owned_by("a1", &other), "{other:?}");
         }
-        assert!(mine.is_registration("a1", "t1"));
-        assert!(!mine.is_registration("a1", "t2"));
-        assert!(!sample().is_registration("a1", "t1"));
+        // A plain write (nonce 0) is no registration: nothing owns it.
+        assert!(!sample().is_owned_by("a1", &Owner::of(&sample())));
+        assert!(mine.is_registration("a1", 5));
+        assert!(!mine.is_registration("a1", 6));
+        assert!(!sample().is_registration("a1", 0));
     }
 }

@@ -1,6 +1,10 @@
 //! The mapping from an agent id to the name of its entry file.
 //!
-//! The mapping is injective and every result is one safe path component:
+//! Ids are case-insensitive, as agentmux-srv treats them: the name is made
+//! from the id lowercased (Unicode `to_lowercase`), so `AgentX` and `agentx`
+//! are one entry; the stored `agent_id` keeps the caller's spelling. Over
+//! lowercased ids the mapping is injective and every result is one safe path
+//! component:
 //! - characters older registry versions kept unchanged (Unicode letters and
 //!   digits, `-`, `_`) stay as they are, so such ids keep their historical
 //!   `{agent_id}.json` name and old and new instances read each other's entries;
@@ -65,14 +69,76 @@ fn is_plain(c: char) -> bool {
     c.is_alphanumeric() || c == '-' || c == '_'
 }
 
-/// The entry file name of `agent_id`.
-pub fn entry_file_name(agent_id: &str) -> Result<String, IdError> {
-    if agent_id.is_empty() {
-        return Err(IdError::Empty);
+/// Whether two ids name one agent: they are equal once lowercased.
+pub fn same_id(a: &str, b: &str) -> bool {
+    a == b || (a.len().max(b.len()) <= LONGEST_ID && a.to_lowercase() == b.to_lowercase())
+}
+
+/// Longer ids (in bytes) cannot name a file: lowercasing shrinks a character
+/// to a third of its bytes at most. Checked before anything is allocated.
+const LONGEST_ID: usize = 3 * MAX_FILE_NAME_BYTES;
+
+/// `id` lowercased as agentmux-srv does (`str::to_lowercase`).
+fn lowercase(id: &str) -> Result<String, IdError> {
+    if id.len() > LONGEST_ID {
+        return Err(IdError::TooLong { bytes: id.len() });
     }
-    let mut name = String::with_capacity(agent_id.len() + ENTRY_SUFFIX.len());
+    Ok(id.to_lowercase())
+}
+
+/// The entry file name of `agent_id`: its lowercased form, escaped.
+pub fn entry_file_name(agent_id: &str) -> Result<String, IdError> {
+    escaped_name(&lowercase(agent_id)?, ENTRY_SUFFIX)
+}
+
+/// The name of `agent_id`'s directory in the shared registry: the entry file
+/// name without its suffix.
+pub fn agent_dir_name(agent_id: &str) -> Result<String, IdError> {
+    escaped_name(&lowercase(agent_id)?, "")
+}
+
+/// The names other writers used for `agent_id`'s entry, which lookups and
+/// removals also look at, each accepted only while the entry it holds is
+/// `agent_id`'s (see [`same_id`]): the case-preserving escaped name of
+/// registry versions before ids were case-insensitive, and the
+/// `_`-sanitised names of agentmux-srv (lowercased today, case-preserving
+/// in its 0.32 module). Names equal to [`entry_file_name`] or to each other
+/// are left out, so for a lowercase id of plain characters this is empty.
+pub fn other_writers_names(agent_id: &str) -> Vec<String> {
+    let Ok(own) = entry_file_name(agent_id) else {
+        return Vec::new();
+    };
+    let lower = agent_id.to_lowercase();
+    let candidates = [
+        escaped_name(agent_id, ENTRY_SUFFIX).ok(),
+        sanitised_name(&lower, ENTRY_SUFFIX),
+        sanitised_name(agent_id, ENTRY_SUFFIX),
+    ];
+    let mut names: Vec<String> = Vec::new();
+    for name in candidates.into_iter().flatten() {
+        if name != own && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// agentmux-srv's name: every character other than a plain one becomes `_`.
+/// `None` when it is not one valid name (too long, or `.`-led: never, since
+/// `.` is sanitised).
+fn sanitised_name(id: &str, suffix: &str) -> Option<String> {
+    let mut name: String = id
+        .chars()
+        .map(|c| if is_plain(c) { c } else { '_' })
+        .collect();
+    name.push_str(suffix);
+    (name.len() > suffix.len() && name.len() <= MAX_FILE_NAME_BYTES).then_some(name)
+}
+
+fn escaped_name(id: &str, suffix: &str) -> Result<String, IdError> {
+    let mut name = String::with_capacity(id.len() + suffix.len());
     let mut utf8 = [0u8; 4];
-    for c in agent_id.chars() {
+    for c in id.chars() {
         if is_plain(c) {
             name.push(c);
         } else {
@@ -81,14 +147,17 @@ pub fn entry_file_name(agent_id: &str) -> Result<String, IdError> {
                 let _ = write!(name, "%{byte:02X}");
             }
         }
-        if name.len() + ENTRY_SUFFIX.len() > MAX_FILE_NAME_BYTES {
+        if name.len() + suffix.len() > MAX_FILE_NAME_BYTES {
             // Stop early: a 10 MB id must not build a 30 MB name first.
             return Err(IdError::TooLong {
-                bytes: name.len() + ENTRY_SUFFIX.len(),
+                bytes: name.len() + suffix.len(),
             });
         }
     }
-    name.push_str(ENTRY_SUFFIX);
+    if name.is_empty() {
+        return Err(IdError::Empty);
+    }
+    name.push_str(suffix);
     Ok(name)
 }
 
@@ -135,7 +204,7 @@ mod tests {
     #[test]
     fn plain_ids_keep_their_historical_name() {
         assert_eq!(entry_file_name("agent-1_x").unwrap(), "agent-1_x.json");
-        assert_eq!(entry_file_name("Ünïcødé7").unwrap(), "Ünïcødé7.json");
+        assert_eq!(entry_file_name("ünïcødé7").unwrap(), "ünïcødé7.json");
         assert_eq!(entry_file_name("代理").unwrap(), "代理.json");
     }
 
@@ -143,7 +212,37 @@ mod tests {
     fn ids_that_used_to_collide_get_distinct_names() {
         assert_eq!(entry_file_name("a_b").unwrap(), "a_b.json");
         assert_eq!(entry_file_name("a.b").unwrap(), "a%2Eb.json");
-        assert_eq!(entry_file_name("a%2Eb").unwrap(), "a%252Eb.json");
+        assert_eq!(entry_file_name("a%2Eb").unwrap(), "a%252eb.json");
+    }
+
+    #[test]
+    fn ids_are_case_insensitive_as_agentmux_srv_makes_them() {
+        assert_eq!(entry_file_name("AgentX").unwrap(), "agentx.json");
+        assert_eq!(entry_file_name("Ünïcødé7").unwrap(), "ünïcødé7.json");
+        // `str::to_lowercase`, as the server: a final sigma is `ς`.
+        assert_eq!(entry_file_name("ΟΔΟΣ").unwrap(), "οδος.json");
+        assert_eq!(entry_file_name("A.B").unwrap(), "a%2Eb.json");
+        assert_eq!(agent_dir_name("AgentX").unwrap(), "agentx");
+        assert!(same_id("AgentX", "agentX") && !same_id("AgentX", "agentY"));
+        // The Kelvin sign lowercases to one byte: 3 × 255 bytes of it are
+        // still a valid id, one more is not.
+        let kelvins = "\u{212A}".repeat(MAX_FILE_NAME_BYTES - ENTRY_SUFFIX.len());
+        assert_eq!(
+            entry_file_name(&kelvins).unwrap().len(),
+            MAX_FILE_NAME_BYTES
+        );
+        assert!(entry_file_name(&format!("{kelvins}\u{212A}")).is_err());
+    }
+
+    #[test]
+    fn other_writers_names_are_the_legacy_and_server_names() {
+        assert!(other_writers_names("agent-1").is_empty());
+        assert_eq!(other_writers_names("AgentX"), ["AgentX.json"]);
+        assert_eq!(other_writers_names("a.b"), ["a_b.json"]);
+        assert_eq!(
+            other_writers_names("My.Agent"),
+            ["My%2EAgent.json", "my_agent.json", "My_Agent.json"]
+        );
     }
 
     #[test]
@@ -182,14 +281,15 @@ mod tests {
         #[test]
         fn mapping_is_injective(a in any::<String>(), b in any::<String>()) {
             if let (Ok(na), Ok(nb)) = (entry_file_name(&a), entry_file_name(&b)) {
-                prop_assert_eq!(na == nb, a == b);
+                prop_assert_eq!(na == nb, a.to_lowercase() == b.to_lowercase());
+                prop_assert_eq!(na == nb, same_id(&a, &b));
             }
         }
 
         #[test]
         fn mapping_round_trips(id in any::<String>()) {
             if let Ok(name) = entry_file_name(&id) {
-                prop_assert_eq!(decode(&name), Some(id));
+                prop_assert_eq!(decode(&name), Some(id.to_lowercase()));
             }
         }
 
@@ -214,7 +314,9 @@ mod tests {
             // Only ids whose every char the seed keeps; the regex classes are close to
             // char::is_alphanumeric, so filter on the real predicate.
             prop_assume!(id.chars().all(is_plain));
-            prop_assert_eq!(entry_file_name(&id).unwrap(), format!("{id}.json"));
+            let lower = id.to_lowercase();
+            prop_assume!(lower.chars().all(is_plain));
+            prop_assert_eq!(entry_file_name(&id).unwrap(), format!("{lower}.json"));
         }
     }
 }

@@ -11,7 +11,7 @@ use agentmux_registry_core::{Entry, EntryFields, Error, SweepProgress};
 use crate::agents;
 
 wit_bindgen::generate!({
-    path: "../wit/0.2.0",
+    path: "../wit/0.3.0",
     world: "agent-registry-command",
 });
 
@@ -67,6 +67,10 @@ impl wit::Guest for Registry {
 
     fn remove_owned(agent_id: String, owner: wit::Owner) -> Result<bool, wit::RegistryError> {
         Ok(agents::remove_owned(&agent_id, &owner.into())?)
+    }
+
+    fn evict(agent_id: String, judged: wit::AgentEntry) -> Result<bool, wit::RegistryError> {
+        Ok(agents::evict(&agent_id, &judged.into())?)
     }
 
     fn list_entries(max_entries: u32) -> Result<Vec<wit::AgentEntry>, wit::RegistryError> {

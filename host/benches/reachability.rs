@@ -67,21 +67,21 @@ fn run(beat: Duration, sweep: bool, length: Duration) -> Outcome {
                 .unwrap()
         })
         .collect();
-    let tokens: Arc<Vec<String>> = Arc::new(guards.iter().map(|g| g.token().to_owned()).collect());
+    let nonces: Arc<Vec<u64>> = Arc::new(guards.iter().map(|g| g.nonce()).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let (lookups, misses) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let blocking = agentmux_registry::blocking::Registry::from(registry.clone());
 
     let readers: Vec<_> = (0..READERS)
         .map(|r| {
-            let (registry, stop, tokens) = (blocking.clone(), stop.clone(), tokens.clone());
+            let (registry, stop, nonces) = (blocking.clone(), stop.clone(), nonces.clone());
             let (lookups, misses) = (lookups.clone(), misses.clone());
             std::thread::spawn(move || {
                 let mut i = r;
                 while !stop.load(Ordering::Relaxed) {
                     let agent = i % AGENTS;
                     let found = registry.lookup(&format!("agent-{agent}")).unwrap();
-                    if found.and_then(|e| e.registration).as_deref() != Some(&tokens[agent]) {
+                    if found.map(|e| e.registration_nonce) != Some(nonces[agent]) {
                         misses.fetch_add(1, Ordering::Relaxed);
                     }
                     lookups.fetch_add(1, Ordering::Relaxed);

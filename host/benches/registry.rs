@@ -56,6 +56,7 @@ mod native {
         }
     }
 
+    #[allow(clippy::large_enum_variant)] // as the component's own `Slot`
     enum Slot {
         Missing,
         Other,

@@ -52,6 +52,11 @@ impl Registry {
         block_on(self.inner.remove(agent_id))
     }
 
+    /// See [`crate::Registry::evict`].
+    pub fn evict(&self, judged: &AgentEntry) -> Result<bool, Error> {
+        block_on(self.inner.evict(judged))
+    }
+
     /// See [`crate::Registry::remove_owned`].
     pub fn remove_owned(&self, agent_id: &str, owner: &Owner) -> Result<bool, Error> {
         block_on(self.inner.remove_owned(agent_id, owner))

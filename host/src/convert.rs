@@ -1,5 +1,5 @@
 //! The mapping between the contract's generated types
-//! (`agentmux:registry/registry@0.2.0`) and this crate's: every record's
+//! (`agentmux:registry/registry@0.3.0`) and this crate's: every record's
 //! fields listed once, checked by the compiler (see [`same_shape!`]).
 
 use agentmux_registry_core::{same_shape, Entry, EntryFields, Owner, Renewal, SweepProgress};
@@ -8,13 +8,18 @@ use crate::bindings::exports::agentmux::registry::registry as wit;
 use crate::Error;
 
 same_shape!(EntryFields => wit::EntryFields {
-    agent_id, local_url, block_id, pid, auth_key, pid_started, pid_namespace, registration
+    agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
+    pid_namespace, extra
 });
 same_shape!(wit::AgentEntry => Entry {
-    agent_id, local_url, block_id, pid, updated_at, auth_key, pid_started, pid_namespace,
-    registration
+    agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
+    pid_started, pid_namespace, extra
 });
-same_shape!(Owner => wit::Owner { pid, auth_key, registration });
+same_shape!(Entry => wit::AgentEntry {
+    agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
+    pid_started, pid_namespace, extra
+});
+same_shape!(Owner => wit::Owner { pid, auth_key, registration_nonce });
 same_shape!(enum wit::Renewal => Renewal { Refreshed, Restored, Superseded });
 same_shape!(wit::SweepProgress => SweepProgress {
     examined, removed, failed, first_failure, done

@@ -71,8 +71,9 @@ pub use registry::{Listing, Options, Registry};
 /// One registered agent, as stored in its entry file.
 ///
 /// Serialises to the on-disk format: the keys `agent_id`, `local_url`,
-/// `block_id`, `pid`, `updated_at` and `auth_key`, then `pid_started`,
-/// `pid_ns` and `registration` when known.
+/// `block_id`, `pid`, `updated_at` and `auth_key`, then `channel`,
+/// `registration_nonce`, `pid_started` and `pid_ns` when set, then the
+/// `extra` keys in order.
 pub type AgentEntry = agentmux_registry_core::Entry;
 
 /// Why a registry call failed.
@@ -211,13 +212,13 @@ pub fn default_data_dir() -> Option<PathBuf> {
 }
 
 /// The registry component this crate runs, as a WebAssembly component binary.
-/// It exports `agentmux:registry/registry@0.2.0` (and `wasi:cli/run` for
+/// It exports `agentmux:registry/registry@0.3.0` (and `wasi:cli/run` for
 /// command runners) and imports only WASI.
 pub fn component_bytes() -> &'static [u8] {
     runtime::COMPONENT
 }
 
-/// The WIT contract, `wit/registry.wit` (package `agentmux:registry@0.2.0`).
+/// The WIT contract, `wit/registry.wit` (package `agentmux:registry@0.3.0`).
 pub const WIT: &str = include_str!("../wit/registry.wit");
 
 /// `wit/deps/cli/run.wit`: the one `wasi:cli` interface the WIT package uses.

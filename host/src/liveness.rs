@@ -371,7 +371,7 @@ mod tests {
             auth_key: String::new(),
             pid_started,
             pid_namespace: pid_namespace(),
-            registration: None,
+            ..AgentEntry::default()
         }
     }
 

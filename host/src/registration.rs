@@ -12,8 +12,10 @@ use crate::{AgentEntry, EntryFields, Error, Owner, Registry};
 
 /// Keeps one agent registered by this process.
 ///
-/// Each registration has its own token, stored in its entry (`registration`),
-/// so two registrations of one id, even by one process, are never confused.
+/// Each registration has its own nonce, stored in its entry
+/// (`registration_nonce`), so two registrations of one id, even by one
+/// process, are never confused, and agentmux-srv's `remove_if_nonce` leaves
+/// it alone (see [`Registration::nonce`]).
 /// Every heartbeat interval the registry's heartbeat driver renews the entry
 /// in one atomic component call: refreshes it while it is this
 /// registration's, restores it if it went missing (swept while the process
@@ -39,33 +41,35 @@ impl std::fmt::Debug for Registration {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Registration")
             .field("agent_id", &self.entry.agent_id)
-            .field("registration", &self.entry.registration)
+            .field("registration_nonce", &self.entry.registration_nonce)
             .finish_non_exhaustive()
     }
 }
 
-/// A token no other registration has: 128 bits from the OS-seeded hasher
-/// keys std keeps per thread (fresh for every `RandomState`), a process-wide
-/// counter, the pid and the time.
-fn new_token() -> String {
+/// A nonce no other registration has: 52 random bits from the OS-seeded
+/// hasher keys std keeps per thread (fresh for every `RandomState`), mixed
+/// with a process-wide counter, the pid and the time, above bit 52. So every
+/// nonce is in [2^52, 2^53): never 0, never one of the small numbers
+/// agentmux-srv's process-wide counter hands out, and exact as a JSON number
+/// in every language (JavaScript's included).
+fn new_nonce() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let half = || {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(n);
-        h.write_u32(std::process::id());
-        h.write_u64(nanos);
-        h.finish()
-    };
-    format!("{:016x}{:016x}", half(), half())
+    let mut h = RandomState::new().build_hasher();
+    h.write_u64(n);
+    h.write_u32(std::process::id());
+    h.write_u64(nanos);
+    const LOW_52: u64 = (1 << 52) - 1;
+    (1 << 52) | (h.finish() & LOW_52)
 }
 
 impl Registration {
     /// Registers `fields.agent_id` as owned by this process: `fields.pid` is
-    /// set to this process's id and `fields.registration` to a new token.
+    /// set to this process's id and `fields.registration_nonce` to a new
+    /// nonce.
     /// The entry is renewed every `heartbeat`. Any interval is accepted: one
     /// too long for the clock to reach (`Duration::MAX`) never comes due.
     pub async fn register(
@@ -75,7 +79,7 @@ impl Registration {
     ) -> Result<Registration, Error> {
         let fields = EntryFields {
             pid: std::process::id(),
-            registration: Some(new_token()),
+            registration_nonce: new_nonce(),
             ..fields
         };
         let entry = registry.write(fields).await?;
@@ -104,9 +108,11 @@ impl Registration {
         &self.entry
     }
 
-    /// This registration's token, as stored in its entry.
-    pub fn token(&self) -> &str {
-        self.entry.registration.as_deref().unwrap_or_default()
+    /// This registration's nonce, as stored in its entry
+    /// (`registration_nonce`): in [2^52, 2^53), so it never equals a nonce
+    /// agentmux-srv's counter hands out, and unique to this registration.
+    pub fn nonce(&self) -> u64 {
+        self.entry.registration_nonce
     }
 
     /// True once another registration took the id over; the heartbeat has

@@ -59,7 +59,7 @@ impl Options {
     }
 
     /// Runs this component instead of the embedded one. It must export the
-    /// `agentmux:registry/registry@0.2.0` interface and import only WASI; it
+    /// `agentmux:registry/registry@0.3.0` interface and import only WASI; it
     /// is compiled (in this process, with Cranelift) when the registry is
     /// opened. Needs the `custom-components` feature.
     #[cfg(feature = "custom-components")]
@@ -164,7 +164,8 @@ impl Registry {
         Ok(entry.into())
     }
 
-    /// One atomic heartbeat step for the registration `fields.registration`:
+    /// One atomic heartbeat step for the registration
+    /// `fields.registration_nonce`:
     /// refreshes the entry if it is still this registration's, restores it if
     /// it is missing, and changes nothing if another registration owns the
     /// id (see the WIT contract's `renew`). [`crate::Registration`] calls this
@@ -199,13 +200,32 @@ impl Registry {
     }
 
     /// Removes the entry of `agent_id` only while it is still the
-    /// registration `owner` names (pid, auth key and registration token);
-    /// true when removed. A successor's registration under the same id is
-    /// left alone. To evict an entry you looked up, pass
-    /// [`Owner::of`]`(&entry)`.
+    /// registration `owner` names (pid, auth key and a registration nonce
+    /// other than 0); true when removed. A successor's registration under the
+    /// same id is left alone. To evict a registration's entry you looked up,
+    /// pass [`Owner::of`]`(&entry)`; an entry of a plain write (nonce 0) is
+    /// never removed this way.
     pub async fn remove_owned(&self, agent_id: &str, owner: &Owner) -> Result<bool, Error> {
         let owner = wit::Owner::from(owner.clone());
         waiting_out_claims(|| self.remove_owned_once(agent_id, &owner)).await
+    }
+
+    /// Removes the entry of `agent_id` only while it is still exactly
+    /// `judged`, an entry you looked up or listed (every field equal,
+    /// `updated_at` included); true when removed. For eviction after a failed
+    /// forward or with the owner dead: an entry rewritten since (renewed by a
+    /// live owner, or a successor's) stays. Unlike [`Registry::remove_owned`],
+    /// it removes plain writes (nonce 0) too.
+    pub async fn evict(&self, judged: &AgentEntry) -> Result<bool, Error> {
+        let wire = wit::AgentEntry::from(judged.clone());
+        waiting_out_claims(|| self.evict_once(&judged.agent_id, &wire)).await
+    }
+
+    async fn evict_once(&self, agent_id: &str, judged: &wit::AgentEntry) -> Result<bool, Error> {
+        let mut lease = self.inner.lease(Access::Write).await?;
+        Ok(lease
+            .call(async |api, store| api.call_evict(store, agent_id, judged).await)
+            .await??)
     }
 
     async fn remove_owned_once(&self, agent_id: &str, owner: &wit::Owner) -> Result<bool, Error> {
@@ -346,7 +366,7 @@ impl Registry {
                 if owner_liveness(&entry) != Liveness::Dead {
                     continue;
                 }
-                match self.remove_owned(&entry.agent_id, &Owner::of(&entry)).await {
+                match self.evict(&entry).await {
                     Ok(removed) => progress.removed += u64::from(removed),
                     Err(e) => {
                         progress.failed += 1;

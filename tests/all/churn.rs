@@ -218,7 +218,7 @@ fn live_registrations_are_always_found_under_churn() {
             registry
                 .lookup(&format!("churn-{id}"))
                 .unwrap()
-                .map(|e| e.registration.unwrap_or_default())
+                .map(|e| e.registration_nonce.to_string())
         })
         .collect();
     for child in &mut children.0[..OWNERS] {

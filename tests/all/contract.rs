@@ -14,9 +14,14 @@ fn distinct_fields() -> EntryFields {
         block_id: "block-id".into(),
         pid: 2_222_222,
         auth_key: "auth-key".into(),
+        channel: "channel".into(),
+        registration_nonce: 5_555,
         pid_started: Some(3_333),
         pid_namespace: Some(4_444),
-        registration: Some("registration".into()),
+        extra: vec![
+            ("zz-extra".into(), r#"{"b":[1,2],"a":null}"#.into()),
+            ("aa-extra".into(), r#""text""#.into()),
+        ],
     }
 }
 
@@ -32,6 +37,10 @@ fn every_entry_field_is_stored_and_returned_as_given() {
         serde_json::from_str(&fixture.read_raw("agent-id.json")).unwrap();
     assert_eq!(on_disk["pid_ns"], 4_444, "{on_disk}");
     assert_eq!(on_disk["pid_started"], 3_333, "{on_disk}");
+    assert_eq!(on_disk["channel"], "channel", "{on_disk}");
+    assert_eq!(on_disk["registration_nonce"], 5_555, "{on_disk}");
+    let keys: Vec<&String> = on_disk.as_object().unwrap().keys().collect();
+    assert_eq!(keys[keys.len() - 2..], ["zz-extra", "aa-extra"], "in order");
     assert_eq!(registry.lookup("agent-id").unwrap(), Some(written.clone()));
     assert_eq!(registry.list().unwrap(), vec![written]);
 }
@@ -52,11 +61,11 @@ fn every_owner_field_decides_a_conditional_removal() {
             ..owner.clone()
         },
         Owner {
-            registration: Some("other".into()),
+            registration_nonce: 5_556,
             ..owner.clone()
         },
         Owner {
-            registration: None,
+            registration_nonce: 0,
             ..owner.clone()
         },
     ] {
@@ -76,7 +85,7 @@ fn every_renewal_case_is_reported_as_the_component_decided() {
     assert_eq!(registry.renew(fields.clone()).unwrap(), Renewal::Restored);
     assert_eq!(registry.renew(fields.clone()).unwrap(), Renewal::Refreshed);
     let successor = EntryFields {
-        registration: Some("successor".into()),
+        registration_nonce: 6_666,
         ..fields.clone()
     };
     registry.write(successor).unwrap();

@@ -241,50 +241,66 @@ fn an_entry_file_holding_another_id_is_never_returned_or_overwritten() {
         "remove leaves another id's entry alone"
     );
     assert_eq!(fx.read_raw("a_b.json"), legacy);
-    assert!(
-        fx.registry.list().unwrap().is_empty(),
-        "listed only under its own name"
-    );
+    // It is agentmux-srv's name for "a.b": listed and found as "a.b"'s
+    // entry, in any case, and removed with it.
+    let listed = fx.registry.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].agent_id, "a.b");
+    assert_eq!(fx.registry.lookup("A.B").unwrap(), Some(listed[0].clone()));
+    assert!(fx.registry.remove("a.b").unwrap());
+    assert!(fx.names().is_empty());
 }
 
 #[test]
 fn remove_owned_removes_only_the_callers_own_registration() {
     let fx = Fixture::new();
-    fx.registry
-        .write(fields("a1", "http://127.0.0.1:1", "b", 100, "old-key"))
-        .unwrap();
-    assert!(!fx
-        .registry
-        .remove_owned("a1", &owner(100, "wrong-key"))
-        .unwrap());
-    assert!(!fx
-        .registry
-        .remove_owned("a1", &owner(101, "old-key"))
-        .unwrap());
+    let registered = |pid, key: &str, nonce| agentmux_registry::EntryFields {
+        registration_nonce: nonce,
+        ..fields("a1", "http://127.0.0.1:1", "b", pid, key)
+    };
+    fx.registry.write(registered(100, "old-key", 1)).unwrap();
+    for wrong in [
+        owner(100, "wrong-key", 1),
+        owner(101, "old-key", 1),
+        owner(100, "old-key", 2),
+        owner(100, "old-key", 0),
+    ] {
+        assert!(
+            !fx.registry.remove_owned("a1", &wrong).unwrap(),
+            "{wrong:?}"
+        );
+    }
     assert!(fx.registry.lookup("a1").unwrap().is_some());
 
     // A successor re-registers the id; the old owner's exit path runs late.
-    fx.registry
-        .write(fields("a1", "http://127.0.0.1:2", "b", 200, "new-key"))
-        .unwrap();
+    fx.registry.write(registered(200, "new-key", 2)).unwrap();
     assert!(!fx
         .registry
-        .remove_owned("a1", &owner(100, "old-key"))
+        .remove_owned("a1", &owner(100, "old-key", 1))
         .unwrap());
     assert_eq!(
         fx.registry.lookup("a1").unwrap().unwrap().auth_key,
         "new-key"
     );
 
+    // Any spelling of the id.
     assert!(fx
         .registry
-        .remove_owned("a1", &owner(200, "new-key"))
+        .remove_owned("A1", &owner(200, "new-key", 2))
         .unwrap());
     assert!(fx.names().is_empty());
     assert!(!fx
         .registry
-        .remove_owned("a1", &owner(200, "new-key"))
+        .remove_owned("a1", &owner(200, "new-key", 2))
         .unwrap());
+
+    // A plain write (nonce 0) is never removed conditionally, whatever the
+    // owner says.
+    fx.registry
+        .write(fields("a1", "http://127.0.0.1:1", "b", 100, "k"))
+        .unwrap();
+    assert!(!fx.registry.remove_owned("a1", &owner(100, "k", 0)).unwrap());
+    assert!(fx.registry.lookup("a1").unwrap().is_some());
 }
 
 #[test]

@@ -40,7 +40,8 @@ fn entries_written_by_the_component_are_the_seed_format_byte_for_byte() {
         ))
         .unwrap();
 
-    let raw = fx.read_raw("Agent_ü-9.json");
+    // Named by the lowercased id, as agentmux-srv names it today.
+    let raw = fx.read_raw("agent_ü-9.json");
     let value: serde_json::Value = serde_json::from_str(&raw).unwrap();
     let keys: Vec<&str> = value
         .as_object()

@@ -18,9 +18,9 @@ fn open() -> (tempfile::TempDir, Registry) {
     (tmp, registry)
 }
 
-fn with_token(agent_id: &str, token: &str) -> EntryFields {
+fn with_nonce(agent_id: &str, nonce: u64) -> EntryFields {
     EntryFields {
-        registration: Some(token.into()),
+        registration_nonce: nonce,
         ..fields(agent_id, "http://127.0.0.1:1", "b", std::process::id(), "k")
     }
 }
@@ -28,11 +28,11 @@ fn with_token(agent_id: &str, token: &str) -> EntryFields {
 #[tokio::test(flavor = "current_thread")]
 async fn renew_refreshes_restores_and_yields_to_other_registrations() {
     let (tmp, registry) = open();
-    let first = registry.write(with_token("r", "t1")).await.unwrap();
+    let first = registry.write(with_nonce("r", 1)).await.unwrap();
     wait_past_ms(first.updated_at);
 
     assert_eq!(
-        registry.renew(with_token("r", "t1")).await.unwrap(),
+        registry.renew(with_nonce("r", 1)).await.unwrap(),
         Renewal::Refreshed
     );
     let refreshed = registry.lookup("r").await.unwrap().unwrap();
@@ -40,7 +40,7 @@ async fn renew_refreshes_restores_and_yields_to_other_registrations() {
 
     // Another registration of the same id owns it: nothing changes.
     assert_eq!(
-        registry.renew(with_token("r", "t2")).await.unwrap(),
+        registry.renew(with_nonce("r", 2)).await.unwrap(),
         Renewal::Superseded
     );
     assert_eq!(registry.lookup("r").await.unwrap().unwrap(), refreshed);
@@ -51,14 +51,14 @@ async fn renew_refreshes_restores_and_yields_to_other_registrations() {
         .await
         .unwrap();
     assert_eq!(
-        registry.renew(with_token("r", "t1")).await.unwrap(),
+        registry.renew(with_nonce("r", 1)).await.unwrap(),
         Renewal::Superseded
     );
 
     // Missing or malformed: restored.
     assert!(registry.remove("r").await.unwrap());
     assert_eq!(
-        registry.renew(with_token("r", "t1")).await.unwrap(),
+        registry.renew(with_nonce("r", 1)).await.unwrap(),
         Renewal::Restored
     );
     assert_eq!(
@@ -67,13 +67,12 @@ async fn renew_refreshes_restores_and_yields_to_other_registrations() {
             .await
             .unwrap()
             .unwrap()
-            .registration
-            .as_deref(),
-        Some("t1")
+            .registration_nonce,
+        1
     );
     std::fs::write(tmp.path().join("agents/r.json"), "{ not json").unwrap();
     assert_eq!(
-        registry.renew(with_token("r", "t1")).await.unwrap(),
+        registry.renew(with_nonce("r", 1)).await.unwrap(),
         Renewal::Restored
     );
     assert!(registry.lookup("r").await.unwrap().is_some());
@@ -87,22 +86,22 @@ async fn renew_refreshes_restores_and_yields_to_other_registrations() {
 }
 
 #[tokio::test(flavor = "current_thread")]
-async fn remove_owned_needs_the_registration_token_to_match() {
+async fn remove_owned_needs_the_registration_nonce_to_match() {
     let (_tmp, registry) = open();
-    let entry = registry.write(with_token("o", "t1")).await.unwrap();
+    let entry = registry.write(with_nonce("o", 1)).await.unwrap();
     let same_process_other_registration = Owner {
-        registration: Some("t0".into()),
+        registration_nonce: 2,
         ..Owner::of(&entry)
     };
     assert!(!registry
         .remove_owned("o", &same_process_other_registration)
         .await
         .unwrap());
-    let untokened = Owner {
-        registration: None,
+    let no_nonce = Owner {
+        registration_nonce: 0,
         ..Owner::of(&entry)
     };
-    assert!(!registry.remove_owned("o", &untokened).await.unwrap());
+    assert!(!registry.remove_owned("o", &no_nonce).await.unwrap());
     assert!(registry
         .remove_owned("o", &Owner::of(&entry))
         .await
@@ -140,7 +139,7 @@ async fn a_live_registration_swept_away_is_restored_within_a_beat() {
             .await
             .unwrap()
             .unwrap_or_else(|| panic!("round {round}: the next renewal restored the entry"));
-        assert_eq!(entry.registration.as_deref(), Some(guard.token()));
+        assert_eq!(entry.registration_nonce, guard.nonce());
         assert!(!guard.is_superseded());
         assert_eq!(
             registry.heartbeat_count(),
@@ -173,7 +172,7 @@ async fn two_registrations_of_one_id_in_one_process_never_confuse_each_other() {
     )
     .await
     .unwrap();
-    assert_ne!(older.token(), newer.token());
+    assert_ne!(older.nonce(), newer.nonce());
     assert_eq!(older.entry().pid, newer.entry().pid);
     // The older's next renewal finds the newer's entry.
     assert!(older.beat_now(GIVE_UP_AFTER));
@@ -184,8 +183,8 @@ async fn two_registrations_of_one_id_in_one_process_never_confuse_each_other() {
     drop(older);
     let entry = registry.lookup("twin").await.unwrap();
     assert_eq!(
-        entry.and_then(|e| e.registration),
-        Some(newer.token().to_string()),
+        entry.map(|e| e.registration_nonce),
+        Some(newer.nonce()),
         "dropping the older left the newer's entry"
     );
     // The newer goes on beating, and its entry stays its own.
@@ -196,7 +195,7 @@ async fn two_registrations_of_one_id_in_one_process_never_confuse_each_other() {
         .await
         .unwrap()
         .expect("the newer entry stays");
-    assert_eq!(entry.registration.as_deref(), Some(newer.token()));
+    assert_eq!(entry.registration_nonce, newer.nonce());
     assert_eq!(entry.local_url, "http://127.0.0.1:2");
     drop(newer);
     assert_eq!(registry.lookup("twin").await.unwrap(), None);
@@ -216,7 +215,7 @@ fn a_fast_heartbeat_never_overwrites_a_successor() {
         // The heartbeat is beating: the write below races its renewals.
         assert!(guard.wait_for_renewals(1, GIVE_UP_AFTER) >= 1);
         let successor = EntryFields {
-            registration: Some(format!("successor-{trial}")),
+            registration_nonce: trial + 1,
             ..fields(&id, "http://127.0.0.1:2", "b", 1, "new")
         };
         registry.write(successor).unwrap();
@@ -298,7 +297,7 @@ async fn many_registrations_one_driver() {
         let id = &guard.entry().agent_id;
         assert!(guard.wait_for_renewals(2, GIVE_UP_AFTER) >= 2, "{id}");
         let entry = registry.lookup(id).await.unwrap().expect(id);
-        assert_eq!(entry.registration.as_deref(), Some(guard.token()), "{id}");
+        assert_eq!(entry.registration_nonce, guard.nonce(), "{id}");
         assert!(entry.updated_at > guard.entry().updated_at, "{id} renewed");
     }
     assert_eq!(drivers(), 1, "heartbeat threads after the beats");

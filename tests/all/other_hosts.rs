@@ -132,8 +132,9 @@ impl Setup {
     /// Calls `function` through `host`; `{"ok": …}` or `{"err": {"tag", "val"}}`.
     /// Arguments are strings, as the drivers take them:
     /// - `write`/`renew`: agent-id, local-url, block-id, pid, auth-key, then
-    ///   optionally the registration token, `pid-started=N`, `pid-namespace=N`;
-    /// - `remove-owned`: agent-id, pid, auth-key, optionally the token;
+    ///   optionally the registration nonce, `pid-started=N`,
+    ///   `pid-namespace=N`, `channel=NAME` and any `extra:KEY=JSON`;
+    /// - `remove-owned`: agent-id, pid, auth-key, optionally the nonce;
     /// - `list-entries`: max-entries; `cleanup-stale`: max-age-ms;
     /// - `lookup`, `remove`, `entry-file-name`: agent-id.
     ///
@@ -193,11 +194,11 @@ impl Setup {
             }),
             ("lookup", [id]) => r.lookup(id).map(|e| json!(e)),
             ("remove", [id]) => r.remove(id).map(|b| json!(b)),
-            ("remove-owned", [id, pid, key, registration @ ..]) => {
+            ("remove-owned", [id, pid, key, nonce @ ..]) => {
                 let owner = Owner {
                     pid: pid.parse().unwrap(),
                     auth_key: key.to_string(),
-                    registration: registration.first().map(|t| t.to_string()),
+                    registration_nonce: nonce.first().map_or(0, |n| n.parse().unwrap()),
                 };
                 r.remove_owned(id, &owner).map(|b| json!(b))
             }
@@ -293,28 +294,45 @@ fn entry_fields(args: &[&str]) -> EntryFields {
         auth_key: key.to_string(),
         ..EntryFields::default()
     };
+    let mut nonce = false;
     for arg in rest {
         if let Some(n) = arg.strip_prefix("pid-started=") {
             fields.pid_started = Some(n.parse().unwrap());
         } else if let Some(n) = arg.strip_prefix("pid-namespace=") {
             fields.pid_namespace = Some(n.parse().unwrap());
+        } else if let Some(channel) = arg.strip_prefix("channel=") {
+            fields.channel = channel.into();
+        } else if let Some((key, value)) =
+            arg.strip_prefix("extra:").and_then(|a| a.split_once('='))
+        {
+            fields.extra.push((key.into(), value.into()));
         } else {
-            assert!(fields.registration.is_none(), "unexpected argument {arg:?}");
-            fields.registration = Some(arg.to_string());
+            assert!(!nonce, "unexpected argument {arg:?}");
+            fields.registration_nonce = arg.parse().unwrap();
+            nonce = true;
         }
     }
     fields
 }
 
-/// Entries as the drivers print them: every optional key present, null when
-/// none (the on-disk format and the Rust host leave such keys out).
+/// Entries as the drivers print them: every known key present, in the
+/// on-disk order (an empty channel, a 0 nonce, null when no start time or
+/// namespace), then the extra keys (the on-disk format and the Rust host
+/// leave unset keys out).
 fn normalise(v: Value) -> Value {
     match v {
         Value::Object(mut map) if map.contains_key("agent_id") => {
-            for key in ["pid_started", "pid_ns", "registration"] {
-                map.entry(key).or_insert(Value::Null);
+            let mut out = serde_json::Map::new();
+            for key in agentmux_registry_core::entry::KNOWN_KEYS {
+                let unset = match key {
+                    "channel" => json!(""),
+                    "registration_nonce" => json!(0),
+                    _ => Value::Null,
+                };
+                out.insert(key.into(), map.remove(key).unwrap_or(unset));
             }
-            Value::Object(map)
+            out.extend(map);
+            Value::Object(out)
         }
         Value::Array(items) => Value::Array(items.into_iter().map(normalise).collect()),
         other => other,
@@ -341,9 +359,10 @@ fn every_host_calls_every_function() {
                 "pid": 4_000_000_000_u32,
                 "updated_at": ok(&written)["updated_at"].as_u64().unwrap(),
                 "auth_key": "key-1",
+                "channel": "",
+                "registration_nonce": 0,
                 "pid_started": null,
-                "pid_ns": null,
-                "registration": null
+                "pid_ns": null
             }),
             "{host:?}"
         );
@@ -387,19 +406,38 @@ fn every_host_calls_every_function() {
                 "blk",
                 PID,
                 "key-0",
-                "token-0",
+                "10",
                 "pid-started=11",
                 "pid-namespace=4026531836",
+                "channel=dev-a",
+                r#"extra:uid="u-1""#,
+                r#"extra:keys={"b":[1,2.5],"a":null}"#,
             ],
         );
         assert_eq!(ok(&full)["pid_started"], 11, "{host:?}");
         assert_eq!(ok(&full)["pid_ns"], 4026531836_u64, "{host:?}");
-        assert_eq!(ok(&full)["registration"], "token-0", "{host:?}");
-        assert_eq!(ok(&call("lookup", &["a0"])), ok(&full), "{host:?}");
+        assert_eq!(ok(&full)["registration_nonce"], 10, "{host:?}");
+        assert_eq!(ok(&full)["channel"], "dev-a", "{host:?}");
+        assert_eq!(
+            ok(&call("lookup", &["A0"])),
+            ok(&full),
+            "{host:?}: any case"
+        );
         let raw = std::fs::read_to_string(s.agents.join("a0.json")).unwrap();
         assert!(
-            raw.ends_with(r#","pid_started":11,"pid_ns":4026531836,"registration":"token-0"}"#),
+            raw.ends_with(
+                r#","channel":"dev-a","registration_nonce":10,"pid_started":11,"pid_ns":4026531836,"uid":"u-1","keys":{"b":[1,2.5],"a":null}}"#
+            ),
             "{host:?}: {raw}"
+        );
+        // An extra key the registry writes itself is refused.
+        assert_eq!(
+            call(
+                "write",
+                &["a9", "http://127.0.0.1:9", "blk", PID, "k", "extra:pid=1"]
+            )["err"]["tag"],
+            "invalid-field",
+            "{host:?}"
         );
 
         // list-entries: sorted by id, at most max-entries.
@@ -414,34 +452,30 @@ fn every_host_calls_every_function() {
         let first = call("list-entries", &["1"]);
         assert_eq!(ok(&first), &json!([ok(&full)]), "{host:?}");
 
-        // remove-owned: pid, auth key and registration token must all match.
-        for (pid, key) in [(PID, "other-key"), ("7", "key-1")] {
+        // remove-owned: pid, auth key and a nonce other than 0 must all match.
+        for args in [
+            ["a0", PID, "other-key", "10"],
+            ["a0", "7", "key-0", "10"],
+            ["a0", PID, "key-0", "11"],
+            ["a0", PID, "key-0", "0"],
+        ] {
             assert_eq!(
-                ok(&call("remove-owned", &["a1", pid, key])),
+                ok(&call("remove-owned", &args)),
                 false,
-                "{host:?}"
+                "{host:?}: {args:?}"
             );
         }
         assert_eq!(
-            ok(&call("remove-owned", &["a1", PID, "key-1", "some-token"])),
-            false,
-            "{host:?}: a plain write has no token"
-        );
-        assert_eq!(
             ok(&call("remove-owned", &["a1", PID, "key-1"])),
-            true,
-            "{host:?}"
-        );
-        assert_eq!(
-            ok(&call("remove-owned", &["a0", PID, "key-0"])),
             false,
-            "{host:?}: a registration's entry needs its token"
+            "{host:?}: a plain write is never removed conditionally"
         );
         assert_eq!(
-            ok(&call("remove-owned", &["a0", PID, "key-0", "token-0"])),
+            ok(&call("remove-owned", &["a0", PID, "key-0", "10"])),
             true,
             "{host:?}"
         );
+        assert_eq!(ok(&call("remove", &["a1"])), true, "{host:?}");
 
         call("write", &["a2", "http://127.0.0.1:9", "blk", PID, "k"]);
         assert_eq!(ok(&call("remove", &["a2"])), true, "{host:?}");
@@ -461,38 +495,48 @@ fn every_host_renews_a_registration_until_it_is_superseded() {
     for host in usable(&[Host::Rust, Host::Node, Host::Python]) {
         let s = Setup::new(&[host]);
         let call = |f: &str, a: &[&str]| s.call(host, f, a);
-        let mine = |token: &str| {
+        let mine = |nonce: &str| {
             s.call(
                 host,
                 "renew",
-                &["r1", "http://127.0.0.1:9", "blk", PID, "key-r", token],
+                &[
+                    "r1",
+                    "http://127.0.0.1:9",
+                    "blk",
+                    PID,
+                    "key-r",
+                    nonce,
+                    "extra:jekt_public_key=\"cHVi\"",
+                ],
             )
         };
 
         // No entry yet: restored.
-        assert_eq!(ok(&mine("token-1")), "restored", "{host:?}");
+        assert_eq!(ok(&mine("1")), "restored", "{host:?}");
         let first = ok(&call("lookup", &["r1"])).clone();
-        assert_eq!(first["registration"], "token-1", "{host:?}");
+        assert_eq!(first["registration_nonce"], 1, "{host:?}");
         std::thread::sleep(std::time::Duration::from_millis(5));
 
-        // Still this registration's: refreshed, with a later updated_at.
-        assert_eq!(ok(&mine("token-1")), "refreshed", "{host:?}");
+        // Still this registration's: refreshed, with a later updated_at, and
+        // its extra keys kept.
+        assert_eq!(ok(&mine("1")), "refreshed", "{host:?}");
         let refreshed = ok(&call("lookup", &["r1"])).clone();
         assert!(
             refreshed["updated_at"].as_u64() > first["updated_at"].as_u64(),
             "{host:?}: {first} then {refreshed}"
         );
+        assert_eq!(refreshed["jekt_public_key"], "cHVi", "{host:?}");
 
         // Another registration of the id: superseded, nothing changes.
-        assert_eq!(ok(&mine("token-2")), "superseded", "{host:?}");
+        assert_eq!(ok(&mine("2")), "superseded", "{host:?}");
         assert_eq!(ok(&call("lookup", &["r1"])), &refreshed, "{host:?}");
 
-        // A plain write (no token) by someone else supersedes too.
+        // A plain write (nonce 0) by someone else supersedes too.
         call(
             "write",
             &["r1", "http://127.0.0.1:10", "blk", PID, "other-key"],
         );
-        assert_eq!(ok(&mine("token-1")), "superseded", "{host:?}");
+        assert_eq!(ok(&mine("1")), "superseded", "{host:?}");
         assert_eq!(
             ok(&call("lookup", &["r1"]))["auth_key"],
             "other-key",
@@ -501,9 +545,9 @@ fn every_host_renews_a_registration_until_it_is_superseded() {
 
         // Removed (say, swept while the owner stalled): restored.
         assert_eq!(ok(&call("remove", &["r1"])), true, "{host:?}");
-        assert_eq!(ok(&mine("token-1")), "restored", "{host:?}");
+        assert_eq!(ok(&mine("1")), "restored", "{host:?}");
         assert_eq!(
-            ok(&call("remove-owned", &["r1", PID, "key-r", "token-1"])),
+            ok(&call("remove-owned", &["r1", PID, "key-r", "1"])),
             true,
             "{host:?}"
         );
@@ -585,14 +629,16 @@ fn the_wasmtime_cli_runs_command_mode_and_invokes_every_function() {
         text(&out)
     };
     let written = invoke(
-        r#"write({agent-id: "i1", local-url: "http://127.0.0.1:8", block-id: "b", pid: 7, auth-key: "key", pid-started: none, pid-namespace: some(4026531836), registration: some("t1")})"#,
+        r#"write({agent-id: "i1", local-url: "http://127.0.0.1:8", block-id: "b", pid: 7, auth-key: "key", channel: "", registration-nonce: 1, pid-started: none, pid-namespace: some(4026531836), extra: [("uid", "\"u-1\"")]})"#,
     );
     assert!(
         written.starts_with(r#"ok({agent-id: "i1", local-url: "http://127.0.0.1:8""#),
         "{written}"
     );
     assert!(
-        written.contains(r#"pid-namespace: some(4026531836), registration: some("t1")"#),
+        written.contains(
+            r#"registration-nonce: 1, pid-namespace: some(4026531836), extra: [("uid", "\"u-1\"")]"#
+        ),
         "{written}"
     );
     assert_eq!(
@@ -601,21 +647,21 @@ fn the_wasmtime_cli_runs_command_mode_and_invokes_every_function() {
     );
     // Option fields that are none may be left out of a record.
     assert!(invoke(
-        r#"write({agent-id: "i2", local-url: "http://127.0.0.1:8", block-id: "b", pid: 7, auth-key: "key"})"#
+        r#"write({agent-id: "i2", local-url: "http://127.0.0.1:8", block-id: "b", pid: 7, auth-key: "key", channel: "", registration-nonce: 0, extra: []})"#
     )
     .starts_with(r#"ok({agent-id: "i2""#));
     assert!(invoke(
-        r#"write({agent-id: "", local-url: "u", block-id: "b", pid: 1, auth-key: "k"})"#
+        r#"write({agent-id: "", local-url: "u", block-id: "b", pid: 1, auth-key: "k", channel: "", registration-nonce: 0, extra: []})"#
     )
     .contains("err(invalid-agent-id("));
-    let renew = |token: &str| {
+    let renew = |nonce: u64| {
         invoke(&format!(
-            r#"renew({{agent-id: "i1", local-url: "http://127.0.0.1:8", block-id: "b", pid: 7, auth-key: "key", registration: {token}}})"#
+            r#"renew({{agent-id: "i1", local-url: "http://127.0.0.1:8", block-id: "b", pid: 7, auth-key: "key", channel: "", registration-nonce: {nonce}, extra: []}})"#
         ))
     };
-    assert_eq!(renew(r#"some("t1")"#).trim(), "ok(refreshed)");
-    assert_eq!(renew(r#"some("t2")"#).trim(), "ok(superseded)");
-    assert!(renew("none").contains("err(invalid-field("));
+    assert_eq!(renew(1).trim(), "ok(refreshed)");
+    assert_eq!(renew(2).trim(), "ok(superseded)");
+    assert!(renew(0).contains("err(invalid-field("));
     assert!(invoke(r#"lookup("i1")"#).contains(r#"local-url: "http://127.0.0.1:8""#));
     assert_eq!(invoke(r#"lookup("nobody")"#).trim(), "ok(none)");
     assert!(invoke(r#"lookup("")"#).contains("invalid-agent-id"));
@@ -637,14 +683,14 @@ fn the_wasmtime_cli_runs_command_mode_and_invokes_every_function() {
         r#"ok("a%2Eb.json")"#
     );
     assert_eq!(
-        invoke(r#"remove-owned("i1", {pid: 7, auth-key: "key", registration: none})"#).trim(),
+        invoke(r#"remove-owned("i1", {pid: 7, auth-key: "key", registration-nonce: 0})"#).trim(),
         "ok(false)"
     );
     assert_eq!(
-        invoke(r#"remove-owned("i1", {pid: 7, auth-key: "key", registration: some("t1")})"#).trim(),
+        invoke(r#"remove-owned("i1", {pid: 7, auth-key: "key", registration-nonce: 1})"#).trim(),
         "ok(true)"
     );
-    assert_eq!(renew(r#"some("t1")"#).trim(), "ok(restored)");
+    assert_eq!(renew(1).trim(), "ok(restored)");
     assert_eq!(invoke(r#"remove("i1")"#).trim(), "ok(true)");
     assert_eq!(invoke(r#"remove("i1")"#).trim(), "ok(false)");
     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -747,7 +793,7 @@ fn a_registration_written_by_each_host_is_renewed_and_removed_by_the_others() {
         .collect();
     for &writer in &writers {
         let id = format!("reg-{writer:?}").to_lowercase();
-        let token = format!("token-{id}");
+        let token = format!("{}", 1000 + writer as u64);
         let args = |token: &str| -> Vec<String> {
             [
                 id.as_str(),
@@ -758,7 +804,12 @@ fn a_registration_written_by_each_host_is_renewed_and_removed_by_the_others() {
                 token,
             ]
             .into_iter()
-            .chain(["pid-started=11", "pid-namespace=4026531836"])
+            .chain([
+                "pid-started=11",
+                "pid-namespace=4026531836",
+                "channel=stable",
+                r#"extra:uid_public_key={"alg":"ed25519","key":"cHVi"}"#,
+            ])
             .map(String::from)
             .collect()
         };
@@ -775,7 +826,7 @@ fn a_registration_written_by_each_host_is_renewed_and_removed_by_the_others() {
         );
         assert!(
             raw.ends_with(&format!(
-                r#","pid_started":11,"pid_ns":4026531836,"registration":"{token}"}}"#
+                r#","channel":"stable","registration_nonce":{token},"pid_started":11,"pid_ns":4026531836,"uid_public_key":{{"alg":"ed25519","key":"cHVi"}}}}"#
             )),
             "{writer:?}: {raw}"
         );
@@ -795,14 +846,14 @@ fn a_registration_written_by_each_host_is_renewed_and_removed_by_the_others() {
                 "{other:?} renewing {writer:?}'s registration"
             );
             assert_eq!(
-                ok(&call(other, "renew", args("someone-else"))),
+                ok(&call(other, "renew", args("999"))),
                 "superseded",
                 "{other:?} renewing {writer:?}'s id as another registration"
             );
             assert_eq!(
                 ok(&s.call(other, "remove-owned", &[&id, PID, "key"])),
                 false,
-                "{other:?}: removing {writer:?}'s registration without its token"
+                "{other:?}: removing {writer:?}'s registration without its nonce"
             );
         }
         let remover = *writers.iter().find(|&&h| h != writer).unwrap_or(&writer);

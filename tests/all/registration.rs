@@ -50,7 +50,7 @@ async fn the_heartbeat_keeps_the_entry_fresh_and_drop_removes_it() {
     // Looked up from the blocking side while the heartbeat runs.
     let blocking = agentmux_registry::blocking::Registry::from(registry.clone());
     let now = blocking.lookup("hb").unwrap().expect("the entry");
-    assert_eq!(now.registration.as_deref(), Some(guard.token()));
+    assert_eq!(now.registration_nonce, guard.nonce());
     assert!(
         now.updated_at > first,
         "refreshed: {first} -> {}",
@@ -217,7 +217,7 @@ fn eviction_after_a_failed_forward_follows_the_owners_liveness() {
         auth_key: "k".into(),
         pid_started: None,
         pid_namespace: pid_namespace(),
-        registration: None,
+        ..Default::default()
     };
     let grace = Duration::from_secs(10);
     assert_eq!(owner_liveness(&entry(dead_pid, now_ms())), Liveness::Dead);
@@ -288,7 +288,7 @@ async fn any_heartbeat_interval_is_accepted() {
             .await
             .unwrap()
             .expect("still registered");
-        assert_eq!(entry.registration.as_deref(), Some(guard.token()), "{id}");
+        assert_eq!(entry.registration_nonce, guard.nonce(), "{id}");
     }
     drop((guards, short));
     assert_eq!(registry.heartbeat_count(), 0);

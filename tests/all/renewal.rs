@@ -13,11 +13,17 @@ use agentmux_registry::{EntryFields, Renewal};
 use agentmux_registry_core::name::claim_file_name;
 use agentmux_registry_tests::{fields, Fixture};
 
-/// Fields of registration `token` of `agent_id`.
-fn registration(agent_id: &str, token: &str) -> EntryFields {
+/// Fields of registration `nonce` of `agent_id`.
+fn registration(agent_id: &str, nonce: u64) -> EntryFields {
     EntryFields {
-        registration: Some(token.into()),
-        ..fields(agent_id, "http://127.0.0.1:1", "b", 1, token)
+        registration_nonce: nonce,
+        ..fields(
+            agent_id,
+            "http://127.0.0.1:1",
+            "b",
+            1,
+            &format!("key-{nonce}"),
+        )
     }
 }
 
@@ -64,7 +70,7 @@ fn misses_during(registry: &Registry, agent_id: &str, lookups: u64) -> u64 {
 #[test]
 fn lookups_never_miss_an_entry_while_it_is_renewed() {
     let fx = Fixture::new();
-    let fields = registration("steady", "token-1");
+    let fields = registration("steady", 1);
     fx.registry.write(fields.clone()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let renewer = renew_until(&fx.registry, fields, &stop);
@@ -97,8 +103,8 @@ fn lookups_never_miss_an_entry_while_it_is_renewed() {
 #[test]
 fn a_predecessor_never_takes_the_id_back_from_a_renewing_successor() {
     let fx = Fixture::new();
-    let old = registration("contested", "old");
-    let new = registration("contested", "new");
+    let old = registration("contested", 1);
+    let new = registration("contested", 2);
     fx.registry.write(old.clone()).unwrap();
     fx.registry.write(new.clone()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -111,7 +117,7 @@ fn a_predecessor_never_takes_the_id_back_from_a_renewing_successor() {
         std::thread::spawn(move || {
             while !stop.load(Ordering::Relaxed) {
                 let found = registry.lookup("contested").unwrap();
-                if found.and_then(|e| e.registration).as_deref() != Some("new") {
+                if found.map(|e| e.registration_nonce) != Some(2) {
                     older_answers.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -157,7 +163,7 @@ fn a_predecessor_never_takes_the_id_back_from_a_renewing_successor() {
 #[test]
 fn a_hard_linked_entry_is_found_and_repaired_by_the_next_renewal() {
     let fx = Fixture::new();
-    let fields = registration("linked", "token-1");
+    let fields = registration("linked", 1);
     fx.registry.write(fields.clone()).unwrap();
     let other_link = fx.tmp.path().join("other-link");
     std::fs::hard_link(fx.path("linked.json"), &other_link).unwrap();

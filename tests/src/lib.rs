@@ -188,12 +188,12 @@ pub fn fields(
     }
 }
 
-/// The owner of a plain write (no registration token).
-pub fn owner(pid: u32, auth_key: &str) -> agentmux_registry::Owner {
+/// The owner of the registration `nonce`.
+pub fn owner(pid: u32, auth_key: &str, nonce: u64) -> agentmux_registry::Owner {
     agentmux_registry::Owner {
         pid,
         auth_key: auth_key.into(),
-        registration: None,
+        registration_nonce: nonce,
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// The contract version the component implements: its folder under `wit/`.
-const CONTRACT: &str = "0.2.0";
+const CONTRACT: &str = "0.3.0";
 
 fn main() -> ExitCode {
     let check = match std::env::args().nth(1).as_deref() {

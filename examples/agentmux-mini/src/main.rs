@@ -49,7 +49,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use agentmux_registry::liveness::{owner_liveness, should_evict_after_failed_forward, Liveness};
-use agentmux_registry::{AgentEntry, EntryFields, Owner, Registration, Registry};
+use agentmux_registry::{AgentEntry, EntryFields, Registration, Registry};
 use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -283,13 +283,10 @@ fn hops_of(headers: &HeaderMap) -> Result<u32, String> {
     }
 }
 
-/// Removes `entry` only if it is still that registration (never a fresh
-/// re-registration of the same agent).
+/// Removes `entry` only if it is still exactly the entry judged (never a
+/// renewal of it, nor a fresh re-registration of the same agent).
 async fn evict(app: &App, entry: &AgentEntry) {
-    let _ = app
-        .registry
-        .remove_owned(&entry.agent_id, &Owner::of(entry))
-        .await;
+    let _ = app.registry.evict(entry).await;
 }
 
 fn unreachable(entry: &AgentEntry, reason: &str) -> Response {

@@ -5,7 +5,7 @@ use std::collections::{BinaryHeap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
 use agentmux_registry_core::entry::file_name_of;
-use agentmux_registry_core::name::ENTRY_SUFFIX;
+use agentmux_registry_core::name::{other_writers_names, ENTRY_SUFFIX};
 use agentmux_registry_core::{Entry, Error};
 use wasi::filesystem::types::{
     Descriptor, DescriptorFlags, DirectoryEntryStream, OpenFlags, PathFlags,
@@ -117,24 +117,41 @@ pub(super) fn is_entry_name(name: &str) -> bool {
     name.ends_with(ENTRY_SUFFIX) && !name.starts_with('.')
 }
 
-/// The valid entry at `name`, if it is at its own id's file name. One
-/// unreadable file must not hide every other agent, so errors read as none.
-fn listed_entry(dir: &Descriptor, name: &str) -> Option<Entry> {
+/// The valid entry at `name`, with its id's own file name, if `name` is that
+/// name or one another writer used for the id (see
+/// [`other_writers_names`]). One unreadable file must not hide every other
+/// agent, so errors read as none.
+fn listed_entry(dir: &Descriptor, name: &str) -> Option<(Entry, String)> {
     if !is_entry_name(name) {
         return None;
     }
-    match inspect(dir, name) {
-        Ok(Slot::File {
-            entry: Some(entry), ..
-        }) if file_name_of(&entry.agent_id).as_deref() == Ok(name) => Some(entry),
-        _ => None,
+    let Ok(Slot::File {
+        entry: Some(entry), ..
+    }) = inspect(dir, name)
+    else {
+        return None;
+    };
+    let own = file_name_of(&entry.agent_id).ok()?;
+    if own == name {
+        return Some((entry, own));
     }
+    // Another writer's name: listed only while the id's own name holds no
+    // entry of it (which is listed in its place).
+    if !other_writers_names(&entry.agent_id)
+        .iter()
+        .any(|n| n == name)
+    {
+        return None;
+    }
+    let own_holds_it = inspect(dir, &own).ok()?.entry_of(&entry.agent_id).is_some();
+    (!own_holds_it).then_some((entry, own))
 }
 
-/// The names a listing returned, to return each once: some file systems
-/// (tmpfs) list a name again when it is replaced during the listing. Kept as
-/// 64-bit hashes (16 bytes or so per entry), keyed at random per listing so
-/// that no one can choose ids whose hashes collide.
+/// The ids a listing returned, to return each once: some file systems
+/// (tmpfs) list a name again when it is replaced during the listing, and an
+/// id can have entries under more than one name. Kept as 64-bit hashes of
+/// the ids' own file names (16 bytes or so per entry), keyed at random per
+/// listing so that no one can choose ids whose hashes collide.
 #[derive(Default)]
 struct Returned {
     hashes: HashSet<u64>,
@@ -143,15 +160,13 @@ struct Returned {
 
 impl Returned {
     /// The valid entry at `name` (see [`listed_entry`]), unless one was
-    /// returned for that name already.
+    /// returned for its id already.
     fn first_entry(&mut self, dir: &Descriptor, name: &str) -> Option<Entry> {
-        let hash = self.key.hash_one(name);
-        if self.hashes.contains(&hash) {
+        if self.hashes.contains(&self.key.hash_one(name)) {
             return None;
         }
-        let entry = listed_entry(dir, name)?;
-        self.hashes.insert(hash);
-        Some(entry)
+        let (entry, own) = listed_entry(dir, name)?;
+        self.hashes.insert(self.key.hash_one(own)).then_some(entry)
     }
 }
 
@@ -227,7 +242,7 @@ pub fn list_entries(max_entries: u32) -> Result<Vec<Entry>, Error> {
     })
 }
 
-/// An entry ordered by its agent id (ids are unique within a directory).
+/// An entry ordered by its agent id (a listing returns an id once).
 struct ById(Entry);
 
 impl PartialEq for ById {

@@ -27,12 +27,12 @@ pub(super) enum Slot {
 }
 
 impl Slot {
-    /// The entry read, if it is `agent_id`'s.
+    /// The entry read, if it is `agent_id`'s (in any spelling).
     pub(super) fn entry_of(self, agent_id: &str) -> Option<Entry> {
         match self {
             Slot::File {
                 entry: Some(entry), ..
-            } if entry.agent_id == agent_id => Some(entry),
+            } if entry.is_of(agent_id) => Some(entry),
             _ => None,
         }
     }

@@ -4,16 +4,17 @@
 //
 // <transpiled-dir> holds `jco transpile registry.wasm --name registry` output.
 // Preopens <agents-dir> as "/", calls one function of the
-// agentmux:registry/registry@0.2.0 interface, and prints {"ok": value} or
+// agentmux:registry/registry@0.3.0 interface, and prints {"ok": value} or
 // {"err": {"tag": case, "val": message}} as one line of JSON. Entries are
-// printed with the on-disk (snake_case) keys, every optional one included
-// (null when none); a `renewal` prints as its case name.
+// printed as their files hold them: the on-disk (snake_case) keys, every
+// optional one included (null when none), then each `extra` key with its
+// JSON value; a `renewal` prints as its case name.
 //
 // Arguments, as strings:
-//   write <agent-id> <local-url> <block-id> <pid> <auth-key> [<registration>]
-//         [pid-started=N] [pid-namespace=N]
-//   renew (the same arguments; the component requires the registration)
-//   remove-owned <agent-id> <pid> <auth-key> [<registration>]
+//   write <agent-id> <local-url> <block-id> <pid> <auth-key> [<nonce>]
+//         [pid-started=N] [pid-namespace=N] [channel=NAME] [extra:KEY=JSON]...
+//   renew (the same arguments; the component requires a nonce other than 0)
+//   remove-owned <agent-id> <pid> <auth-key> [<nonce>]
 //   list-entries <max-entries>
 //   cleanup-stale <max-age-ms>
 //   lookup | remove | entry-file-name <agent-id>
@@ -39,37 +40,62 @@ const FIELDS = [
   ["pid", "pid"],
   ["updatedAt", "updated_at"],
   ["authKey", "auth_key"],
+  ["channel", "channel"],
+  ["registrationNonce", "registration_nonce"],
   ["pidStarted", "pid_started"],
   ["pidNamespace", "pid_ns"],
-  ["registration", "registration"],
 ];
+
+// An extra key's value is JSON text: printed as is (see toJson).
+const raw = (text) => ({ [RAW]: text });
+const RAW = "\u0001raw";
 
 function plain(value) {
   if (value === undefined) return null;
   if (Array.isArray(value)) return value.map(plain);
   if (value && typeof value === "object" && "agentId" in value) {
-    return Object.fromEntries(FIELDS.map(([field, key]) => [key, plain(value[field])]));
+    const known = FIELDS.map(([field, key]) => [key, plain(value[field])]);
+    const extra = value.extra.map(([key, text]) => [key, raw(text)]);
+    return Object.fromEntries([...known, ...extra]);
   }
   // boolean, bigint, number, string (also an enum case such as a `renewal`)
   return value;
 }
 
-// JSON with u64 values printed exactly (a BigInt is not a JSON number).
+// JSON with u64 values printed exactly (a BigInt is not a JSON number) and
+// extra values as the component returned their text.
 function toJson(value) {
-  const marked = JSON.stringify(value, (_, v) => (typeof v === "bigint" ? `\u0000${v}\u0000` : v));
-  return marked.replace(/"\\u0000(\d+)\\u0000"/g, "$1");
+  const texts = [];
+  const marked = JSON.stringify(value, (_, v) => {
+    if (typeof v === "bigint") return `\u0000${v}\u0000`;
+    if (v && typeof v === "object" && RAW in v) return `\u0000t${texts.push(v[RAW]) - 1}\u0000`;
+    return v;
+  });
+  return marked
+    .replace(/"\\u0000(\d+)\\u0000"/g, "$1")
+    .replace(/"\\u0000t(\d+)\\u0000"/g, (_, i) => texts[Number(i)]);
 }
 
 // write/renew arguments as an `entry-fields` record. A renew without a
-// registration token is passed on as such (the component refuses it).
+// nonce is passed on as such (the component refuses it).
 function entryFields([agentId, localUrl, blockId, pid, authKey, ...rest]) {
-  const fields = { agentId, localUrl, blockId, pid: Number(pid), authKey };
+  const fields = {
+    agentId, localUrl, blockId, pid: Number(pid), authKey,
+    channel: "", registrationNonce: 0n, extra: [],
+  };
+  let nonce = false;
   for (const arg of rest) {
     const m = /^(pid-started|pid-namespace)=(\d+)$/.exec(arg);
+    const extra = /^extra:([^=]+)=(.*)$/s.exec(arg);
     if (m) {
       fields[camel(m[1])] = BigInt(m[2]);
-    } else if (fields.registration === undefined) {
-      fields.registration = arg;
+    } else if (arg.startsWith("channel=")) {
+      fields.channel = arg.slice("channel=".length);
+    } else if (extra) {
+      fields.extra.push([extra[1], extra[2]]);
+    } else if (!nonce && /^\d+$/.test(arg)) {
+      fields.registrationNonce = BigInt(arg);
+      nonce = true;
     } else {
       console.error(`unexpected argument ${JSON.stringify(arg)}`);
       process.exit(2);
@@ -84,8 +110,8 @@ function params() {
     case "renew":
       return [entryFields(args)];
     case "remove-owned": {
-      const [id, pid, authKey, registration] = args;
-      return [id, { pid: Number(pid), authKey, registration }];
+      const [id, pid, authKey, nonce] = args;
+      return [id, { pid: Number(pid), authKey, registrationNonce: BigInt(nonce ?? 0) }];
     }
     case "list-entries":
       return [Number(args[0])];
@@ -98,7 +124,7 @@ function params() {
 
 const func = registry[camel(fn)];
 if (typeof func !== "function") {
-  console.error(`no function ${fn} in agentmux:registry/registry@0.2.0`);
+  console.error(`no function ${fn} in agentmux:registry/registry@0.3.0`);
   process.exit(2);
 }
 let result;

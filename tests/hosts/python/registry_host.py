@@ -5,14 +5,15 @@ usage: registry_host.py <registry.wasm> <agents-dir> <function> [args...]
 Preopens <agents-dir> as "/", calls one function of the
 agentmux:registry/registry interface, and prints {"ok": value} or
 {"err": {"tag": case, "val": message}} as one line of JSON. Entries are
-printed with the on-disk (snake_case) keys, every optional one included
-(null when none); a `renewal` prints as its case name.
+printed as their files hold them: the on-disk (snake_case) keys, every
+optional one included (null when none), then each `extra` key with its JSON
+value; a `renewal` prints as its case name.
 
 Arguments, as strings:
-  write <agent-id> <local-url> <block-id> <pid> <auth-key> [<registration>]
-        [pid-started=N] [pid-namespace=N]
-  renew (the same arguments; the component requires the registration)
-  remove-owned <agent-id> <pid> <auth-key> [<registration>]
+  write <agent-id> <local-url> <block-id> <pid> <auth-key> [<nonce>]
+        [pid-started=N] [pid-namespace=N] [channel=NAME] [extra:KEY=JSON]...
+  renew (the same arguments; the component requires a nonce other than 0)
+  remove-owned <agent-id> <pid> <auth-key> [<nonce>]
   list-entries <max-entries>
   cleanup-stale <max-age-ms>
   lookup | remove | entry-file-name <agent-id>
@@ -24,7 +25,7 @@ import sys
 import wasmtime
 import wasmtime.component as wc
 
-INTERFACE = "agentmux:registry/registry@0.2.0"
+INTERFACE = "agentmux:registry/registry@0.3.0"
 # agent-entry's fields, in WIT order, with the keys the on-disk format uses.
 FIELDS = [
     ("agent-id", "agent_id"),
@@ -33,10 +34,15 @@ FIELDS = [
     ("pid", "pid"),
     ("updated-at", "updated_at"),
     ("auth-key", "auth_key"),
+    ("channel", "channel"),
+    ("registration-nonce", "registration_nonce"),
     ("pid-started", "pid_started"),
     ("pid-namespace", "pid_ns"),
-    ("registration", "registration"),
 ]
+
+
+class Raw(str):
+    """An extra key's value: JSON text, printed as is."""
 
 
 def record(**fields):
@@ -55,22 +61,37 @@ def plain(value):
     if isinstance(value, list):
         return [plain(v) for v in value]
     if isinstance(value, wc.Record) and hasattr(value, "agent-id"):
-        return {key: getattr(value, field) for field, key in FIELDS}
+        entry = {key: getattr(value, field) for field, key in FIELDS}
+        for key, text in getattr(value, "extra"):
+            entry[key] = Raw(text)
+        return entry
     # bool, int, str (also an enum case such as a `renewal`), None
     return value
 
 
 def entry_fields(args):
     """write/renew arguments as an `entry-fields` record. A renew without a
-    registration token is passed on as such (the component refuses it)."""
+    nonce is passed on as such (the component refuses it)."""
     agent_id, url, block, pid, key, *rest = args
-    extra = {"pid_started": None, "pid_namespace": None, "registration": None}
+    extra = {
+        "channel": "",
+        "registration_nonce": 0,
+        "pid_started": None,
+        "pid_namespace": None,
+        "extra": [],
+    }
+    nonce = False
     for arg in rest:
-        name, eq, number = arg.partition("=")
+        name, eq, value = arg.partition("=")
         if eq and name in ("pid-started", "pid-namespace"):
-            extra[name.replace("-", "_")] = int(number)
-        elif extra["registration"] is None:
-            extra["registration"] = arg
+            extra[name.replace("-", "_")] = int(value)
+        elif eq and name == "channel":
+            extra["channel"] = value
+        elif eq and name.startswith("extra:"):
+            extra["extra"].append((name[len("extra:"):], value))
+        elif not nonce and arg.isdigit():
+            extra["registration_nonce"] = int(arg)
+            nonce = True
         else:
             raise SystemExit(f"unexpected argument {arg!r}")
     return record(
@@ -88,11 +109,11 @@ def parse_args(function, args):
     if function in ("write", "renew"):
         return [entry_fields(args)]
     if function == "remove-owned":
-        agent_id, pid, key, *registration = args
+        agent_id, pid, key, *nonce = args
         owner = record(
             pid=int(pid),
             auth_key=key,
-            registration=registration[0] if registration else None,
+            registration_nonce=int(nonce[0]) if nonce else 0,
         )
         return [agent_id, owner]
     if function in ("list-entries", "cleanup-stale"):
@@ -121,9 +142,21 @@ def main():
     func.post_return(store)
     # result<T, registry-error>: T comes back as the value, an error as a Variant.
     if isinstance(result, wc.Variant):
-        print(json.dumps({"err": plain(result)}))
+        print(dumps({"err": plain(result)}))
     else:
-        print(json.dumps({"ok": plain(result)}))
+        print(dumps({"ok": plain(result)}))
+
+
+def dumps(value):
+    """JSON with each extra value's text as the component returned it."""
+    if isinstance(value, Raw):
+        return str(value)
+    if isinstance(value, dict):
+        items = (f"{json.dumps(k)}: {dumps(v)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(dumps(v) for v in value) + "]"
+    return json.dumps(value)
 
 
 if __name__ == "__main__":

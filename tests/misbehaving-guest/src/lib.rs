@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 wit_bindgen::generate!({
-    path: "../../wit/0.2.0",
+    path: "../../wit/0.3.0",
     world: "agent-registry",
 });
 
@@ -82,6 +82,10 @@ impl Guest for Misbehaving {
     }
 
     fn remove_owned(_: String, _: Owner) -> Result<bool, RegistryError> {
+        Ok(false)
+    }
+
+    fn evict(_: String, _: AgentEntry) -> Result<bool, RegistryError> {
         Ok(false)
     }
 
