@@ -123,6 +123,19 @@ pub fn other_writers_names(agent_id: &str) -> Vec<String> {
     names
 }
 
+/// The names agentmux-srv gives `agent_id`'s directory in the shared
+/// registry, when it differs from [`agent_dir_name`]: its `_`-sanitised
+/// lowercased id.
+pub fn other_writers_dir_names(agent_id: &str) -> Vec<String> {
+    let Ok(own) = agent_dir_name(agent_id) else {
+        return Vec::new();
+    };
+    sanitised_name(&agent_id.to_lowercase(), "")
+        .filter(|name| *name != own)
+        .into_iter()
+        .collect()
+}
+
 /// agentmux-srv's name: every character other than a plain one becomes `_`.
 /// `None` when it is not one valid name (too long, or `.`-led: never, since
 /// `.` is sanitised).
@@ -243,6 +256,15 @@ mod tests {
             other_writers_names("My.Agent"),
             ["My%2EAgent.json", "my_agent.json", "My_Agent.json"]
         );
+    }
+
+    #[test]
+    fn shared_registry_dirs_are_named_as_agentmux_srv_names_them() {
+        assert_eq!(agent_dir_name("AgentX").unwrap(), "agentx");
+        assert!(other_writers_dir_names("AgentX").is_empty());
+        assert_eq!(agent_dir_name("My.Agent").unwrap(), "my%2Eagent");
+        assert_eq!(other_writers_dir_names("My.Agent"), ["my_agent"]);
+        assert_eq!(agent_dir_name(""), Err(IdError::Empty));
     }
 
     #[test]

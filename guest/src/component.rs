@@ -8,7 +8,7 @@ use agentmux_registry_core::entry::file_name_of;
 use agentmux_registry_core::ops::LIST_BATCH;
 use agentmux_registry_core::{Entry, EntryFields, Error, SweepProgress};
 
-use crate::agents;
+use crate::{agents, shared};
 
 wit_bindgen::generate!({
     path: "../wit/0.3.0",
@@ -16,6 +16,7 @@ wit_bindgen::generate!({
 });
 
 pub(crate) use exports::agentmux::registry::registry as wit;
+use exports::agentmux::registry::shared_registry as shared_wit;
 
 struct Registry;
 
@@ -88,6 +89,73 @@ impl wit::Guest for Registry {
 
     fn lookup(agent_id: String) -> Result<Option<wit::AgentEntry>, wit::RegistryError> {
         Ok(agents::lookup(&agent_id)?.map(Into::into))
+    }
+}
+
+/// The `shared-listing` resource.
+struct SharedListing(RefCell<shared::Listing>);
+
+impl shared_wit::GuestSharedListing for SharedListing {
+    fn new() -> Self {
+        SharedListing(RefCell::new(shared::Listing::new()))
+    }
+
+    fn next_batch(
+        &self,
+        max_entries: u32,
+    ) -> Result<Option<Vec<wit::AgentEntry>>, wit::RegistryError> {
+        let batch = self.0.borrow_mut().next_batch(max_entries)?;
+        Ok(batch.map(|entries| entries.into_iter().map(Into::into).collect()))
+    }
+}
+
+/// The `shared-sweep` resource.
+struct SharedSweep(RefCell<shared::Sweep>);
+
+impl shared_wit::GuestSharedSweep for SharedSweep {
+    fn new(max_age_ms: u64) -> Self {
+        SharedSweep(RefCell::new(shared::Sweep::new(max_age_ms)))
+    }
+
+    fn next_batch(&self, max_names: u32) -> Result<wit::SweepProgress, wit::RegistryError> {
+        Ok(self.0.borrow_mut().next_batch(max_names)?.into())
+    }
+}
+
+impl shared_wit::Guest for Registry {
+    type SharedListing = SharedListing;
+    type SharedSweep = SharedSweep;
+
+    fn write_shared(fields: wit::EntryFields) -> Result<wit::AgentEntry, wit::RegistryError> {
+        Ok(shared::write(fields.into())?.into())
+    }
+
+    fn renew_shared(fields: wit::EntryFields) -> Result<wit::Renewal, wit::RegistryError> {
+        Ok(shared::renew(fields.into())?.into())
+    }
+
+    fn remove_shared(agent_id: String, channel: String) -> Result<bool, wit::RegistryError> {
+        Ok(shared::remove(&agent_id, &channel)?)
+    }
+
+    fn remove_owned_shared(
+        agent_id: String,
+        owner: wit::Owner,
+    ) -> Result<bool, wit::RegistryError> {
+        Ok(shared::remove_owned(&agent_id, &owner.into())?)
+    }
+
+    fn evict_shared(judged: wit::AgentEntry) -> Result<bool, wit::RegistryError> {
+        Ok(shared::evict(&judged.into())?)
+    }
+
+    fn agent_dir_name(agent_id: String) -> Result<String, wit::RegistryError> {
+        Ok(agentmux_registry_core::name::agent_dir_name(&agent_id).map_err(Error::from)?)
+    }
+
+    fn lookup_all_shared(agent_id: String) -> Result<Vec<wit::AgentEntry>, wit::RegistryError> {
+        let entries = shared::lookup_all(&agent_id)?;
+        Ok(entries.into_iter().map(Into::into).collect())
     }
 }
 

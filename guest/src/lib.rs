@@ -15,3 +15,4 @@ mod agents;
 mod claim;
 mod component;
 mod convert;
+mod shared;

@@ -19,10 +19,15 @@ use crate::Error;
 /// The name of the agents directory inside the data dir.
 pub(crate) const AGENTS: &str = "agents";
 
-/// An open, checked agents directory.
+/// An open, checked agents directory, or shared root.
 pub(crate) struct AgentsDir {
-    /// `{data_dir}/agents`, for messages.
+    /// `{data_dir}/agents` (or the shared root), for messages.
     path: PathBuf,
+    /// Its name in its parent (the data dir).
+    name: String,
+    /// Whether it holds directories of entries (the shared root) rather than
+    /// entries.
+    nested: bool,
     /// The data dir's path, re-checked so a replaced data dir is noticed.
     data_path: PathBuf,
     /// The data dir, through which `agents` is re-checked.
@@ -46,7 +51,37 @@ impl AgentsDir {
     /// `open_checked`. A data dir other users could change is reported
     /// through `tracing::warn!` (see [`data_dir_warning`]).
     pub(crate) fn open(data_dir: &Path) -> Result<AgentsDir, Error> {
-        let path = data_dir.join(AGENTS);
+        Self::open_named(data_dir, AGENTS, false)
+    }
+
+    /// Opens the shared root `root` as [`AgentsDir::open`] opens an agents
+    /// directory, its parent taking the data dir's place; the adoption of an
+    /// older layout checks and tightens the agent directories in it, and
+    /// what they hold, as well.
+    pub(crate) fn open_shared(root: &Path) -> Result<AgentsDir, Error> {
+        let (Some(parent), Some(name)) = (root.parent(), root.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(insecure(
+                root,
+                "a shared root must be a directory with a UTF-8 name inside another one",
+            ));
+        };
+        if name == ".." || name == "." {
+            return Err(insecure(
+                root,
+                "a shared root must be named without `.` or `..`",
+            ));
+        }
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        Self::open_named(parent, name, true)
+    }
+
+    fn open_named(data_dir: &Path, name: &str, nested: bool) -> Result<AgentsDir, Error> {
+        let path = data_dir.join(name);
         let dir_error = |source: io::Error| Error::Directory {
             path: path.clone(),
             source,
@@ -69,12 +104,12 @@ impl AgentsDir {
         if let Some(why) = exposure(&data, data_dir) {
             tracing::warn!(data_dir = %data_dir.display(), "{why}");
         }
-        match create_private_dir(&data, AGENTS) {
+        match create_private_dir(&data, name) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(dir_error(e)),
         }
-        let meta = data.symlink_metadata(AGENTS).map_err(dir_error)?;
+        let meta = data.symlink_metadata(name).map_err(dir_error)?;
         if meta.file_type().is_symlink() {
             return Err(insecure(&path, "it is a symbolic link"));
         }
@@ -82,13 +117,15 @@ impl AgentsDir {
             return Err(insecure(&path, "it is not a directory"));
         }
         #[cfg(unix)]
-        let dir = open_checked(&data, data_dir, &path)?;
+        let dir = open_checked(&data, data_dir, name, nested, &path)?;
         #[cfg(not(unix))]
-        let dir = data.open_dir_nofollow(AGENTS).map_err(dir_error)?;
+        let dir = data.open_dir_nofollow(name).map_err(dir_error)?;
         let data_identity = dir_identity(&data);
         let identity = dir_identity(&dir);
         Ok(AgentsDir {
             path,
+            name: name.to_string(),
+            nested,
             data_path: data_dir.to_path_buf(),
             data,
             data_identity,
@@ -119,7 +156,46 @@ impl AgentsDir {
             return true;
         };
         path_identity(&self.data_path) == Some(data_identity)
-            && named_dir_identity(&self.data, AGENTS) == Some(identity)
+            && named_dir_identity(&self.data, &self.name) == Some(identity)
+    }
+
+    /// Opens this directory again, as it was opened: after it was replaced.
+    pub(crate) fn reopen(&self) -> Result<AgentsDir, Error> {
+        Self::open_named(&self.data_path, &self.name, self.nested)
+    }
+
+    /// Makes the agent directory `name` of a shared root accessible by its
+    /// owner only, if it is a directory (never following a link).
+    pub(crate) fn restrict_dir(&self, name: &str) -> Result<(), Error> {
+        #[cfg(unix)]
+        {
+            use cap_std::fs::MetadataExt;
+            let fd = match rustix::fs::openat(
+                &self.dir,
+                name,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) {
+                Ok(fd) => fd,
+                // Removed meanwhile, or not a directory: nothing of ours.
+                Err(_) => return Ok(()),
+            };
+            let dir = Dir::from_std_file(std::fs::File::from(fd));
+            let path = self.path.join(name);
+            let meta = dir.dir_metadata().map_err(|source| Error::Directory {
+                path: path.clone(),
+                source,
+            })?;
+            if meta.mode() & 0o077 != 0 {
+                set_dir_mode(&dir, 0o700, &path)?;
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+        Ok(())
     }
 
     /// Makes the entry file `name` readable and writable by its owner only,
@@ -301,7 +377,13 @@ const NAMES_SHOWN: usize = 20;
 /// can write the data dir), the open is refused rather than serving a
 /// directory that was not checked.
 #[cfg(unix)]
-fn open_checked(data: &Dir, data_dir: &Path, path: &Path) -> Result<Dir, Error> {
+fn open_checked(
+    data: &Dir,
+    data_dir: &Path,
+    name: &str,
+    nested: bool,
+    path: &Path,
+) -> Result<Dir, Error> {
     use cap_std::fs::MetadataExt;
     use rustix::fs::OFlags;
     let io_error = |source: io::Error| Error::Directory {
@@ -311,7 +393,7 @@ fn open_checked(data: &Dir, data_dir: &Path, path: &Path) -> Result<Dir, Error> 
     // A real descriptor, not cap-std's O_PATH one: fchmod refuses those.
     let fd = rustix::fs::openat(
         data,
-        AGENTS,
+        name,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         rustix::fs::Mode::empty(),
     )
@@ -341,10 +423,10 @@ fn open_checked(data: &Dir, data_dir: &Path, path: &Path) -> Result<Dir, Error> 
     // keeps the mark: every later open checks it again.
     set_dir_mode(&dir, ADOPTING, path)?;
     hooks::run(data_dir, AdoptionStep::Closed);
-    adopt_contents(&dir, path, me)?;
+    adopt_contents(&dir, path, me, nested)?;
     hooks::run(data_dir, AdoptionStep::Checked);
     set_dir_mode(&dir, 0o700, path)?;
-    let named = data.symlink_metadata(AGENTS).ok();
+    let named = data.symlink_metadata(name).ok();
     if named.is_none_or(|n| (n.dev(), n.ino()) != (meta.dev(), meta.ino())) {
         return Err(insecure(
             path,
@@ -396,7 +478,7 @@ fn open_entry(dir: &Dir, name: &std::ffi::OsStr) -> io::Result<cap_std::fs::File
 /// and verified to be the file that was checked. Other kinds of names of this
 /// user's (directories, symlinks) are left alone: the registry never reads them.
 #[cfg(unix)]
-fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
+fn adopt_contents(dir: &Dir, path: &Path, me: u32, nested: bool) -> Result<(), Error> {
     use cap_std::fs::MetadataExt;
     use std::os::fd::AsFd;
     let io_error = |source| Error::Directory {
@@ -406,6 +488,7 @@ fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
     let accounts = std::cell::OnceCell::new();
     let mut refused = Vec::new();
     let mut to_tighten = Vec::new();
+    let mut subdirs = Vec::new();
     for item in dir.entries().map_err(io_error)? {
         let item = item.map_err(io_error)?;
         let name = item.file_name();
@@ -415,6 +498,9 @@ fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
         // Another user's name is never opened: it may be a device or a FIFO.
         let why = if meta.uid() != me {
             format!("uid {}", meta.uid())
+        } else if nested && meta.is_dir() {
+            subdirs.push(name);
+            continue;
         } else if !meta.is_file() {
             continue;
         } else {
@@ -450,6 +536,9 @@ fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
         for (name, identity) in to_tighten {
             tighten(dir, path, &name, identity)?;
         }
+        for name in subdirs {
+            adopt_subdir(dir, &path.join(&name), &name, me)?;
+        }
         return Ok(());
     }
     refused.sort();
@@ -467,6 +556,51 @@ fn adopt_contents(dir: &Dir, path: &Path, me: u32) -> Result<(), Error> {
              copy a hard-linked one over its name), then open the registry again"
         ),
     ))
+}
+
+/// Adopts the agent directory `name` of a shared root: what it holds as
+/// [`adopt_contents`] adopts it, then the directory itself made 0700, both
+/// through a descriptor opened without following a link. (Nothing can be
+/// planted in it meanwhile: the root is closed to everyone else while it is
+/// adopted.)
+#[cfg(unix)]
+fn adopt_subdir(parent: &Dir, path: &Path, name: &std::ffi::OsStr, me: u32) -> Result<(), Error> {
+    use cap_std::fs::MetadataExt;
+    use rustix::fs::OFlags;
+    let fd = match rustix::fs::openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::NOENT) => return Ok(()),
+        Err(e) => {
+            return Err(Error::Directory {
+                path: path.to_path_buf(),
+                source: e.into(),
+            })
+        }
+    };
+    let dir = Dir::from_std_file(std::fs::File::from(fd));
+    let meta = dir.dir_metadata().map_err(|source| Error::Directory {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.uid() != me {
+        return Err(insecure(
+            path,
+            &format!(
+                "it is owned by uid {}, not by this user (uid {me})",
+                meta.uid()
+            ),
+        ));
+    }
+    adopt_contents(&dir, path, me, false)?;
+    if meta.mode() & 0o7777 != 0o700 {
+        set_dir_mode(&dir, 0o700, path)?;
+    }
+    Ok(())
 }
 
 /// Sets the checked file `name` to 0600 through its own descriptor, and

@@ -32,6 +32,22 @@ impl Registry {
         crate::Registry::open_with(data_dir, options).map(Registry::from)
     }
 
+    /// Opens the shared registry rooted at `root`; see
+    /// [`crate::Registry::open_shared`].
+    pub fn open_shared(root: impl AsRef<Path>) -> Result<Registry, Error> {
+        crate::Registry::open_shared(root).map(Registry::from)
+    }
+
+    /// Opens the shared registry rooted at `root` with `options`.
+    pub fn open_shared_with(root: impl AsRef<Path>, options: Options) -> Result<Registry, Error> {
+        crate::Registry::open_shared_with(root, options).map(Registry::from)
+    }
+
+    /// See [`crate::Registry::is_shared`].
+    pub fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
+
     /// The async registry this wraps.
     pub fn as_async(&self) -> &crate::Registry {
         &self.inner
@@ -52,6 +68,11 @@ impl Registry {
         block_on(self.inner.remove(agent_id))
     }
 
+    /// See [`crate::Registry::remove_channel`].
+    pub fn remove_channel(&self, agent_id: &str, channel: &str) -> Result<bool, Error> {
+        block_on(self.inner.remove_channel(agent_id, channel))
+    }
+
     /// See [`crate::Registry::evict`].
     pub fn evict(&self, judged: &AgentEntry) -> Result<bool, Error> {
         block_on(self.inner.evict(judged))
@@ -65,6 +86,11 @@ impl Registry {
     /// See [`crate::Registry::lookup`].
     pub fn lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
         block_on(self.inner.lookup(agent_id))
+    }
+
+    /// See [`crate::Registry::lookup_all`].
+    pub fn lookup_all(&self, agent_id: &str) -> Result<Vec<AgentEntry>, Error> {
+        block_on(self.inner.lookup_all(agent_id))
     }
 
     /// See [`crate::Registry::list`].

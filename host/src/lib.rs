@@ -201,6 +201,12 @@ pub fn default_data_dir() -> Option<PathBuf> {
     if let Some(dir) = non_empty("AGENTMUX_DATA_HOME") {
         return Some(PathBuf::from(dir));
     }
+    Some(home_dir()?.join(".agentmux"))
+}
+
+/// `$HOME`, or on Windows without it `%USERPROFILE%`.
+fn home_dir() -> Option<PathBuf> {
+    let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
     let home = non_empty("HOME").or_else(|| {
         if cfg!(windows) {
             non_empty("USERPROFILE")
@@ -208,7 +214,22 @@ pub fn default_data_dir() -> Option<PathBuf> {
             None
         }
     })?;
-    Some(PathBuf::from(home).join(".agentmux"))
+    Some(PathBuf::from(home))
+}
+
+/// agentmux-srv's host-wide shared registry root:
+/// `~/.agentmux/shared/agents/reactive` (`~` as for [`default_data_dir`]:
+/// `$HOME`, or on Windows without it `%USERPROFILE%`). The same for every
+/// channel and data dir of the host's user, so `$AGENTMUX_DATA_HOME` does not
+/// move it. `None` when no home is known.
+pub fn shared_root() -> Option<PathBuf> {
+    Some(
+        home_dir()?
+            .join(".agentmux")
+            .join("shared")
+            .join("agents")
+            .join("reactive"),
+    )
 }
 
 /// The registry component this crate runs, as a WebAssembly component binary.

@@ -336,25 +336,26 @@ mod os {
     }
 }
 
-/// Whether to remove `entry` after a forward to it failed.
+/// Whether to remove `entry` after a forward to it failed: when its owner is
+/// provably dead, or the entry was written more than `grace` ago, whether
+/// the owner is alive or cannot be told.
 ///
-/// - The owner is dead: yes. Its entry can only send more forwards nowhere.
-/// - The owner is alive: no. The failure is passing (busy, restarting its
-///   listener), and a live owner removes its own entries when it exits.
-/// - Unknown (cannot be told here): yes, unless the entry was written within
-///   `grace`. A just-registered owner may not be listening yet, and a live
-///   owner's heartbeat restores its entry within one beat.
+/// An owner process that is alive proves nothing about the agent: the pid is
+/// the whole server process, shared by all its agents, so an agent that died
+/// inside a live server would otherwise linger for ever. The grace covers an
+/// agent just registered whose controller is not listening yet; a live
+/// agent's heartbeat (more often than `grace`) keeps its entry younger than
+/// that, and restores it within one beat if it was evicted by a passing
+/// failure. agentmux-srv uses 60 s with 20 s heartbeats
+/// ([`crate::compat::FORWARD_FAILURE_GRACE_MS`]).
 pub fn should_evict_after_failed_forward(entry: &AgentEntry, grace: std::time::Duration) -> bool {
-    match owner_liveness(entry) {
-        Liveness::Dead => true,
-        Liveness::Alive => false,
-        Liveness::Unknown => {
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            now_ms.saturating_sub(entry.updated_at) > grace.as_millis() as u64
-        }
+    if owner_liveness(entry) == Liveness::Dead {
+        return true;
     }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    now_ms.saturating_sub(entry.updated_at) > grace.as_millis() as u64
 }
 
 #[cfg(test)]

@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use agentmux_registry_core::entry::file_name_of;
+use agentmux_registry_core::name::agent_dir_name;
 use wasmtime::component::ResourceAny;
 
 use crate::agents_dir::AgentsDir;
-use crate::bindings::exports::agentmux::registry::registry as wit;
 use crate::heartbeat::Heartbeats;
 use crate::runtime::{Instance, Runtime};
 use crate::Error;
@@ -26,6 +26,8 @@ const MAX_IDLE_INSTANCES: usize = 16;
 /// agents directory and its pool of idle instances.
 pub(crate) struct Inner {
     pub(crate) data_dir: PathBuf,
+    /// Whether the directory is a shared root (see `Registry::open_shared`).
+    pub(crate) shared: bool,
     runtime: Arc<Runtime>,
     call_timeout: Duration,
     memory_limit: usize,
@@ -58,9 +60,11 @@ impl Inner {
         runtime: Arc<Runtime>,
         call_timeout: Duration,
         memory_limit: usize,
+        shared: bool,
     ) -> Inner {
         Inner {
             data_dir,
+            shared,
             runtime,
             call_timeout,
             memory_limit,
@@ -103,7 +107,7 @@ impl Inner {
             let due = access == Access::Write || state.checked.elapsed() >= READ_RECHECK;
             if due {
                 if !state.dir.is_current() {
-                    state.dir = Arc::new(AgentsDir::open(&self.data_dir)?);
+                    state.dir = Arc::new(state.dir.reopen()?);
                     state.idle.clear();
                 }
                 state.checked = Instant::now();
@@ -148,8 +152,8 @@ pub(crate) struct Lease {
     open_resources: usize,
 }
 
-/// The registry interface's call handles.
-type Api = wit::Guest;
+/// The component's call handles: both interfaces of its world.
+type Api = crate::bindings::AgentRegistry;
 
 impl Lease {
     /// Makes one guest call: the only place that arms a deadline, runs guest
@@ -165,8 +169,7 @@ impl Lease {
         let instance = self.instance.as_mut().expect("present until drop");
         instance.arm(timeout);
         self.in_call = true;
-        let api = instance.bindings.agentmux_registry_registry();
-        let out = call(api, &mut instance.store).await;
+        let out = call(&instance.bindings, &mut instance.store).await;
         self.in_call = false;
         out.map_err(|err| {
             self.failed = true;
@@ -201,13 +204,21 @@ impl Lease {
         self.failed = true;
     }
 
-    /// Makes `agent_id`'s entry file private to its owner (what WASI cannot
-    /// express). The name comes from the rule the component follows.
-    pub(crate) fn restrict(&self, agent_id: &str) -> Result<(), Error> {
-        match file_name_of(agent_id) {
-            Ok(name) => self.dir.restrict_entry(&name),
-            Err(_) => Ok(()),
+    /// Makes `agent_id`'s entry file (and in a shared registry its agent
+    /// directory) private to its owner: what WASI cannot express. The names
+    /// come from the rules the component follows.
+    pub(crate) fn restrict(&self, agent_id: &str, channel: &str) -> Result<(), Error> {
+        if !self.inner.shared {
+            return match file_name_of(agent_id) {
+                Ok(name) => self.dir.restrict_entry(&name),
+                Err(_) => Ok(()),
+            };
         }
+        let (Ok(dir), Ok(file)) = (agent_dir_name(agent_id), file_name_of(channel)) else {
+            return Ok(());
+        };
+        self.dir.restrict_dir(&dir)?;
+        self.dir.restrict_entry(&format!("{dir}/{file}"))
     }
 }
 

@@ -115,7 +115,32 @@ impl Registry {
 
     /// Opens the registry of `data_dir` with `options`.
     pub fn open_with(data_dir: impl AsRef<Path>, options: Options) -> Result<Registry, Error> {
-        let data_dir = data_dir.as_ref().to_path_buf();
+        Self::open_layout(data_dir.as_ref(), options, false)
+    }
+
+    /// Opens the host-wide shared registry rooted at `root` (agentmux-srv's
+    /// is [`shared_root`](crate::shared_root)`()`): one entry per agent and
+    /// channel, at `{root}/{agent}/{channel}.json`. The root is created, mode
+    /// 0700, when missing, and given to the component as its only preopen;
+    /// an older root other users could reach is adopted, agent directories
+    /// and entries included, as an agents directory is.
+    ///
+    /// Each entry's channel is its `channel` field: [`Registry::write`] and
+    /// [`Registry::renew`] need one. [`Registry::lookup_all`] returns every
+    /// channel's entry of an id, freshest first, and [`Registry::lookup`]
+    /// the freshest; [`Registry::remove_channel`] removes one channel's
+    /// entry, [`Registry::remove`] every channel's.
+    pub fn open_shared(root: impl AsRef<Path>) -> Result<Registry, Error> {
+        Self::open_shared_with(root, Options::default())
+    }
+
+    /// Opens the shared registry rooted at `root` with `options`.
+    pub fn open_shared_with(root: impl AsRef<Path>, options: Options) -> Result<Registry, Error> {
+        Self::open_layout(root.as_ref(), options, true)
+    }
+
+    fn open_layout(path: &Path, options: Options, shared: bool) -> Result<Registry, Error> {
+        let data_dir = path.to_path_buf();
         #[cfg(feature = "custom-components")]
         let runtime = match &options.component {
             None => Runtime::embedded()?,
@@ -123,7 +148,11 @@ impl Registry {
         };
         #[cfg(not(feature = "custom-components"))]
         let runtime = Runtime::embedded()?;
-        let dir = AgentsDir::open(&data_dir)?;
+        let dir = if shared {
+            AgentsDir::open_shared(&data_dir)?
+        } else {
+            AgentsDir::open(&data_dir)?
+        };
         Ok(Registry {
             inner: Arc::new(Inner::new(
                 data_dir,
@@ -131,18 +160,26 @@ impl Registry {
                 runtime,
                 options.call_timeout,
                 options.memory_limit,
+                shared,
             )),
         })
     }
 
-    /// The data dir this registry was opened on.
+    /// The data dir this registry was opened on (the root, for a shared
+    /// registry).
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
     }
 
-    /// `{data_dir}/agents`, the only directory the component can reach.
+    /// `{data_dir}/agents` (the root, for a shared registry): the only
+    /// directory the component can reach.
     pub fn agents_dir(&self) -> PathBuf {
         self.inner.agents_dir()
+    }
+
+    /// Whether this is a shared registry ([`Registry::open_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.inner.shared
     }
 
     /// Creates or replaces the entry of `fields.agent_id` and returns it as
@@ -157,10 +194,21 @@ impl Registry {
 
     async fn write_once(&self, fields: &wit::EntryFields) -> Result<AgentEntry, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
+        let shared = self.inner.shared;
         let entry = lease
-            .call(async |api, store| api.call_write(store, fields).await)
+            .call(async |api, store| {
+                if shared {
+                    api.agentmux_registry_shared_registry()
+                        .call_write_shared(store, fields)
+                        .await
+                } else {
+                    api.agentmux_registry_registry()
+                        .call_write(store, fields)
+                        .await
+                }
+            })
             .await??;
-        lease.restrict(&entry.agent_id)?;
+        lease.restrict(&entry.agent_id, &entry.channel)?;
         Ok(entry.into())
     }
 
@@ -177,25 +225,66 @@ impl Registry {
 
     async fn renew_once(&self, fields: &wit::EntryFields) -> Result<Renewal, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
+        let shared = self.inner.shared;
         let renewal = lease
-            .call(async |api, store| api.call_renew(store, fields).await)
+            .call(async |api, store| {
+                if shared {
+                    api.agentmux_registry_shared_registry()
+                        .call_renew_shared(store, fields)
+                        .await
+                } else {
+                    api.agentmux_registry_registry()
+                        .call_renew(store, fields)
+                        .await
+                }
+            })
             .await??;
         let renewal = Renewal::from(renewal);
         if renewal != Renewal::Superseded {
-            lease.restrict(&fields.agent_id)?;
+            lease.restrict(&fields.agent_id, &fields.channel)?;
         }
         Ok(renewal)
     }
 
-    /// Removes the entry of `agent_id`; true when there was one.
+    /// Removes the entry of `agent_id` (in a shared registry, every
+    /// channel's); true when there was one.
     pub async fn remove(&self, agent_id: &str) -> Result<bool, Error> {
-        waiting_out_claims(|| self.remove_once(agent_id)).await
+        if !self.inner.shared {
+            return waiting_out_claims(|| self.remove_once(agent_id, None)).await;
+        }
+        let mut removed = false;
+        for entry in self.lookup_all(agent_id).await? {
+            removed |= self.remove_channel(agent_id, &entry.channel).await?;
+        }
+        Ok(removed)
     }
 
-    async fn remove_once(&self, agent_id: &str) -> Result<bool, Error> {
+    /// Removes the entry of `agent_id` in `channel` of a shared registry;
+    /// true when there was one. In a per-channel registry, `invalid-field`.
+    pub async fn remove_channel(&self, agent_id: &str, channel: &str) -> Result<bool, Error> {
+        if !self.inner.shared {
+            return Err(Error::InvalidField(
+                "channels are the shared registry's: open it with Registry::open_shared".into(),
+            ));
+        }
+        waiting_out_claims(|| self.remove_once(agent_id, Some(channel))).await
+    }
+
+    async fn remove_once(&self, agent_id: &str, channel: Option<&str>) -> Result<bool, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
         Ok(lease
-            .call(async |api, store| api.call_remove(store, agent_id).await)
+            .call(async |api, store| match channel {
+                Some(channel) => {
+                    api.agentmux_registry_shared_registry()
+                        .call_remove_shared(store, agent_id, channel)
+                        .await
+                }
+                None => {
+                    api.agentmux_registry_registry()
+                        .call_remove(store, agent_id)
+                        .await
+                }
+            })
             .await??)
     }
 
@@ -223,28 +312,86 @@ impl Registry {
 
     async fn evict_once(&self, agent_id: &str, judged: &wit::AgentEntry) -> Result<bool, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
+        let shared = self.inner.shared;
         Ok(lease
-            .call(async |api, store| api.call_evict(store, agent_id, judged).await)
+            .call(async |api, store| {
+                if shared {
+                    api.agentmux_registry_shared_registry()
+                        .call_evict_shared(store, judged)
+                        .await
+                } else {
+                    api.agentmux_registry_registry()
+                        .call_evict(store, agent_id, judged)
+                        .await
+                }
+            })
             .await??)
     }
 
     async fn remove_owned_once(&self, agent_id: &str, owner: &wit::Owner) -> Result<bool, Error> {
         let mut lease = self.inner.lease(Access::Write).await?;
+        let shared = self.inner.shared;
         Ok(lease
-            .call(async |api, store| api.call_remove_owned(store, agent_id, owner).await)
+            .call(async |api, store| {
+                if shared {
+                    api.agentmux_registry_shared_registry()
+                        .call_remove_owned_shared(store, agent_id, owner)
+                        .await
+                } else {
+                    api.agentmux_registry_registry()
+                        .call_remove_owned(store, agent_id, owner)
+                        .await
+                }
+            })
             .await??)
     }
 
-    /// The entry of `agent_id`, or `None` when there is no valid one.
+    /// The entry of `agent_id`, or `None` when there is no valid one. In a
+    /// shared registry, the freshest of its channels' entries.
     pub async fn lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
+        if self.inner.shared {
+            return Ok(self.lookup_shared(agent_id).await?.into_iter().next());
+        }
+        self.lookup_own(agent_id).await
+    }
+
+    async fn lookup_own(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
         let mut lease = self.inner.lease(Access::Read).await?;
         let found = lease
-            .call(async |api, store| api.call_lookup(store, agent_id).await)
+            .call(async |api, store| {
+                api.agentmux_registry_registry()
+                    .call_lookup(store, agent_id)
+                    .await
+            })
             .await??;
         Ok(found.map(AgentEntry::from))
     }
 
-    /// Every valid entry, sorted by agent id. The component's memory stays
+    /// Every entry of `agent_id`, freshest first: in a shared registry, one
+    /// per channel (at most 256, the freshest); in a per-channel registry,
+    /// its entry if it has one.
+    pub async fn lookup_all(&self, agent_id: &str) -> Result<Vec<AgentEntry>, Error> {
+        if !self.inner.shared {
+            return Ok(self.lookup_own(agent_id).await?.into_iter().collect());
+        }
+        self.lookup_shared(agent_id).await
+    }
+
+    async fn lookup_shared(&self, agent_id: &str) -> Result<Vec<AgentEntry>, Error> {
+        let mut lease = self.inner.lease(Access::Read).await?;
+        let found = lease
+            .call(async |api, store| {
+                api.agentmux_registry_shared_registry()
+                    .call_lookup_all_shared(store, agent_id)
+                    .await
+            })
+            .await??;
+        Ok(found.into_iter().map(AgentEntry::from).collect())
+    }
+
+    /// Every valid entry, sorted by agent id (in a shared registry, by agent
+    /// id in any case, then each id's channels freshest first). The
+    /// component's memory stays
     /// bounded whatever the directory holds (entries cross a batch at a
     /// time); the result itself is held here. Use [`Registry::listing`] to go
     /// through a large registry without holding it.
@@ -254,7 +401,18 @@ impl Registry {
         while let Some(batch) = listing.next_batch().await? {
             entries.extend(batch);
         }
-        entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        if self.inner.shared {
+            // By id in any case, and each id's channels freshest first.
+            entries.sort_by_cached_key(|e| {
+                (
+                    e.agent_id.to_lowercase(),
+                    std::cmp::Reverse(e.updated_at),
+                    e.channel.clone(),
+                )
+            });
+        } else {
+            entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        }
         Ok(entries)
     }
 
@@ -300,13 +458,36 @@ impl Registry {
     ) -> Result<u64, Error> {
         let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
         let mut lease = self.inner.lease(Access::Write).await?;
+        let shared = self.inner.shared;
         let sweep = lease
-            .open_resource(async |api, store| api.sweep().call_constructor(store, max_age_ms).await)
+            .open_resource(async |api, store| {
+                if shared {
+                    api.agentmux_registry_shared_registry()
+                        .shared_sweep()
+                        .call_constructor(store, max_age_ms)
+                        .await
+                } else {
+                    api.agentmux_registry_registry()
+                        .sweep()
+                        .call_constructor(store, max_age_ms)
+                        .await
+                }
+            })
             .await?;
         loop {
             let p = lease
                 .call(async |api, store| {
-                    api.sweep().call_next_batch(store, sweep, SWEEP_BATCH).await
+                    if shared {
+                        api.agentmux_registry_shared_registry()
+                            .shared_sweep()
+                            .call_next_batch(store, sweep, SWEEP_BATCH)
+                            .await
+                    } else {
+                        api.agentmux_registry_registry()
+                            .sweep()
+                            .call_next_batch(store, sweep, SWEEP_BATCH)
+                            .await
+                    }
                 })
                 .await??;
             let p = SweepProgress::from(p);
@@ -382,11 +563,23 @@ impl Registry {
         Ok((progress, first_error))
     }
 
-    /// The name of `agent_id`'s entry file inside [`Registry::agents_dir`].
+    /// The name of `agent_id`'s entry file inside [`Registry::agents_dir`]
+    /// (in a shared registry, of its directory).
     pub async fn entry_file_name(&self, agent_id: &str) -> Result<String, Error> {
         let mut lease = self.inner.lease(Access::Read).await?;
+        let shared = self.inner.shared;
         Ok(lease
-            .call(async |api, store| api.call_entry_file_name(store, agent_id).await)
+            .call(async |api, store| {
+                if shared {
+                    api.agentmux_registry_shared_registry()
+                        .call_agent_dir_name(store, agent_id)
+                        .await
+                } else {
+                    api.agentmux_registry_registry()
+                        .call_entry_file_name(store, agent_id)
+                        .await
+                }
+            })
             .await??)
     }
 }
@@ -436,12 +629,23 @@ impl Listing {
             Some(lease) => lease,
             None => self.lease.insert(self.inner.lease(Access::Read).await?),
         };
+        let shared = self.inner.shared;
         let cursor = match self.cursor {
             Some(cursor) => cursor,
             None => {
                 let cursor = lease
                     .open_resource(async |api, store| {
-                        api.entry_listing().call_constructor(store).await
+                        if shared {
+                            api.agentmux_registry_shared_registry()
+                                .shared_listing()
+                                .call_constructor(store)
+                                .await
+                        } else {
+                            api.agentmux_registry_registry()
+                                .entry_listing()
+                                .call_constructor(store)
+                                .await
+                        }
                     })
                     .await?;
                 *self.cursor.insert(cursor)
@@ -449,9 +653,17 @@ impl Listing {
         };
         let batch = lease
             .call(async |api, store| {
-                api.entry_listing()
-                    .call_next_batch(store, cursor, LIST_BATCH)
-                    .await
+                if shared {
+                    api.agentmux_registry_shared_registry()
+                        .shared_listing()
+                        .call_next_batch(store, cursor, LIST_BATCH)
+                        .await
+                } else {
+                    api.agentmux_registry_registry()
+                        .entry_listing()
+                        .call_next_batch(store, cursor, LIST_BATCH)
+                        .await
+                }
             })
             .await??;
         Ok(batch.map(|entries| entries.into_iter().map(AgentEntry::from).collect()))

@@ -1,6 +1,7 @@
 //! Every test that drives the real registry component, as one test binary
 //! (each module was once a binary of its own; one binary links wasmtime once).
 
+mod agentmux_today;
 // Symlink escapes: creating symlinks on Windows needs a privilege.
 #[cfg(unix)]
 mod containment;
@@ -8,8 +9,8 @@ mod containment;
 // only are `stress`'s too (below).
 #[cfg(unix)]
 mod churn;
-// Unix modes, FIFOs, devices and other users' files.
 mod contract;
+// Unix modes, FIFOs, devices and other users' files.
 #[cfg(unix)]
 mod hostile_dir;
 mod interop;
@@ -23,6 +24,7 @@ mod renewal;
 mod runtimes;
 mod scale;
 mod seed_parity;
+mod shared;
 // Several processes replacing files others are reading. Windows's guarantee
 // here comes from the file system's POSIX rename semantics (Windows 10 1809+,
 // NTFS), which Wine 8 does not emulate: there, a plain `std::fs::rename` over a

@@ -197,7 +197,7 @@ async fn dead_owners_are_skipped_by_lookup_live_and_swept() {
 
 #[cfg(any(target_os = "linux", windows))]
 #[test]
-fn eviction_after_a_failed_forward_follows_the_owners_liveness() {
+fn eviction_after_a_failed_forward_needs_a_dead_owner_or_an_entry_older_than_the_grace() {
     let mut child = if cfg!(windows) {
         std::process::Command::new("cmd")
             .args(["/C", "exit"])
@@ -225,9 +225,15 @@ fn eviction_after_a_failed_forward_follows_the_owners_liveness() {
         should_evict_after_failed_forward(&entry(dead_pid, now_ms()), grace),
         "dead owner: evict"
     );
+    // A live owner process proves nothing about one of its agents: an entry
+    // it has not renewed within the grace goes.
     assert!(
-        !should_evict_after_failed_forward(&entry(std::process::id(), 0), grace),
-        "live owner: keep"
+        should_evict_after_failed_forward(&entry(std::process::id(), now_ms() - 60_000), grace),
+        "live owner, older than the grace: evict"
+    );
+    assert!(
+        !should_evict_after_failed_forward(&entry(std::process::id(), now_ms()), grace),
+        "live owner, within the grace: keep"
     );
     // pid 0 stands for an owner whose liveness cannot be told.
     assert!(

@@ -71,9 +71,12 @@ const HOPS_HEADER: &str = "x-agentmux-hops";
 /// A forwarded inject is delivered or refused by the owner; it never moves on.
 const MAX_HOPS: u32 = 1;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
-const HEARTBEAT: Duration = Duration::from_secs(30);
-/// A just-registered entry is not evicted when its owner's liveness is unknown.
-const EVICTION_GRACE: Duration = Duration::from_secs(10);
+/// agentmux-srv's beat and grace: a live agent's entry is never older than
+/// the grace, so a failed forward evicts only an entry its owner stopped
+/// renewing (or one whose owner is dead), never a just-registered one.
+const HEARTBEAT: Duration = Duration::from_secs(20);
+const EVICTION_GRACE: Duration =
+    Duration::from_millis(agentmux_registry::compat::FORWARD_FAILURE_GRACE_MS);
 /// The registry's own limit on an entry's `auth_key`.
 const MAX_KEY_BYTES: usize = 1024;
 /// The most of a forwarded reply's status line and headers that is read.

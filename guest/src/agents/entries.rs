@@ -1,86 +1,139 @@
-//! The operations on one entry: write, renew, remove, remove-owned, lookup.
+//! The operations on one entry: write, renew, remove, remove-owned, evict,
+//! lookup.
 //!
 //! An id's entry is written at its own name ([`file_name_of`]); lookups and
 //! removals also look at the names other writers used for it
 //! ([`other_writers_names`]), where a file counts only while the id it
-//! stores is the one asked for.
+//! stores is the one asked for. Each operation is written once over a
+//! directory and the names it may use, so the shared registry runs the same
+//! code in an agent's directory, over its channels' names.
 
 use agentmux_registry_core::entry::file_name_of;
 use agentmux_registry_core::name::other_writers_names;
 use agentmux_registry_core::{Entry, EntryFields, Error, Owner, Renewal};
-use wasi::filesystem::types::DescriptorType;
+use wasi::filesystem::types::{Descriptor, DescriptorType};
 
 use super::files::{claim, remove_judged, replace_with, unlink};
 use super::slot::{inspect, judge, Slot};
 use super::{now_ms, with_dir};
 
+/// Which entries a name may hold: the entries of one agent (any spelling of
+/// its id), and in the shared registry of one channel too.
+#[derive(Clone, Copy)]
+pub(crate) struct Holder<'a> {
+    pub agent_id: &'a str,
+    pub channel: Option<&'a str>,
+}
+
+impl Holder<'_> {
+    pub(crate) fn holds(&self, entry: &Entry) -> bool {
+        entry.is_of(self.agent_id)
+            && self
+                .channel
+                .is_none_or(|c| agentmux_registry_core::name::same_id(&entry.channel, c))
+    }
+
+    fn conflict(&self, name: &str, entry: &Entry) -> Error {
+        match self.channel {
+            Some(channel) if entry.is_of(self.agent_id) => Error::Conflict(format!(
+                "entry file {name:?} holds the entry of channel {:?}, not {channel:?}",
+                entry.channel
+            )),
+            _ => Error::Conflict(format!(
+                "entry file {name:?} holds the entry of agent {:?}, not {:?}",
+                entry.agent_id, self.agent_id
+            )),
+        }
+    }
+}
+
 pub fn write(fields: EntryFields) -> Result<Entry, Error> {
     fields.check()?;
     let name = file_name_of(&fields.agent_id)?;
-    with_dir(|dir| {
-        let claim = claim(dir, &name)?;
-        match inspect(dir, &name)? {
-            Slot::File {
-                entry: Some(other), ..
-            } if !other.is_of(&fields.agent_id) => {
-                return Err(other_agent(&name, &other, &fields.agent_id));
-            }
-            // Nothing can be renamed over a directory. Anything else planted
-            // at the name (a symlink, a FIFO) is replaced, never followed.
-            Slot::Special(DescriptorType::Directory) => {
-                return Err(Error::Conflict(format!(
-                    "entry name {name:?} is a directory, not a regular file"
-                )))
-            }
-            _ => {}
-        }
-        // Stamped once the claim is held, however long it took to get it.
-        let entry = fields.into_entry(now_ms());
-        replace_with(dir, &claim, &name, &entry)?;
-        Ok(entry)
-    })
+    let holder = Holder {
+        agent_id: &fields.agent_id,
+        channel: None,
+    };
+    with_dir(|dir| write_in(dir, &name, holder, fields.clone()))
 }
 
-fn other_agent(name: &str, entry: &Entry, agent_id: &str) -> Error {
-    Error::Conflict(format!(
-        "entry file {name:?} holds the entry of agent {:?}, not {agent_id:?}",
-        entry.agent_id
-    ))
+/// Writes `fields` at `name` in `dir` (checked by the caller).
+pub(crate) fn write_in(
+    dir: &Descriptor,
+    name: &str,
+    holder: Holder,
+    fields: EntryFields,
+) -> Result<Entry, Error> {
+    let claim = claim(dir, name)?;
+    match inspect(dir, name)? {
+        Slot::File {
+            entry: Some(other), ..
+        } if !holder.holds(&other) => return Err(holder.conflict(name, &other)),
+        // Nothing can be renamed over a directory. Anything else planted
+        // at the name (a symlink, a FIFO) is replaced, never followed.
+        Slot::Special(DescriptorType::Directory) => {
+            return Err(Error::Conflict(format!(
+                "entry name {name:?} is a directory, not a regular file"
+            )))
+        }
+        _ => {}
+    }
+    // Stamped once the claim is held, however long it took to get it.
+    let entry = fields.into_entry(now_ms());
+    replace_with(dir, &claim, name, &entry)?;
+    Ok(entry)
 }
 
 /// One heartbeat step of the registration `fields.registration_nonce`:
 /// rewrites the entry if it is still this registration's, restores it if it
 /// is missing or malformed, and leaves a successor's entry alone.
 pub fn renew(fields: EntryFields) -> Result<Renewal, Error> {
+    check_renewal(&fields)?;
+    let name = file_name_of(&fields.agent_id)?;
+    let holder = Holder {
+        agent_id: &fields.agent_id,
+        channel: None,
+    };
+    with_dir(|dir| renew_in(dir, &name, holder, fields.clone()))
+}
+
+/// The checks of a renewal's fields.
+pub(crate) fn check_renewal(fields: &EntryFields) -> Result<(), Error> {
     fields.check()?;
-    let nonce = fields.registration_nonce;
-    if nonce == 0 {
+    if fields.registration_nonce == 0 {
         return Err(Error::InvalidField(
             "registration-nonce is 0: only a registration can be renewed".into(),
         ));
     }
-    let name = file_name_of(&fields.agent_id)?;
-    with_dir(|dir| {
-        let claim = claim(dir, &name)?;
-        let renewal = renewal_of(judge(dir, &name)?, &name, &fields.agent_id, nonce)?;
-        if renewal != Renewal::Superseded {
-            replace_with(dir, &claim, &name, &fields.into_entry(now_ms()))?;
-        }
-        Ok(renewal)
-    })
+    Ok(())
 }
 
-/// What renewing `agent_id`'s registration `nonce` does with `slot`, judged
-/// under the name's claim.
-fn renewal_of(slot: Slot, name: &str, agent_id: &str, nonce: u64) -> Result<Renewal, Error> {
+/// Renews at `name` in `dir` (fields checked by the caller).
+pub(crate) fn renew_in(
+    dir: &Descriptor,
+    name: &str,
+    holder: Holder,
+    fields: EntryFields,
+) -> Result<Renewal, Error> {
+    let claim = claim(dir, name)?;
+    let renewal = renewal_of(judge(dir, name)?, name, holder, fields.registration_nonce)?;
+    if renewal != Renewal::Superseded {
+        replace_with(dir, &claim, name, &fields.into_entry(now_ms()))?;
+    }
+    Ok(renewal)
+}
+
+/// What renewing the registration `nonce` does with `slot`, judged under the
+/// name's claim.
+fn renewal_of(slot: Slot, name: &str, holder: Holder, nonce: u64) -> Result<Renewal, Error> {
     match slot {
         Slot::Missing | Slot::File { entry: None, .. } => Ok(Renewal::Restored),
         Slot::File {
             entry: Some(entry), ..
-        } if !entry.is_of(agent_id) => Err(other_agent(name, &entry, agent_id)),
+        } if !holder.holds(&entry) => Err(holder.conflict(name, &entry)),
         Slot::File {
             entry: Some(entry), ..
-        } if entry.is_registration(agent_id, nonce) => Ok(Renewal::Refreshed),
+        } if entry.is_registration(holder.agent_id, nonce) => Ok(Renewal::Refreshed),
         // Under the claim, another registration's entry here was written
         // after this registration's last renewal: it is newer.
         Slot::File { entry: Some(_), .. } => Ok(Renewal::Superseded),
@@ -95,74 +148,88 @@ fn renewal_of(slot: Slot, name: &str, agent_id: &str, nonce: u64) -> Result<Rene
 /// names other writers used.
 pub fn remove(agent_id: &str) -> Result<bool, Error> {
     let name = file_name_of(agent_id)?;
+    let holder = Holder {
+        agent_id,
+        channel: None,
+    };
     with_dir(|dir| {
-        let mut removed = {
-            let claim = claim(dir, &name)?;
-            match inspect(dir, &name)? {
-                Slot::Missing | Slot::Special(DescriptorType::Directory) => false,
-                Slot::File {
-                    entry: Some(entry), ..
-                } if !entry.is_of(agent_id) => false,
-                _ => {
-                    claim.check(&name)?;
-                    unlink(dir, &name)?
-                }
-            }
-        };
+        let mut removed = remove_own_in(dir, &name, holder)?;
         for other in other_writers_names(agent_id) {
-            let held = claim(dir, &other)?;
-            if let Slot::File {
-                file,
-                entry: Some(entry),
-                ..
-            } = judge(dir, &other)?
-            {
-                if entry.is_of(agent_id) {
-                    removed |= remove_judged(dir, &held, &other, file)?;
-                }
-            }
+            removed |= remove_where_in(dir, &other, |entry| holder.holds(entry))?;
         }
         Ok(removed)
     })
+}
+
+/// Removes what `name` in `dir` holds, unless it is another's entry or a
+/// directory.
+pub(crate) fn remove_own_in(dir: &Descriptor, name: &str, holder: Holder) -> Result<bool, Error> {
+    let claim = claim(dir, name)?;
+    match inspect(dir, name)? {
+        Slot::Missing | Slot::Special(DescriptorType::Directory) => Ok(false),
+        Slot::File {
+            entry: Some(entry), ..
+        } if !holder.holds(&entry) => Ok(false),
+        _ => {
+            claim.check(name)?;
+            unlink(dir, name)
+        }
+    }
 }
 
 /// Removes the id's entries written by the registration `owner`, at its own
 /// name or the names other writers used.
 pub fn remove_owned(agent_id: &str, owner: &Owner) -> Result<bool, Error> {
+    let names = names_of(agent_id)?;
     if owner.registration_nonce == 0 {
-        file_name_of(agent_id)?;
         return Ok(false);
     }
-    remove_where(agent_id, |entry| entry.is_owned_by(agent_id, owner))
+    with_dir(|dir| {
+        let mut removed = false;
+        for name in &names {
+            removed |= remove_where_in(dir, name, |entry| entry.is_owned_by(agent_id, owner))?;
+        }
+        Ok(removed)
+    })
 }
 
 /// Removes the id's entry while it is exactly `judged`, at its own name or
 /// the names other writers used.
 pub fn evict(agent_id: &str, judged: &Entry) -> Result<bool, Error> {
-    remove_where(agent_id, |entry| entry.is_of(agent_id) && entry == judged)
-}
-
-/// Removes each of the id's names whose entry, judged under the name's
-/// claim, satisfies `chosen`.
-fn remove_where(agent_id: &str, chosen: impl Fn(&Entry) -> bool) -> Result<bool, Error> {
-    let name = file_name_of(agent_id)?;
+    let names = names_of(agent_id)?;
     with_dir(|dir| {
         let mut removed = false;
-        for name in std::iter::once(name).chain(other_writers_names(agent_id)) {
-            let held = claim(dir, &name)?;
-            if let Slot::File {
-                file,
-                entry: Some(entry),
-                ..
-            } = judge(dir, &name)?
-            {
-                if chosen(&entry) {
-                    removed |= remove_judged(dir, &held, &name, file)?;
-                }
-            }
+        for name in &names {
+            removed |=
+                remove_where_in(dir, name, |entry| entry.is_of(agent_id) && entry == judged)?;
         }
         Ok(removed)
     })
+}
+
+/// The id's own name, then the names other writers used.
+fn names_of(agent_id: &str) -> Result<Vec<String>, Error> {
+    let mut names = vec![file_name_of(agent_id)?];
+    names.extend(other_writers_names(agent_id));
+    Ok(names)
+}
+
+/// Removes the entry at `name` in `dir` if, judged under the name's claim,
+/// it satisfies `chosen`.
+pub(crate) fn remove_where_in(
+    dir: &Descriptor,
+    name: &str,
+    chosen: impl Fn(&Entry) -> bool,
+) -> Result<bool, Error> {
+    let held = claim(dir, name)?;
+    match judge(dir, name)? {
+        Slot::File {
+            file,
+            entry: Some(entry),
+            ..
+        } if chosen(&entry) => remove_judged(dir, &held, name, file),
+        _ => Ok(false),
+    }
 }
 
 /// The id's entry at its own name; failing that, the freshest of its entries

@@ -18,7 +18,7 @@ use super::{io, with_dir};
 /// reports an error for is skipped: it vanished while the directory was read
 /// (a rename by another instance), or it is not UTF-8 and so cannot be an
 /// entry.
-pub(super) struct Names {
+pub(crate) struct Names {
     // Declared before the descriptor it reads, so it is dropped first.
     stream: DirectoryEntryStream,
     listing: Descriptor,
@@ -27,7 +27,7 @@ pub(super) struct Names {
 }
 
 impl Names {
-    pub(super) fn open(dir: &Descriptor) -> Result<Names, Error> {
+    pub(crate) fn open(dir: &Descriptor) -> Result<Names, Error> {
         // Read through a descriptor opened on ".", not the preopen itself:
         // some hosts (the Node.js shim) cannot list a preopen descriptor.
         let listing = dir
@@ -53,7 +53,7 @@ impl Names {
     /// UTF-8, or gone) are skipped however many there are: they cannot be
     /// entries, and each error moves the stream on. (A host whose stream
     /// failed forever would meet the call's deadline.)
-    pub(super) fn next(&mut self) -> Result<Option<String>, Error> {
+    pub(crate) fn next(&mut self) -> Result<Option<String>, Error> {
         loop {
             if let Ok(entry) = self.stream.read_directory_entry() {
                 return Ok(entry.map(|e| e.name));
@@ -70,13 +70,13 @@ const MAX_PASSES: u32 = 4;
 /// several system calls) skip or repeat a name that is replaced while the
 /// directory is read; a name present throughout is reported by the first
 /// pass during which it was not replaced. Repeats are the caller's to drop.
-struct Scan {
+pub(crate) struct Scan {
     names: Option<Names>,
     passes: u32,
 }
 
 impl Scan {
-    fn new() -> Scan {
+    pub(crate) fn new() -> Scan {
         Scan {
             names: None,
             passes: 0,
@@ -85,7 +85,7 @@ impl Scan {
 
     /// The next name; `None` once a pass saw the directory unchanged, or
     /// after [`MAX_PASSES`].
-    fn next(&mut self, dir: &Descriptor) -> Result<Option<String>, Error> {
+    pub(crate) fn next(&mut self, dir: &Descriptor) -> Result<Option<String>, Error> {
         loop {
             let names = match &mut self.names {
                 Some(names) => names,
@@ -113,7 +113,7 @@ fn modified(dir: &Descriptor) -> Option<(u64, u32)> {
     Some((t.seconds, t.nanoseconds))
 }
 
-pub(super) fn is_entry_name(name: &str) -> bool {
+pub(crate) fn is_entry_name(name: &str) -> bool {
     name.ends_with(ENTRY_SUFFIX) && !name.starts_with('.')
 }
 

@@ -22,11 +22,11 @@
 //! - The directory is read as a stream, one name at a time; a listing keeps
 //!   only the ids it returned (to return each once).
 
-mod entries;
+pub(crate) mod entries;
 mod files;
-mod listing;
-mod slot;
-mod sweep;
+pub(crate) mod listing;
+pub(crate) mod slot;
+pub(crate) mod sweep;
 
 use std::cell::OnceCell;
 

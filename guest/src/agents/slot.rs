@@ -11,7 +11,7 @@ use super::io;
 use crate::claim::patiently;
 
 /// What a name in the agents directory holds.
-pub(super) enum Slot {
+pub(crate) enum Slot {
     /// Nothing by that name.
     Missing,
     /// Not a regular file: a symlink, FIFO, socket, device or directory.
@@ -38,7 +38,7 @@ impl Slot {
     }
 }
 
-pub(super) fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
+pub(crate) fn inspect(dir: &Descriptor, name: &str) -> Result<Slot, Error> {
     // Look before opening: opening a FIFO would block. Windows refuses even
     // a stat, with `access`, at the name of a file removed while still open
     // until its last handle closes.

@@ -15,20 +15,15 @@ use crate::claim::{break_if_stale, Claim, Stale, Taken};
 
 /// A sweep done in steps of a bounded number of names.
 pub struct Sweep {
-    now: u64,
-    cutoff: u64,
-    latest: u64,
+    ages: Ages,
     names: Option<Names>,
     progress: SweepProgress,
 }
 
 impl Sweep {
     pub fn new(max_age_ms: u64) -> Sweep {
-        let now = now_ms();
         Sweep {
-            now,
-            cutoff: now.saturating_sub(max_age_ms),
-            latest: now.saturating_add(FUTURE_TOLERANCE_MS),
+            ages: Ages::new(max_age_ms),
             names: None,
             progress: SweepProgress::default(),
         }
@@ -50,30 +45,59 @@ impl Sweep {
                     break;
                 };
                 self.progress.examined += 1;
-                // A name that fails is counted and left for the next sweep;
-                // one bad name must not stop the rest. (Names another
-                // instance removes or rewrites meanwhile are not failures.)
-                let gone = if name.starts_with(TEMP_PREFIX) || name.starts_with(GRAB_PREFIX) {
-                    sweep_debris(dir, &name, self.now)
-                } else if name.starts_with(CLAIM_PREFIX) {
-                    break_if_stale(dir, &name).map(|stale| stale == Stale::Broken)
-                } else if is_entry_name(&name) {
-                    sweep_entry(dir, &name, self.cutoff, self.latest)
-                } else {
-                    Ok(false)
-                };
-                match gone {
-                    Ok(gone) => self.progress.removed += u64::from(gone),
-                    Err(error) => {
-                        self.progress.failed += 1;
-                        self.progress
-                            .first_failure
-                            .get_or_insert_with(|| error.to_string());
-                    }
-                }
+                let gone = self.ages.sweep_name(dir, &name);
+                count(&mut self.progress, gone);
             }
             Ok(self.progress.clone())
         })
+    }
+}
+
+/// Counts what sweeping one name did. A name that failed is counted and
+/// left for the next sweep: one bad name must not stop the rest. (Names
+/// another instance removes or rewrites meanwhile are not failures.)
+pub(crate) fn count(progress: &mut SweepProgress, gone: Result<bool, Error>) {
+    match gone {
+        Ok(gone) => progress.removed += u64::from(gone),
+        Err(error) => {
+            progress.failed += 1;
+            progress
+                .first_failure
+                .get_or_insert_with(|| error.to_string());
+        }
+    }
+}
+
+/// What a sweep removes, by age, fixed when it starts.
+#[derive(Clone, Copy)]
+pub(crate) struct Ages {
+    now: u64,
+    cutoff: u64,
+    latest: u64,
+}
+
+impl Ages {
+    pub(crate) fn new(max_age_ms: u64) -> Ages {
+        let now = now_ms();
+        Ages {
+            now,
+            cutoff: now.saturating_sub(max_age_ms),
+            latest: now.saturating_add(FUTURE_TOLERANCE_MS),
+        }
+    }
+
+    /// Sweeps one name of `dir`: debris, a stale claim, or an entry that is
+    /// stale, malformed or not a regular file. True when it was removed.
+    pub(crate) fn sweep_name(&self, dir: &Descriptor, name: &str) -> Result<bool, Error> {
+        if name.starts_with(TEMP_PREFIX) || name.starts_with(GRAB_PREFIX) {
+            sweep_debris(dir, name, self.now)
+        } else if name.starts_with(CLAIM_PREFIX) {
+            break_if_stale(dir, name).map(|stale| stale == Stale::Broken)
+        } else if is_entry_name(name) {
+            sweep_entry(dir, name, self.cutoff, self.latest)
+        } else {
+            Ok(false)
+        }
     }
 }
 

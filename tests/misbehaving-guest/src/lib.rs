@@ -2,7 +2,8 @@
 //! `write` allocates until memory runs out, a sweep's batch recurses until the
 //! stack runs out, and a listing's second call (its first batch) marks the
 //! instance broken and traps. `remove` behaves, and reports whether its
-//! instance is one that trapped before: a host must never reuse those.
+//! instance is one that trapped before: a host must never reuse those. Its
+//! shared registry only refuses.
 #![cfg(target_family = "wasm")]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use exports::agentmux::registry::registry::{
     AgentEntry, EntryFields, Guest, GuestEntryListing, GuestSweep, Owner, RegistryError, Renewal,
     SweepProgress,
 };
+use exports::agentmux::registry::shared_registry as shared;
 
 /// Set just before a trap: an instance that has it set is broken.
 static BROKEN: AtomicBool = AtomicBool::new(false);
@@ -106,6 +108,71 @@ impl Guest for Misbehaving {
         loop {
             std::hint::spin_loop();
         }
+    }
+}
+
+/// The shared registry's calls: each refused, so a test that reaches one
+/// fails with this message.
+fn refused<T>() -> Result<T, RegistryError> {
+    Err(RegistryError::Io(
+        "not part of the misbehaving component".into(),
+    ))
+}
+
+struct SharedListing;
+
+impl shared::GuestSharedListing for SharedListing {
+    fn new() -> Self {
+        SharedListing
+    }
+
+    fn next_batch(&self, _: u32) -> Result<Option<Vec<AgentEntry>>, RegistryError> {
+        refused()
+    }
+}
+
+struct SharedSweep;
+
+impl shared::GuestSharedSweep for SharedSweep {
+    fn new(_: u64) -> Self {
+        SharedSweep
+    }
+
+    fn next_batch(&self, _: u32) -> Result<SweepProgress, RegistryError> {
+        refused()
+    }
+}
+
+impl shared::Guest for Misbehaving {
+    type SharedListing = SharedListing;
+    type SharedSweep = SharedSweep;
+
+    fn write_shared(_: EntryFields) -> Result<AgentEntry, RegistryError> {
+        refused()
+    }
+
+    fn renew_shared(_: EntryFields) -> Result<Renewal, RegistryError> {
+        refused()
+    }
+
+    fn remove_shared(_: String, _: String) -> Result<bool, RegistryError> {
+        refused()
+    }
+
+    fn remove_owned_shared(_: String, _: Owner) -> Result<bool, RegistryError> {
+        refused()
+    }
+
+    fn evict_shared(_: AgentEntry) -> Result<bool, RegistryError> {
+        refused()
+    }
+
+    fn agent_dir_name(_: String) -> Result<String, RegistryError> {
+        refused()
+    }
+
+    fn lookup_all_shared(_: String) -> Result<Vec<AgentEntry>, RegistryError> {
+        refused()
     }
 }
 

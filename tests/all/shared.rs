@@ -1,0 +1,304 @@
+//! The host-wide shared registry (`{root}/{agent}/{channel}.json`): one entry
+//! per agent and channel, as agentmux-srv keeps it, with every rule of the
+//! per-channel registry.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use agentmux_registry::blocking::Registry;
+use agentmux_registry::{EntryFields, Error, Owner, Renewal};
+use agentmux_registry_tests::{fields, now_ms};
+
+fn in_channel(agent_id: &str, channel: &str, pid: u32) -> EntryFields {
+    EntryFields {
+        channel: channel.into(),
+        ..fields(agent_id, "http://127.0.0.1:1", "b", pid, "k")
+    }
+}
+
+fn open(root: &Path) -> Registry {
+    Registry::open_shared(root).unwrap()
+}
+
+#[test]
+fn two_channels_publish_one_agent_and_are_found_freshest_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reactive");
+    let registry = open(&root);
+    assert!(registry.is_shared());
+    let stable = registry.write(in_channel("AgentX", "stable", 0)).unwrap();
+    std::thread::sleep(Duration::from_millis(2));
+    let dev = registry.write(in_channel("agentx", "Dev-A", 0)).unwrap();
+    assert!(root.join("agentx/stable.json").is_file());
+    assert!(root.join("agentx/dev-a.json").is_file());
+
+    assert_eq!(
+        registry.lookup_all("AGENTX").unwrap(),
+        [dev.clone(), stable.clone()],
+        "freshest first, any case"
+    );
+    assert_eq!(registry.lookup("agentX").unwrap(), Some(dev.clone()));
+    assert_eq!(registry.list().unwrap(), [dev.clone(), stable.clone()]);
+
+    // One channel's entry goes; the other stays. The last one takes the
+    // agent's directory with it.
+    assert!(registry.remove_channel("AgentX", "stable").unwrap());
+    assert!(!registry.remove_channel("AgentX", "stable").unwrap());
+    assert_eq!(registry.lookup_all("agentx").unwrap(), [dev]);
+    assert!(registry.remove_channel("AgentX", "dev-a").unwrap());
+    assert!(
+        !root.join("agentx").exists(),
+        "the empty agent dir is removed"
+    );
+    assert_eq!(registry.lookup_all("agentx").unwrap(), []);
+}
+
+#[test]
+fn a_write_needs_a_channel_and_names_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = open(&tmp.path().join("reactive"));
+    for (bad, kind) in [
+        (in_channel("a", "", 0), "invalid field"),
+        (in_channel("", "stable", 0), "invalid agent id"),
+        (in_channel("a", &"c".repeat(300), 0), "invalid field"),
+    ] {
+        let err = registry.write(bad.clone()).unwrap_err();
+        assert!(err.to_string().starts_with(kind), "{bad:?}: {err}");
+    }
+    assert!(matches!(
+        registry.remove_channel("a", ""),
+        Err(Error::InvalidField(_))
+    ));
+    // Per-channel registries have no channels to remove.
+    let per_channel = Registry::open(tmp.path().join("data")).unwrap();
+    assert!(matches!(
+        per_channel.remove_channel("a", "stable"),
+        Err(Error::InvalidField(_))
+    ));
+}
+
+#[test]
+fn registrations_renew_and_remove_their_own_channel_entry_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = open(&tmp.path().join("reactive"));
+    let mine = EntryFields {
+        registration_nonce: 11,
+        extra: vec![("uid".into(), r#""u-1""#.into())],
+        ..in_channel("a1", "stable", 7)
+    };
+    let theirs = EntryFields {
+        registration_nonce: 12,
+        ..in_channel("a1", "dev-a", 7)
+    };
+    assert_eq!(registry.renew(mine.clone()).unwrap(), Renewal::Restored);
+    assert_eq!(registry.renew(mine.clone()).unwrap(), Renewal::Refreshed);
+    registry.write(theirs.clone()).unwrap();
+    assert_eq!(registry.renew(mine.clone()).unwrap(), Renewal::Refreshed);
+    let stored = registry.lookup_all("a1").unwrap();
+    assert_eq!(stored.len(), 2);
+    let own = stored.iter().find(|e| e.channel == "stable").unwrap();
+    assert_eq!(own.extra_value("uid"), Some(r#""u-1""#), "kept by renewals");
+
+    let owner = |nonce| Owner {
+        pid: 7,
+        auth_key: "k".into(),
+        registration_nonce: nonce,
+    };
+    assert!(!registry.remove_owned("a1", &owner(13)).unwrap());
+    assert!(registry.remove_owned("A1", &owner(11)).unwrap());
+    let left = registry.lookup_all("a1").unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].channel, "dev-a");
+    // Evict removes exactly what was judged: not after a rewrite.
+    let judged = left[0].clone();
+    std::thread::sleep(Duration::from_millis(2));
+    registry.write(theirs).unwrap();
+    assert!(!registry.evict(&judged).unwrap());
+    let now = registry.lookup("a1").unwrap().unwrap();
+    assert!(registry.evict(&now).unwrap());
+    assert_eq!(registry.lookup_all("a1").unwrap(), []);
+}
+
+/// What agentmux-srv writes into the shared root (its names, its key order,
+/// `channel` and `registration_nonce` always present, identity keys after
+/// them) is found by every operation, and kept byte for byte until changed.
+#[test]
+fn entries_todays_server_wrote_are_found_by_every_operation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reactive");
+    std::fs::create_dir_all(root.join("my_agent")).unwrap();
+    std::fs::create_dir_all(root.join("agentx")).unwrap();
+    let t = now_ms();
+    let dotted = format!(
+        r#"{{"agent_id":"My.Agent","local_url":"http://127.0.0.1:9","block_id":"b","pid":4000000000,"updated_at":{t},"auth_key":"k","channel":"Dev.A","registration_nonce":7,"jekt_public_key":"cHVi","uid":"u-1","uid_public_key":"a2V5"}}"#
+    );
+    let plain = format!(
+        r#"{{"agent_id":"AgentX","local_url":"http://127.0.0.1:8","block_id":"b","pid":4000000000,"updated_at":{},"auth_key":"k","channel":"stable","registration_nonce":0}}"#,
+        t - 1
+    );
+    std::fs::write(root.join("my_agent/dev_a.json"), &dotted).unwrap();
+    std::fs::write(root.join("agentx/stable.json"), &plain).unwrap();
+    let registry = open(&root);
+
+    let found = registry.lookup_all("MY.AGENT").unwrap();
+    assert_eq!(found.len(), 1);
+    assert_eq!(serde_json::to_string(&found[0]).unwrap(), dotted);
+    assert_eq!(found[0].registration_nonce, 7);
+    assert_eq!(found[0].extra.len(), 3);
+    let agentx = registry.lookup("agentx").unwrap().unwrap();
+    assert_eq!(agentx.agent_id, "AgentX");
+    assert_eq!(agentx.registration_nonce, 0);
+    let listed = registry.list().unwrap();
+    assert_eq!(listed.len(), 2);
+    // Another id's spelling that maps to the server's `my_agent` is not it.
+    assert_eq!(registry.lookup_all("my_agent").unwrap(), []);
+
+    // A conditional removal needs the nonce; 0 never matches.
+    let owner = Owner::of(&found[0]);
+    assert!(!registry
+        .remove_owned(
+            "my.agent",
+            &Owner {
+                registration_nonce: 8,
+                ..owner.clone()
+            }
+        )
+        .unwrap());
+    assert!(registry.remove_owned("my.agent", &owner).unwrap());
+    assert!(!root.join("my_agent").exists());
+    assert!(!registry
+        .remove_owned("agentx", &Owner::of(&agentx))
+        .unwrap());
+    assert!(registry.evict(&agentx).unwrap());
+    assert!(registry.list().unwrap().is_empty());
+}
+
+/// 16 channels write, re-write and remove their entries of one agent while a
+/// sweeper keeps removing the agent's directory whenever it is empty: every
+/// write lands (its writer makes the directory again), and every entry just
+/// written is found.
+#[test]
+fn sixteen_channels_and_a_sweeper_on_one_agent_dir_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reactive");
+    let registry = open(&root);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sweeps = Arc::new(AtomicU64::new(0));
+    let sweeper = {
+        let (registry, stop, sweeps) = (registry.clone(), stop.clone(), sweeps.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                registry.cleanup_stale(Duration::from_secs(3600)).unwrap();
+                sweeps.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let writers: Vec<_> = (0..16)
+        .map(|i| {
+            let registry = registry.clone();
+            std::thread::spawn(move || {
+                let channel = format!("c{i}");
+                let (mut lost, mut failed) = (0, Vec::new());
+                for round in 0..300 {
+                    let fields = EntryFields {
+                        block_id: format!("{round}"),
+                        ..in_channel("contended", &channel, 0)
+                    };
+                    if let Err(e) = registry.write(fields) {
+                        failed.push(e.to_string());
+                        continue;
+                    }
+                    let found = registry.lookup_all("contended").unwrap();
+                    if !found
+                        .iter()
+                        .any(|e| e.channel == channel && e.block_id == round.to_string())
+                    {
+                        lost += 1;
+                    }
+                    // Emptying the directory often: for the sweeper, and for
+                    // the other writers' removals, which remove it too.
+                    if round % 2 == 0 {
+                        registry.remove_channel("contended", &channel).unwrap();
+                    }
+                }
+                (lost, failed)
+            })
+        })
+        .collect();
+    let mut lost = 0;
+    let mut failed = Vec::new();
+    for writer in writers {
+        let (l, f) = writer.join().unwrap();
+        lost += l;
+        failed.extend(f);
+    }
+    stop.store(true, Ordering::Relaxed);
+    sweeper.join().unwrap();
+    assert_eq!((lost, failed), (0, Vec::<String>::new()));
+    assert!(sweeps.load(Ordering::Relaxed) > 0);
+    let left = registry.lookup_all("contended").unwrap();
+    assert_eq!(left.len(), 16, "each channel's last write: {left:?}");
+    assert!(left.iter().all(|e| e.block_id == "299"));
+}
+
+#[cfg(unix)]
+#[test]
+fn agent_dirs_are_private_and_an_older_root_is_adopted() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reactive");
+    // As agentmux-srv leaves it: directories 0755, entries 0600.
+    std::fs::create_dir_all(root.join("agentx")).unwrap();
+    for dir in [&root, &root.join("agentx")] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let file = root.join("agentx/stable.json");
+    std::fs::write(&file, "{}").unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let registry = open(&root);
+    assert_eq!(mode(&root), 0o700);
+    assert_eq!(mode(&root.join("agentx")), 0o700);
+    assert_eq!(mode(&file), 0o600);
+    registry
+        .write(in_channel("new-agent", "stable", 0))
+        .unwrap();
+    assert_eq!(mode(&root.join("new-agent")), 0o700);
+    assert_eq!(mode(&root.join("new-agent/stable.json")), 0o600);
+
+    // A file others could have written, in an agent directory of a root being
+    // adopted, is refused by name.
+    let other = tmp.path().join("other");
+    std::fs::create_dir_all(other.join("a")).unwrap();
+    std::fs::set_permissions(&other, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(other.join("a/stable.json"), "{}").unwrap();
+    std::fs::set_permissions(
+        other.join("a/stable.json"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let err = Registry::open_shared(&other).unwrap_err().to_string();
+    assert!(
+        err.contains("stable.json") && err.contains("writable by others"),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_at_an_agent_dir_name_is_never_followed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reactive");
+    let registry = open(&root);
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("victim")).unwrap();
+    let err = registry
+        .write(in_channel("victim", "stable", 0))
+        .unwrap_err();
+    assert!(matches!(err, Error::Conflict(_)), "{err}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert!(registry.list().unwrap().is_empty());
+}
