@@ -18,22 +18,38 @@ use crate::ops::SweepProgress;
 /// Default `cleanup` age: 4 hours, the same as agentmux-srv's startup sweep.
 pub const DEFAULT_MAX_AGE_MS: u64 = 4 * 60 * 60 * 1000;
 
+/// The channel an agentmux instance runs as when none is given: its
+/// `AGENTMUX_CHANNEL` when set and not empty (pass it as `env`), else
+/// `stable`.
+pub fn channel_or_default(given: Option<String>, env: Option<String>) -> String {
+    given
+        .or(env.filter(|c| !c.is_empty()))
+        .unwrap_or_else(|| "stable".into())
+}
+
 /// Usage of the component's command mode.
 pub const USAGE: &str = "\
-usage: registry.wasm [--json] <command>
-  write <AGENT_ID> --url URL --block BLOCK_ID [--pid PID] [--auth-key KEY]
+usage: registry.wasm [--json] [--shared [--channel NAME]] <command>
+  write <AGENT_ID> --url URL --block BLOCK_ID [--pid PID] [--auth-key KEY] [--nonce N]
   remove <AGENT_ID>
   lookup <AGENT_ID>
   list
   cleanup [--max-age-ms MS]
 The agents directory is the component's preopen, e.g.
-  wasmtime run --dir ~/.agentmux/agents::/ registry.wasm list";
+  wasmtime run --dir ~/.agentmux/agents::/ registry.wasm list
+With --shared, the preopen is the shared root, e.g.
+  wasmtime run --dir ~/.agentmux/shared/agents/reactive::/ registry.wasm --shared list";
 
 /// A parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     /// Print JSON instead of text.
     pub json: bool,
+    /// Work on a shared registry (the preopen is a shared root).
+    pub shared: bool,
+    /// The channel `write` and `remove` use in a shared registry (`None`:
+    /// see [`channel_or_default`]).
+    pub channel: Option<String>,
     /// What to do.
     pub command: Command,
 }
@@ -62,13 +78,19 @@ pub enum Command {
         /// The owning instance's auth key.
         #[cfg_attr(feature = "clap", arg(long, value_name = "KEY", default_value = ""))]
         auth_key: String,
+        /// The entry's registration_nonce; 0 (the default) for none, which no
+        /// conditional removal ever removes.
+        #[cfg_attr(feature = "clap", arg(long, value_name = "N", default_value_t = 0))]
+        nonce: u64,
     },
-    /// Remove an agent's entry (no entry is not an error).
+    /// Remove an agent's entry (no entry is not an error); in the shared
+    /// registry, its entry in the channel.
     Remove {
         /// The agent id.
         agent_id: String,
     },
-    /// Show an agent's entry; exits 1 when there is none.
+    /// Show an agent's entry (in the shared registry, every channel's,
+    /// freshest first); exits 1 when there is none.
     Lookup {
         /// The agent id.
         agent_id: String,
@@ -88,6 +110,14 @@ pub enum Command {
         #[cfg_attr(feature = "clap", arg(long))]
         dead_owners: bool,
     },
+    /// Who holds an agent id: every entry for it in the per-channel registry
+    /// and in the shared one, with channel, block, pid, owner liveness and
+    /// age (the host CLI only: it reads both registries and sees processes);
+    /// exits 1 when there is none.
+    Owners {
+        /// The agent id.
+        agent_id: String,
+    },
 }
 
 /// Parses the arguments after the program name: the component's grammar,
@@ -98,13 +128,14 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     let command = match line.positional.first().map(String::as_str) {
         None => return Err("no command given".into()),
         Some("write") => {
-            line.only_options(&["--url", "--block", "--pid", "--auth-key"])?;
+            line.only_options(&["--url", "--block", "--pid", "--auth-key", "--nonce"])?;
             Command::Write {
                 agent_id: line.one_id("write")?,
                 url: line.option("--url").ok_or("write needs --url")?.into(),
                 block: line.option("--block").ok_or("write needs --block")?.into(),
                 pid: line.number("--pid", "a process id")?.unwrap_or(0),
                 auth_key: line.option("--auth-key").unwrap_or_default().into(),
+                nonce: line.number("--nonce", "a number")?.unwrap_or(0),
             }
         }
         Some("remove") => {
@@ -134,16 +165,35 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
                 dead_owners: false,
             }
         }
+        Some("owners") => {
+            return Err(
+                "owners needs the agentmux-registry CLI: it reads both registries and sees \
+                 processes"
+                    .into(),
+            )
+        }
         Some(other) => return Err(format!("unknown command {other:?}")),
     };
+    if line.channel.is_some() && !line.shared {
+        return Err("--channel applies to the shared registry: add --shared".into());
+    }
     Ok(Invocation {
         json: line.json,
+        shared: line.shared,
+        channel: line.channel,
         command,
     })
 }
 
 /// The options that take a value.
-const VALUE_OPTIONS: [&str; 5] = ["--url", "--block", "--pid", "--auth-key", "--max-age-ms"];
+const VALUE_OPTIONS: [&str; 6] = [
+    "--url",
+    "--block",
+    "--pid",
+    "--auth-key",
+    "--max-age-ms",
+    "--nonce",
+];
 
 /// A command line split into its flag, its options and its positional words,
 /// by the conventions the host CLI's parser (clap) follows: `--name value` or
@@ -151,6 +201,8 @@ const VALUE_OPTIONS: [&str; 5] = ["--url", "--block", "--pid", "--auth-key", "--
 /// looks like an option, and `--` ending the options.
 struct Line {
     json: bool,
+    shared: bool,
+    channel: Option<String>,
     positional: Vec<String>,
     options: Vec<(String, String)>,
 }
@@ -159,6 +211,8 @@ impl Line {
     fn split(args: &[String]) -> Result<Line, String> {
         let mut line = Line {
             json: false,
+            shared: false,
+            channel: None,
             positional: Vec::new(),
             options: Vec::new(),
         };
@@ -178,6 +232,25 @@ impl Line {
                         return Err("--json given twice".into());
                     }
                     line.json = true;
+                }
+                "--shared" if inline.is_none() => {
+                    if line.shared {
+                        return Err("--shared given twice".into());
+                    }
+                    line.shared = true;
+                }
+                "--channel" => {
+                    let value = match inline {
+                        Some(value) => value,
+                        None => rest
+                            .next()
+                            .map(String::as_str)
+                            .filter(|v| !looks_like_an_option(v))
+                            .ok_or("--channel needs a value")?,
+                    };
+                    if line.channel.replace(value.to_owned()).is_some() {
+                        return Err("--channel given twice".into());
+                    }
                 }
                 _ if VALUE_OPTIONS.contains(&name) => {
                     let value = match inline {
@@ -260,6 +333,16 @@ pub trait Backend {
     fn remove(&mut self, agent_id: &str) -> Result<bool, Self::Error>;
     /// The entry of `agent_id`, if there is a valid one.
     fn lookup(&mut self, agent_id: &str) -> Result<Option<Entry>, Self::Error>;
+    /// In a shared registry, the channel `write` and `remove` use; `None`
+    /// for a per-channel registry.
+    fn channel(&self) -> Option<&str>;
+    /// Every channel's entry of `agent_id`, freshest first (shared registry).
+    fn lookup_all(&mut self, agent_id: &str) -> Result<Vec<Entry>, Self::Error>;
+    /// Removes `agent_id`'s entry in `channel` (shared registry).
+    fn remove_channel(&mut self, agent_id: &str, channel: &str) -> Result<bool, Self::Error>;
+    /// Every entry of `agent_id` in the per-channel and shared registries
+    /// (see [`Command::Owners`]).
+    fn owners(&mut self, agent_id: &str) -> Result<Vec<Holding>, Self::Error>;
     /// Every valid entry, in any order.
     fn list(&mut self) -> Result<Vec<Entry>, Self::Error>;
     /// Sweeps entries last written more than `max_age_ms` ago (and, with
@@ -269,6 +352,17 @@ pub trait Backend {
         -> Result<SweepProgress, Self::Error>;
     /// The wall clock in Unix milliseconds, for the ages shown.
     fn now_ms(&self) -> u64;
+}
+
+/// One entry of an agent id, as `owners` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    /// Which registry holds it: `per-channel` or `shared`.
+    pub registry: &'static str,
+    /// Whether its owner runs: `alive`, `dead` or `unknown`.
+    pub liveness: &'static str,
+    /// The entry.
+    pub entry: Entry,
 }
 
 /// How a command that ran ended.
@@ -314,6 +408,7 @@ pub fn dispatch<B: Backend>(
             block,
             pid,
             auth_key,
+            nonce,
         } => {
             let fields = EntryFields {
                 agent_id,
@@ -321,33 +416,59 @@ pub fn dispatch<B: Backend>(
                 block_id: block,
                 pid,
                 auth_key,
+                channel: backend.channel().unwrap_or_default().into(),
+                registration_nonce: nonce,
                 ..EntryFields::default()
             };
             let entry = backend.write(fields).map_err(Failure::Registry)?;
             writeln!(out, "{}", written(&entry, json))?;
         }
         Command::Remove { agent_id } => {
-            let removed = backend.remove(&agent_id).map_err(Failure::Registry)?;
+            let removed = match backend.channel().map(str::to_owned) {
+                Some(channel) => backend.remove_channel(&agent_id, &channel),
+                None => backend.remove(&agent_id),
+            }
+            .map_err(Failure::Registry)?;
             writeln!(out, "{}", self::removed(&agent_id, removed, json))?;
         }
         Command::Lookup { agent_id } => {
-            match backend.lookup(&agent_id).map_err(Failure::Registry)? {
-                Some(entry) => writeln!(out, "{}", found(&entry, json, backend.now_ms()))?,
+            let now = backend.now_ms();
+            let shown = if backend.channel().is_some() {
+                let entries = backend.lookup_all(&agent_id).map_err(Failure::Registry)?;
+                (!entries.is_empty()).then(|| found_all(&entries, json, now))
+            } else {
+                let entry = backend.lookup(&agent_id).map_err(Failure::Registry)?;
+                entry.map(|entry| found(&entry, json, now))
+            };
+            match shown {
+                Some(shown) => writeln!(out, "{shown}")?,
                 None => {
-                    let (stdout, why) = not_found(&agent_id, json);
-                    // The outcome decides the exit status, whether or not the
-                    // output could be written.
-                    if let Some(stdout) = stdout {
-                        let _ = writeln!(out, "{stdout}").and_then(|()| out.flush());
-                    }
-                    return Ok(Outcome::NotFound(why));
+                    return not_found_outcome(&agent_id, json, backend.channel().is_some(), out)
                 }
             }
         }
         Command::List => {
             let mut entries = backend.list().map_err(Failure::Registry)?;
-            entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-            writeln!(out, "{}", listed(&entries, json, backend.now_ms()))?;
+            let shared = backend.channel().is_some();
+            if shared {
+                entries.sort_by_cached_key(|e| {
+                    (
+                        e.agent_id.to_lowercase(),
+                        std::cmp::Reverse(e.updated_at),
+                        e.channel.clone(),
+                    )
+                });
+            } else {
+                entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+            }
+            writeln!(out, "{}", listed(&entries, json, shared, backend.now_ms()))?;
+        }
+        Command::Owners { agent_id } => {
+            let holdings = backend.owners(&agent_id).map_err(Failure::Registry)?;
+            if holdings.is_empty() {
+                return not_found_outcome(&agent_id, json, true, out);
+            }
+            writeln!(out, "{}", owned(&holdings, json, backend.now_ms()))?;
         }
         Command::Cleanup {
             max_age_ms,
@@ -368,6 +489,24 @@ pub fn dispatch<B: Backend>(
     }
     out.flush()?;
     Ok(Outcome::Done)
+}
+
+/// The outcome of a `lookup` or `owners` that found nothing, after printing
+/// what JSON output prints for it (`null`, or `[]` for a list).
+fn not_found_outcome<E>(
+    agent_id: &str,
+    json: bool,
+    list: bool,
+    out: &mut dyn std::io::Write,
+) -> Result<Outcome, Failure<E>> {
+    let (stdout, why) = not_found(agent_id, json);
+    // The outcome decides the exit status, whether or not the output could
+    // be written.
+    if let Some(stdout) = stdout {
+        let stdout = if list { "[]" } else { stdout };
+        let _ = writeln!(out, "{stdout}").and_then(|()| out.flush());
+    }
+    Ok(Outcome::NotFound(why))
 }
 
 /// Characters that change how text is laid out or read rather than showing
@@ -497,7 +636,7 @@ pub fn found(entry: &Entry, json: bool, now_ms: u64) -> String {
     if json {
         return entry_json(entry);
     }
-    format!(
+    let mut text = format!(
         "agent-id:   {}\nlocal-url:  {}\nblock-id:   {}\npid:        {}\nupdated-at: {} ({})\nauth-key:   {} (shown with --json)",
         printable(&entry.agent_id),
         printable(&entry.local_url),
@@ -506,7 +645,103 @@ pub fn found(entry: &Entry, json: bool, now_ms: u64) -> String {
         entry.updated_at,
         age(entry.updated_at, now_ms),
         key_state(entry)
+    );
+    if !entry.channel.is_empty() {
+        text += &format!("\nchannel:    {}", printable(&entry.channel));
+    }
+    if entry.registration_nonce != 0 {
+        text += &format!("\nnonce:      {}", entry.registration_nonce);
+    }
+    if !entry.extra.is_empty() {
+        let keys: Vec<Cow<'_, str>> = entry.extra.iter().map(|(k, _)| printable(k)).collect();
+        text += &format!("\nother keys: {} (shown with --json)", keys.join(", "));
+    }
+    text
+}
+
+/// Output of a shared registry's `lookup`: every channel's entry, freshest
+/// first (a JSON array with `--json`).
+pub fn found_all(entries: &[Entry], json: bool, now_ms: u64) -> String {
+    if json {
+        let items: Vec<String> = entries.iter().map(entry_json).collect();
+        return format!("[{}]", items.join(","));
+    }
+    let blocks: Vec<String> = entries.iter().map(|e| found(e, false, now_ms)).collect();
+    blocks.join("\n\n")
+}
+
+/// Output of `owners`.
+pub fn owned(holdings: &[Holding], json: bool, now_ms: u64) -> String {
+    if json {
+        let items: Vec<String> = holdings
+            .iter()
+            .map(|h| {
+                format!(
+                    "{{\"registry\":\"{}\",\"liveness\":\"{}\",\"age_ms\":{},\"entry\":{}}}",
+                    h.registry,
+                    h.liveness,
+                    now_ms.saturating_sub(h.entry.updated_at),
+                    entry_json(&h.entry)
+                )
+            })
+            .collect();
+        return format!("[{}]", items.join(","));
+    }
+    let rows: Vec<[Cow<'_, str>; 8]> = holdings
+        .iter()
+        .map(|h| {
+            [
+                Cow::Borrowed(h.registry),
+                cell(if h.entry.channel.is_empty() {
+                    "-"
+                } else {
+                    &h.entry.channel
+                }),
+                cell(&h.entry.agent_id),
+                cell(&h.entry.block_id),
+                Cow::Owned(h.entry.pid.to_string()),
+                Cow::Borrowed(h.liveness),
+                Cow::Owned(age(h.entry.updated_at, now_ms)),
+                cell(&h.entry.local_url),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "REGISTRY", "CHANNEL", "AGENT", "BLOCK", "PID", "OWNER", "UPDATED", "URL",
+        ],
+        &rows,
     )
+}
+
+/// Columns padded to their widest cell, the last one unpadded.
+fn table<const N: usize>(titles: &[&str; N], rows: &[[Cow<'_, str>; N]]) -> String {
+    let widths: Vec<usize> = (0..N)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(titles[c].len())
+        })
+        .collect();
+    let line = |cells: Vec<&str>| {
+        let mut text = String::new();
+        for (c, cell) in cells.iter().enumerate() {
+            if c + 1 == N {
+                text += cell;
+            } else {
+                text += &format!("{cell:w$}  ", w = widths[c]);
+            }
+        }
+        text
+    };
+    let mut out = line(titles.to_vec());
+    for row in rows {
+        out.push('\n');
+        out += &line(row.iter().map(|c| c.as_ref()).collect());
+    }
+    out
 }
 
 /// Output of `lookup` when there is no entry: stdout (JSON only) and stderr.
@@ -517,14 +752,34 @@ pub fn not_found(agent_id: &str, json: bool) -> (Option<&'static str>, String) {
     )
 }
 
-/// Output of `list`.
-pub fn listed(entries: &[Entry], json: bool, now_ms: u64) -> String {
+/// Output of `list` (with a CHANNEL column for a shared registry).
+pub fn listed(entries: &[Entry], json: bool, shared: bool, now_ms: u64) -> String {
     if json {
         let items: Vec<String> = entries.iter().map(entry_json).collect();
         return format!("[{}]", items.join(","));
     }
     if entries.is_empty() {
         return "no agents registered".into();
+    }
+    if shared {
+        let rows: Vec<[Cow<'_, str>; 7]> = entries
+            .iter()
+            .map(|e| {
+                [
+                    cell(&e.agent_id),
+                    cell(&e.channel),
+                    cell(&e.local_url),
+                    cell(&e.block_id),
+                    Cow::Owned(e.pid.to_string()),
+                    Cow::Owned(age(e.updated_at, now_ms)),
+                    Cow::Borrowed(key_state(e)),
+                ]
+            })
+            .collect();
+        return table(
+            &["AGENT", "CHANNEL", "URL", "BLOCK", "PID", "UPDATED", "KEY"],
+            &rows,
+        );
     }
     let rows: Vec<[Cow<'_, str>; 4]> = entries
         .iter()
@@ -627,14 +882,31 @@ mod tests {
             .unwrap(),
             Invocation {
                 json: true,
+                shared: false,
+                channel: None,
                 command: Command::Write {
                     agent_id: "a1".into(),
                     url: "u".into(),
                     block: "b".into(),
                     pid: 7,
-                    auth_key: "k".into()
+                    auth_key: "k".into(),
+                    nonce: 0,
                 }
             }
+        );
+        let shared = parse(&args(
+            "--shared --channel dev-a write a1 --url u --block b --nonce 9",
+        ))
+        .unwrap();
+        assert!(shared.shared);
+        assert_eq!(shared.channel.as_deref(), Some("dev-a"));
+        assert!(matches!(shared.command, Command::Write { nonce: 9, .. }));
+        assert_eq!(channel_or_default(None, None), "stable");
+        assert_eq!(channel_or_default(None, Some(String::new())), "stable");
+        assert_eq!(channel_or_default(None, Some("dev-b".into())), "dev-b");
+        assert_eq!(
+            channel_or_default(Some("x".into()), Some("dev-b".into())),
+            "x"
         );
         assert_eq!(
             parse(&args("lookup a1")).unwrap().command,
@@ -701,7 +973,7 @@ mod tests {
             "b\nevil  http://x  c  1  0s ago  set\u{1b}[31m\u{202e}",
         );
         for out in [
-            listed(std::slice::from_ref(&forged), false, 0),
+            listed(std::slice::from_ref(&forged), false, false, 0),
             found(&forged, false, 0),
         ] {
             assert!(
@@ -714,7 +986,7 @@ mod tests {
             );
         }
         assert_eq!(
-            listed(&[forged], false, 0).lines().count(),
+            listed(&[forged], false, false, 0).lines().count(),
             2,
             "one row per entry"
         );
@@ -735,7 +1007,7 @@ mod tests {
             "del\u{7f}",
         ] {
             let e = entry_with("a", sneaky);
-            let out = listed(std::slice::from_ref(&e), false, 0);
+            let out = listed(std::slice::from_ref(&e), false, false, 0);
             assert!(
                 out.lines().all(|l| !l.chars().any(is_invisible)),
                 "{sneaky:?}: {out:?}"
@@ -748,14 +1020,14 @@ mod tests {
         }
         // An id with spaces cannot pose as an id, a URL and a block.
         let e = entry_with("x  http://attacker:1  blk", "b");
-        let out = listed(std::slice::from_ref(&e), false, 0);
+        let out = listed(std::slice::from_ref(&e), false, false, 0);
         assert!(out.contains("\"x  http://attacker:1  blk\""), "{out}");
         // Nor with wide spaces.
         let wide = "x\u{3000}\u{3000}http://attacker:1\u{3000}blk";
-        let out = listed(&[entry_with(wide, "b")], false, 0);
+        let out = listed(&[entry_with(wide, "b")], false, false, 0);
         assert!(out.contains(&format!("\"{wide}\"")), "{out}");
         let long_ago = entry_with("a", "b");
-        let out = listed(std::slice::from_ref(&long_ago), false, u64::MAX / 2);
+        let out = listed(std::slice::from_ref(&long_ago), false, false, u64::MAX / 2);
         let header_key = out.lines().next().unwrap().find("KEY").unwrap();
         assert_eq!(
             out.lines().nth(1).unwrap().find("set"),
@@ -770,10 +1042,10 @@ mod tests {
         let disk = String::from_utf8(entry.to_json()).unwrap();
         assert_eq!(found(&entry, true, 0), disk);
         assert_eq!(
-            listed(std::slice::from_ref(&entry), true, 0),
+            listed(std::slice::from_ref(&entry), true, false, 0),
             format!("[{disk}]")
         );
-        assert_eq!(listed(&[], true, 0), "[]");
+        assert_eq!(listed(&[], true, false, 0), "[]");
         assert!(disk.starts_with(r#"{"agent_id":"a","local_url":"u","block_id":"b","pid":1,"updated_at":0,"auth_key":"k""#));
     }
 
@@ -781,7 +1053,7 @@ mod tests {
     fn text_output_never_shows_the_key() {
         let entry = Entry::parse(br#"{"agent_id":"a","local_url":"u","block_id":"b","pid":1,"updated_at":0,"auth_key":"secret"}"#).unwrap();
         assert!(!found(&entry, false, 0).contains("secret"));
-        assert!(!listed(std::slice::from_ref(&entry), false, 0).contains("secret"));
+        assert!(!listed(std::slice::from_ref(&entry), false, false, 0).contains("secret"));
         assert!(
             found(&entry, true, 0).contains("secret"),
             "JSON is for scripts that forward"

@@ -172,10 +172,15 @@ impl exports::wasi::cli::run::Guest for Registry {
             }
         };
         let mut stdout = std::io::stdout().lock();
+        let mut directory = Directory {
+            channel: invocation.shared.then(|| {
+                cli::channel_or_default(invocation.channel, std::env::var("AGENTMUX_CHANNEL").ok())
+            }),
+        };
         match cli::dispatch(
             invocation.command,
             invocation.json,
-            &mut Directory,
+            &mut directory,
             &mut stdout,
         ) {
             Ok(Outcome::Done) => Ok(()),
@@ -198,14 +203,20 @@ impl exports::wasi::cli::run::Guest for Registry {
     }
 }
 
-/// The preopened agents directory as the commands' backend.
-struct Directory;
+/// The preopened directory as the commands' backend: an agents directory,
+/// or with a channel (`--shared`) a shared root.
+struct Directory {
+    channel: Option<String>,
+}
 
 impl cli::Backend for Directory {
     type Error = Error;
 
     fn write(&mut self, fields: EntryFields) -> Result<Entry, Error> {
-        agents::write(fields)
+        match self.channel {
+            Some(_) => shared::write(fields),
+            None => agents::write(fields),
+        }
     }
 
     fn remove(&mut self, agent_id: &str) -> Result<bool, Error> {
@@ -213,14 +224,45 @@ impl cli::Backend for Directory {
     }
 
     fn lookup(&mut self, agent_id: &str) -> Result<Option<Entry>, Error> {
-        agents::lookup(agent_id)
+        match self.channel {
+            Some(_) => Ok(shared::lookup_all(agent_id)?.into_iter().next()),
+            None => agents::lookup(agent_id),
+        }
+    }
+
+    fn channel(&self) -> Option<&str> {
+        self.channel.as_deref()
+    }
+
+    fn lookup_all(&mut self, agent_id: &str) -> Result<Vec<Entry>, Error> {
+        shared::lookup_all(agent_id)
+    }
+
+    fn remove_channel(&mut self, agent_id: &str, channel: &str) -> Result<bool, Error> {
+        shared::remove(agent_id, channel)
+    }
+
+    fn owners(&mut self, _agent_id: &str) -> Result<Vec<cli::Holding>, Error> {
+        // The component sees one registry and no processes; its parser never
+        // asks this.
+        Err(Error::InvalidField(
+            "owners needs the agentmux-registry CLI: it reads both registries and sees processes"
+                .into(),
+        ))
     }
 
     fn list(&mut self) -> Result<Vec<Entry>, Error> {
         let mut entries = Vec::new();
-        let mut listing = agents::Listing::new();
-        while let Some(batch) = listing.next_batch(LIST_BATCH)? {
-            entries.extend(batch);
+        if self.channel.is_some() {
+            let mut listing = shared::Listing::new();
+            while let Some(batch) = listing.next_batch(LIST_BATCH)? {
+                entries.extend(batch);
+            }
+        } else {
+            let mut listing = agents::Listing::new();
+            while let Some(batch) = listing.next_batch(LIST_BATCH)? {
+                entries.extend(batch);
+            }
         }
         Ok(entries)
     }
@@ -231,6 +273,15 @@ impl cli::Backend for Directory {
             return Err(Error::InvalidField(
                 "--dead-owners needs the agentmux-registry CLI, which can see processes".into(),
             ));
+        }
+        if self.channel.is_some() {
+            let mut sweep = shared::Sweep::new(max_age_ms);
+            loop {
+                let progress = sweep.next_batch(u32::MAX)?;
+                if progress.done {
+                    return Ok(progress);
+                }
+            }
         }
         agents::cleanup_stale(max_age_ms)
     }

@@ -33,8 +33,31 @@ struct Cli {
     /// Print JSON (entries in their on-disk format) instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Work on the host-wide shared registry rooted at DIR (one entry per
+    /// agent and channel, DIR/<agent>/<channel>.json) instead of the data
+    /// dir's.
+    #[arg(long, global = true, value_name = "DIR", conflicts_with = "shared")]
+    shared_dir: Option<PathBuf>,
+    /// Work on the shared registry at its default root,
+    /// ~/.agentmux/shared/agents/reactive.
+    #[arg(long, global = true)]
+    shared: bool,
+    /// The channel `write` and `remove` use in the shared registry. Default:
+    /// $AGENTMUX_CHANNEL when set and non-empty, else stable.
+    #[arg(long, global = true, value_name = "NAME")]
+    channel: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Which registries a command line names.
+struct Place {
+    data_dir: Option<PathBuf>,
+    /// The shared root, when the command works on the shared registry.
+    shared_root: Option<PathBuf>,
+    /// `--shared-dir` as given, for `owners`.
+    shared_dir: Option<PathBuf>,
+    channel: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -59,7 +82,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Registry(command) => run_registry(cli.data_dir, command, cli.json),
+        Command::Registry(command) => place(cli.data_dir, cli.shared_dir, cli.shared, cli.channel)
+            .and_then(|place| run_registry(place, command, cli.json)),
         Command::ExportWasm { dir } => export_wasm(&dir),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -95,47 +119,158 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs a registry command on the registry of `data_dir` (or the default).
-fn run_registry(
+/// What the global options say about where a command works.
+fn place(
     data_dir: Option<PathBuf>,
+    shared_dir: Option<PathBuf>,
+    shared: bool,
+    channel: Option<String>,
+) -> Result<Place, Box<dyn Error>> {
+    let shared_root = match (&shared_dir, shared) {
+        (Some(dir), _) => Some(dir.clone()),
+        (None, true) => Some(
+            agentmux_registry::shared_root()
+                .ok_or("no shared root: pass --shared-dir, or set HOME")?,
+        ),
+        (None, false) => None,
+    };
+    if channel.is_some() && shared_root.is_none() {
+        return Err(
+            "--channel applies to the shared registry: add --shared or --shared-dir".into(),
+        );
+    }
+    Ok(Place {
+        data_dir,
+        shared_root,
+        shared_dir,
+        channel,
+    })
+}
+
+fn default_data_dir(data_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn Error>> {
+    Ok(data_dir
+        .or_else(agentmux_registry::default_data_dir)
+        .ok_or("no data dir: pass --data-dir, or set AGENTMUX_DATA_HOME or HOME")?)
+}
+
+/// Opens the registry of `dir` (the data dir's, or a shared root's), and
+/// says on stderr when other users could change the directory holding it.
+fn open(dir: &Path, shared: bool) -> Result<Registry, Box<dyn Error>> {
+    let registry = if shared {
+        Registry::open_shared(dir)?
+    } else {
+        Registry::open(dir)?
+    };
+    // Said on every run: other users can make the registry unavailable.
+    let parent = if shared { dir.parent() } else { Some(dir) };
+    if let Some(Ok(Some(why))) = parent.map(agentmux_registry::data_dir_warning) {
+        let _ = writeln!(std::io::stderr(), "agentmux-registry: warning: {why}");
+    }
+    Ok(registry)
+}
+
+/// Runs a registry command where `place` says.
+fn run_registry(
+    place: Place,
     command: cli::Command,
     json: bool,
 ) -> Result<Outcome, Box<dyn Error>> {
-    let data_dir = data_dir
-        .or_else(agentmux_registry::default_data_dir)
-        .ok_or("no data dir: pass --data-dir, or set AGENTMUX_DATA_HOME or HOME")?;
-    let registry = Registry::open(&data_dir)?;
-    // Said on every run: other users can make the registry unavailable.
-    if let Ok(Some(why)) = agentmux_registry::data_dir_warning(&data_dir) {
-        let _ = writeln!(std::io::stderr(), "agentmux-registry: warning: {why}");
-    }
+    let mut host = if let cli::Command::Owners { .. } = command {
+        // Both registries: the data dir's, and the shared one (the default
+        // root only when it exists: looking must not create it).
+        let per_channel = open(&default_data_dir(place.data_dir)?, false)?;
+        let root = place
+            .shared_dir
+            .clone()
+            .or_else(|| agentmux_registry::shared_root().filter(|r| r.is_dir()));
+        let shared = root.map(|root| open(&root, true)).transpose()?;
+        Host {
+            registry: per_channel,
+            channel: None,
+            shared,
+        }
+    } else if let Some(root) = &place.shared_root {
+        let channel =
+            cli::channel_or_default(place.channel, std::env::var("AGENTMUX_CHANNEL").ok());
+        Host {
+            registry: open(root, true)?,
+            channel: Some(channel),
+            shared: None,
+        }
+    } else {
+        Host {
+            registry: open(&default_data_dir(place.data_dir)?, false)?,
+            channel: None,
+            shared: None,
+        }
+    };
     let mut stdout = std::io::stdout().lock();
-    cli::dispatch(command, json, &mut Host(registry), &mut stdout).map_err(|e| match e {
+    cli::dispatch(command, json, &mut host, &mut stdout).map_err(|e| match e {
         cli::Failure::Registry(e) => Box::new(e) as Box<dyn Error>,
         cli::Failure::Output(e) => Box::new(e),
     })
 }
 
 /// The registry as the commands' backend.
-struct Host(Registry);
+struct Host {
+    registry: Registry,
+    /// The channel of a shared `registry`.
+    channel: Option<String>,
+    /// For `owners`: the shared registry beside the per-channel `registry`.
+    shared: Option<Registry>,
+}
 
 impl cli::Backend for Host {
     type Error = agentmux_registry::Error;
 
     fn write(&mut self, fields: EntryFields) -> Result<AgentEntry, Self::Error> {
-        self.0.write(fields)
+        self.registry.write(fields)
     }
 
     fn remove(&mut self, agent_id: &str) -> Result<bool, Self::Error> {
-        self.0.remove(agent_id)
+        self.registry.remove(agent_id)
     }
 
     fn lookup(&mut self, agent_id: &str) -> Result<Option<AgentEntry>, Self::Error> {
-        self.0.lookup(agent_id)
+        self.registry.lookup(agent_id)
+    }
+
+    fn channel(&self) -> Option<&str> {
+        self.channel.as_deref()
+    }
+
+    fn lookup_all(&mut self, agent_id: &str) -> Result<Vec<AgentEntry>, Self::Error> {
+        self.registry.lookup_all(agent_id)
+    }
+
+    fn remove_channel(&mut self, agent_id: &str, channel: &str) -> Result<bool, Self::Error> {
+        self.registry.remove_channel(agent_id, channel)
+    }
+
+    fn owners(&mut self, agent_id: &str) -> Result<Vec<cli::Holding>, Self::Error> {
+        use agentmux_registry::liveness::{owner_liveness, Liveness};
+        let mut holdings = Vec::new();
+        let registries = std::iter::once(("per-channel", &self.registry))
+            .chain(self.shared.iter().map(|r| ("shared", r)));
+        for (registry_name, registry) in registries {
+            for entry in registry.lookup_all(agent_id)? {
+                let liveness = match owner_liveness(&entry) {
+                    Liveness::Alive => "alive",
+                    Liveness::Dead => "dead",
+                    Liveness::Unknown => "unknown",
+                };
+                holdings.push(cli::Holding {
+                    registry: registry_name,
+                    liveness,
+                    entry,
+                });
+            }
+        }
+        Ok(holdings)
     }
 
     fn list(&mut self) -> Result<Vec<AgentEntry>, Self::Error> {
-        self.0.list()
+        self.registry.list()
     }
 
     fn cleanup(
@@ -146,7 +281,7 @@ impl cli::Backend for Host {
         // Progress on a terminal only: scripts read the one result line.
         let show = std::io::stderr().is_terminal();
         let mut last = SweepProgress::default();
-        self.0
+        self.registry
             .cleanup_stale_with_progress(Duration::from_millis(max_age_ms), |p| {
                 if show && !p.done {
                     eprint!("\rswept {} names, removed {}", p.examined, p.removed);
@@ -157,7 +292,7 @@ impl cli::Backend for Host {
             eprint!("\r\x1b[K");
         }
         if dead_owners {
-            last.add(self.0.sweep_dead_owners()?);
+            last.add(self.registry.sweep_dead_owners()?);
         }
         Ok(last)
     }
@@ -221,8 +356,15 @@ mod tests {
                 Ok(Cli {
                     command: Command::Registry(command),
                     json,
+                    shared,
+                    channel,
                     ..
-                }) => Some(cli::Invocation { json, command }),
+                }) => Some(cli::Invocation {
+                    json,
+                    shared,
+                    channel,
+                    command,
+                }),
                 Ok(_) => panic!("{line:?} is not a registry command"),
                 Err(_) => None,
             }
@@ -246,6 +388,10 @@ mod tests {
             "lookup -- -x",
             "write --url u --block b -- -x",
             "lookup -",
+            "--shared list",
+            "--shared --channel dev-a write a --url u --block b --nonce 3",
+            "write a --url u --block b --nonce=3 --shared --channel=c",
+            "--shared lookup a",
         ] {
             let parsed = host(line);
             assert!(parsed.is_some(), "{line:?}");
@@ -270,6 +416,12 @@ mod tests {
             "lookup -x",
             "list --json=yes",
             "lookup a b --",
+            "write a --url u --block b --nonce -1",
+            "write a --url u --block b --nonce x",
+            "--shared --shared list",
+            "--shared --channel a --channel b list",
+            "--shared --channel list",
+            "remove a --nonce 3",
         ] {
             assert_eq!(host(line), None, "{line:?}");
             assert_eq!(component(line), None, "{line:?}");
@@ -284,5 +436,11 @@ mod tests {
             })
         ));
         assert_eq!(component(dead), None);
+        // Nor read both registries at once.
+        assert!(matches!(
+            host("owners a").map(|i| i.command),
+            Some(cli::Command::Owners { .. })
+        ));
+        assert_eq!(component("owners a"), None);
     }
 }

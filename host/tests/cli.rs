@@ -690,3 +690,157 @@ fn an_error_prints_each_cause_once() {
     assert!(err.contains(&not_a_dir.display().to_string()), "{err}");
     assert_eq!(err.matches("Not a directory").count(), 1, "{err}");
 }
+
+/// `--shared-dir`: one entry per agent and channel; `--channel` (default
+/// `$AGENTMUX_CHANNEL`, else `stable`) says which; `lookup` shows every
+/// channel's entry freshest first; `--json` shows every stored key.
+#[test]
+fn the_shared_registry_is_written_and_read_per_channel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reactive");
+    let r = root.to_str().unwrap();
+    let run = |channel_env: Option<&str>, args: &[&str]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"));
+        command
+            .args(args)
+            .env("HOME", tmp.path())
+            .env_remove("AGENTMUX_DATA_HOME")
+            .env_remove("AGENTMUX_CHANNEL");
+        if let Some(channel) = channel_env {
+            command.env("AGENTMUX_CHANNEL", channel);
+        }
+        command.output().unwrap()
+    };
+    let write = [
+        "--shared-dir",
+        r,
+        "write",
+        "AgentX",
+        "--url",
+        "http://127.0.0.1:1",
+        "--block",
+        "b",
+    ];
+    let out = run(None, &[&write[..], &["--nonce", "7"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stored = std::fs::read_to_string(root.join("agentx/stable.json")).unwrap();
+    assert!(
+        stored.contains(r#""channel":"stable","registration_nonce":7"#),
+        "{stored}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert!(run(Some("dev-a"), &write).status.success());
+    assert!(
+        root.join("agentx/dev-a.json").is_file(),
+        "channel from the environment"
+    );
+    // An entry agentmux-srv wrote, with keys this crate does not interpret.
+    std::fs::write(
+        root.join("agentx/dev-b.json"),
+        r#"{"agent_id":"AgentX","local_url":"http://127.0.0.1:3","block_id":"b","pid":0,"updated_at":1,"auth_key":"","channel":"dev-b","registration_nonce":0,"uid":"u-1"}"#,
+    )
+    .unwrap();
+
+    let out = run(None, &["--shared-dir", r, "--json", "lookup", "agentx"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let channels: Vec<&str> = all.iter().map(|e| e["channel"].as_str().unwrap()).collect();
+    assert_eq!(channels, ["dev-a", "stable", "dev-b"], "freshest first");
+    assert_eq!(all[2]["uid"], "u-1", "every stored key");
+    let text = stdout(&run(None, &["--shared-dir", r, "list"]));
+    assert!(
+        text.starts_with("AGENT") && text.lines().next().unwrap().contains("CHANNEL"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 4, "{text}");
+
+    let out = run(
+        None,
+        &["--shared-dir", r, "--channel", "dev-a", "remove", "AGENTX"],
+    );
+    assert_eq!(stdout(&out), "removed AGENTX\n");
+    assert!(!root.join("agentx/dev-a.json").exists());
+    assert!(
+        root.join("agentx/stable.json").exists(),
+        "other channels stay"
+    );
+    let missing = run(None, &["--shared-dir", r, "--json", "lookup", "nobody"]);
+    assert_eq!(
+        (missing.status.code(), stdout(&missing)),
+        (Some(1), "[]\n".into())
+    );
+    // --channel means nothing to a per-channel registry.
+    let out = run(None, &["--channel", "x", "list"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--channel applies to the shared registry"));
+}
+
+/// `owners ID`: every entry of the id in the data dir's registry and the
+/// shared one, with registry, channel, block, pid, owner liveness and age.
+#[test]
+fn owners_shows_who_holds_an_id_in_both_registries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let root = tmp.path().join("reactive");
+    let (d, r) = (data.to_str().unwrap(), root.to_str().unwrap());
+    let pid = std::process::id().to_string();
+    let w = |extra: &[&str], block: &str| {
+        let args = [
+            extra,
+            &[
+                "write",
+                "dup",
+                "--url",
+                "http://127.0.0.1:1",
+                "--block",
+                block,
+                "--pid",
+                &pid,
+            ],
+        ]
+        .concat();
+        assert!(cli(tmp.path(), &args).status.success());
+    };
+    w(&["--data-dir", d], "b-local");
+    w(&["--shared-dir", r, "--channel", "dev-a"], "b-dev");
+    w(&["--shared-dir", r, "--channel", "stable"], "b-stable");
+    let out = cli(
+        tmp.path(),
+        &["--data-dir", d, "--shared-dir", r, "owners", "DUP"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(
+        rows[0].starts_with("REGISTRY") && rows[0].contains("OWNER"),
+        "{text}"
+    );
+    assert_eq!(rows.len(), 4, "{text}");
+    assert!(
+        rows[1].starts_with("per-channel") && rows[1].contains("b-local"),
+        "{text}"
+    );
+    assert!(rows[2..].iter().all(|r| r.starts_with("shared")), "{text}");
+    assert!(rows[1..].iter().all(|r| r.contains(" alive ")), "{text}");
+    let json = cli(
+        tmp.path(),
+        &[
+            "--data-dir",
+            d,
+            "--shared-dir",
+            r,
+            "--json",
+            "owners",
+            "dup",
+        ],
+    );
+    let all: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[1]["registry"], "shared");
+    assert_eq!(all[1]["entry"]["block_id"], "b-stable", "freshest first");
+    let none = cli(
+        tmp.path(),
+        &["--data-dir", d, "--shared-dir", r, "owners", "nobody"],
+    );
+    assert_eq!(none.status.code(), Some(1));
+}
