@@ -4,8 +4,15 @@
 //! - `POST /agentmux/reactive/register`   `{"agent_id", "block_id"}`: host an agent here.
 //! - `POST /agentmux/reactive/unregister` `{"agent_id"}`: stop hosting it.
 //! - `POST /agentmux/reactive/inject`     `{"agent_id", "message"}`: deliver to a
-//!   local agent, or look the agent up in the registry and forward the request
-//!   to the instance that owns it, with that instance's `X-AuthKey`.
+//!   local agent, or look the agent up and forward the request to the
+//!   instance that owns it, with that instance's `X-AuthKey`: first in the
+//!   data dir's registry, then in the host-wide shared one, where instances
+//!   of other channels publish their agents (freshest entry first, each
+//!   candidate tried until one delivers).
+//!
+//! Each agent is registered in both registries, as agentmux-srv does: in the
+//! data dir's, and in the shared one under this instance's channel
+//! (`AGENTMUX_CHANNEL`, default `stable`).
 //! - `GET  /agentmux/reactive/inbox/{agent_id}`: messages delivered to a local agent.
 //!
 //! Every route requires exactly one `X-AuthKey` equal to this instance's key
@@ -18,7 +25,9 @@
 //! At startup (after binding) it sweeps entries older than 4 hours and entries
 //! of dead instances. On SIGTERM or Ctrl-C it removes its own entries.
 //!
-//! Usage: `AGENTMUX_AUTH_KEY=key agentmux-mini [--data-dir DIR] [--port N]`.
+//! Usage: `AGENTMUX_AUTH_KEY=key agentmux-mini [--data-dir DIR]
+//! [--shared-dir DIR] [--port N]` (the shared root defaults to
+//! `~/.agentmux/shared/agents/reactive`).
 //! It prints `listening on http://127.0.0.1:PORT` once it accepts requests.
 //! A configuration it cannot use (exit status 2), or a port or registry it
 //! cannot open (exit status 1), makes it print why on stderr and exit
@@ -87,12 +96,17 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 struct Agent {
     inbox: Vec<String>,
-    /// Keeps the registry entry fresh; dropping it removes the entry.
-    _registration: Registration,
+    /// Keep the registry entries fresh (the data dir's and the shared one);
+    /// dropping them removes the entries.
+    _registrations: [Registration; 2],
 }
 
 struct App {
     registry: Registry,
+    /// The host-wide shared registry, where this instance's channel is
+    /// `channel`.
+    shared: Registry,
+    channel: String,
     auth_key: String,
     local_url: String,
     /// The listening socket's address: a forward to it would reach this very
@@ -114,6 +128,11 @@ impl App {
 }
 
 type Shared = Arc<App>;
+
+/// The key of a hosted agent: ids are case-insensitive, as the registry's.
+fn local_key(agent_id: &str) -> String {
+    agent_id.to_lowercase()
+}
 
 #[derive(Deserialize)]
 struct RegisterBody {
@@ -155,16 +174,24 @@ async fn register(State(app): State<Shared>, Json(body): Json<RegisterBody>) -> 
         auth_key: app.auth_key.clone(),
         ..EntryFields::default()
     };
+    let shared_fields = EntryFields {
+        channel: app.channel.clone(),
+        ..fields.clone()
+    };
     let _order = app.registering.lock().await;
     let registration = match Registration::register(&app.registry, fields, HEARTBEAT).await {
         Ok(registration) => registration,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
+    let shared = match Registration::register(&app.shared, shared_fields, HEARTBEAT).await {
+        Ok(registration) => registration,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
     let replaced = app.agents().insert(
-        body.agent_id.clone(),
+        local_key(&body.agent_id),
         Agent {
             inbox: Vec::new(),
-            _registration: registration,
+            _registrations: [registration, shared],
         },
     );
     // Outside the map's lock: dropping removes nothing of the new entry.
@@ -173,7 +200,7 @@ async fn register(State(app): State<Shared>, Json(body): Json<RegisterBody>) -> 
 }
 
 async fn unregister(State(app): State<Shared>, Json(body): Json<RegisterBody>) -> Response {
-    let agent = app.agents().remove(&body.agent_id);
+    let agent = app.agents().remove(&local_key(&body.agent_id));
     // Dropping the guard removes the entry if it is still ours.
     let removed = agent.is_some();
     drop(agent);
@@ -181,7 +208,7 @@ async fn unregister(State(app): State<Shared>, Json(body): Json<RegisterBody>) -
 }
 
 async fn inbox(State(app): State<Shared>, Path(agent_id): Path<String>) -> Response {
-    match app.agents().get(&agent_id) {
+    match app.agents().get(&local_key(&agent_id)) {
         Some(agent) => Json(json!({ "messages": agent.inbox })).into_response(),
         None => error(StatusCode::NOT_FOUND, "agent not hosted here"),
     }
@@ -192,7 +219,7 @@ async fn inject(
     headers: HeaderMap,
     Json(body): Json<InjectBody>,
 ) -> Response {
-    if let Some(agent) = app.agents().get_mut(&body.agent_id) {
+    if let Some(agent) = app.agents().get_mut(&local_key(&body.agent_id)) {
         agent.inbox.push(body.message);
         return Json(json!({ "delivered": "local" })).into_response();
     }
@@ -206,66 +233,100 @@ async fn inject(
             "agent not hosted here (hop limit reached)",
         );
     }
-    let entry = match app.registry.lookup(&body.agent_id).await {
-        Ok(Some(entry)) => entry,
-        Ok(None) => return error(StatusCode::NOT_FOUND, "agent not found"),
+    // The data dir's entry first, then every channel's in the shared
+    // registry, freshest first.
+    let mut candidates: Vec<(&Registry, AgentEntry)> = Vec::new();
+    match app.registry.lookup(&body.agent_id).await {
+        Ok(found) => candidates.extend(found.map(|entry| (&app.registry, entry))),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
+    }
+    match app.shared.lookup_all(&body.agent_id).await {
+        Ok(found) => candidates.extend(found.into_iter().map(|entry| (&app.shared, entry))),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    let payload = json!({ "agent_id": body.agent_id, "message": body.message }).to_string();
+    let mut last = None;
+    let mut tried: Vec<String> = Vec::new();
+    for (registry, entry) in candidates {
+        // An instance publishes its agent in both registries: one try each,
+        // and a dead owner's entries go from both.
+        if tried.contains(&entry.local_url) {
+            if owner_liveness(&entry) == Liveness::Dead {
+                let _ = registry.evict(&entry).await;
+            }
+            continue;
+        }
+        tried.push(entry.local_url.clone());
+        match deliver(&app, registry, &entry, hops, &payload).await {
+            Ok(delivered) => return delivered,
+            Err(failed) => last = Some(failed),
+        }
+    }
+    last.unwrap_or_else(|| error(StatusCode::NOT_FOUND, "agent not found"))
+}
+
+/// Forwards `payload` to the owner `entry` names (found in `registry`): the
+/// owner's answer when it delivered, or why it could not (the caller tries
+/// the next candidate). An owner that is gone has its entry evicted.
+async fn deliver(
+    app: &App,
+    registry: &Registry,
+    entry: &AgentEntry,
+    hops: u32,
+    payload: &str,
+) -> Result<Response, Response> {
     let target = match resolve_target(&entry.local_url, app.this_addr) {
         // Our own stale or forged entry: we do not host the agent, and must not loop.
         Ok(Target::ThisInstance) => {
-            return error(
+            return Err(error(
                 StatusCode::NOT_FOUND,
                 "agent not hosted here, and its registry entry points to this instance",
-            )
+            ))
         }
         Ok(Target::Peer(address)) => Ok(address),
         Err(reason) => Err(reason),
     };
-    if owner_liveness(&entry) == Liveness::Dead {
+    if owner_liveness(entry) == Liveness::Dead {
         // Fail fast: the owner is gone, its entry only points nowhere.
-        evict(&app, &entry).await;
-        return unreachable(&entry, "owner process is not running");
+        let _ = registry.evict(entry).await;
+        return Err(unreachable(entry, "owner process is not running"));
     }
-    let target = match target {
-        Ok(address) => address,
-        Err(reason) => return error(StatusCode::BAD_GATEWAY, reason),
-    };
+    let target = target.map_err(|reason| error(StatusCode::BAD_GATEWAY, reason))?;
     if !sendable_key(&entry.auth_key) {
-        return error(
+        return Err(error(
             StatusCode::BAD_GATEWAY,
             "refusing to forward: the owner's auth key cannot be sent in an X-AuthKey header \
              (it must be 1 to 1024 visible ASCII characters)",
-        );
+        ));
     }
-    let payload = json!({ "agent_id": body.agent_id, "message": body.message }).to_string();
     let forwarded = forward(
         target,
         &entry.auth_key,
         hops + 1,
-        &payload,
+        payload,
         app.max_reply_bytes,
     )
     .await;
     match forwarded {
-        Ok((status, response)) if (200..300).contains(&status) => {
-            Json(json!({ "delivered": "forwarded", "via": entry.local_url, "owner": response }))
-                .into_response()
-        }
-        Ok((status, response)) => error(
+        Ok((status, response)) if (200..300).contains(&status) => Ok(Json(
+            json!({ "delivered": "forwarded", "via": entry.local_url, "owner": response }),
+        )
+        .into_response()),
+        Ok((status, response)) => Err(error(
             StatusCode::BAD_GATEWAY,
             format!("owner {} answered {status}: {response}", entry.local_url),
-        ),
+        )),
         // The owner is up and answered: no reason to evict it.
-        Err(ForwardError::BadReply(reason)) => error(
+        Err(ForwardError::BadReply(reason)) => Err(error(
             StatusCode::BAD_GATEWAY,
             format!("owner {} sent an unusable reply: {reason}", entry.local_url),
-        ),
+        )),
         Err(ForwardError::Unreachable(reason)) => {
-            if should_evict_after_failed_forward(&entry, EVICTION_GRACE) {
-                evict(&app, &entry).await;
+            if should_evict_after_failed_forward(entry, EVICTION_GRACE) {
+                // Only the very entry judged: never a renewal or a successor.
+                let _ = registry.evict(entry).await;
             }
-            unreachable(&entry, &reason)
+            Err(unreachable(entry, &reason))
         }
     }
 }
@@ -284,12 +345,6 @@ fn hops_of(headers: &HeaderMap) -> Result<u32, String> {
             .ok_or_else(|| format!("malformed {HOPS_HEADER} header")),
         _ => Err(format!("more than one {HOPS_HEADER} header")),
     }
-}
-
-/// Removes `entry` only if it is still exactly the entry judged (never a
-/// renewal of it, nor a fresh re-registration of the same agent).
-async fn evict(app: &App, entry: &AgentEntry) {
-    let _ = app.registry.evict(entry).await;
 }
 
 fn unreachable(entry: &AgentEntry, reason: &str) -> Response {
@@ -593,16 +648,20 @@ fn env_number(name: &str, default: u64, range: RangeInclusive<u64>) -> Result<u6
 
 struct Config {
     data_dir: PathBuf,
+    shared_dir: PathBuf,
+    channel: String,
     port: u16,
     auth_key: String,
     limits: Limits,
 }
 
-const USAGE: &str = "usage: AGENTMUX_AUTH_KEY=key agentmux-mini [--data-dir DIR] [--port N]";
+const USAGE: &str =
+    "usage: AGENTMUX_AUTH_KEY=key agentmux-mini [--data-dir DIR] [--shared-dir DIR] [--port N]";
 
 impl Config {
     fn from_env() -> Result<Config, String> {
         let mut data_dir = None;
+        let mut shared_dir = None;
         let mut port = 0;
         let mut args = std::env::args_os().skip(1);
         while let Some(arg) = args.next() {
@@ -612,6 +671,12 @@ impl Config {
                         .next()
                         .ok_or_else(|| format!("--data-dir takes a directory; {USAGE}"))?;
                     data_dir = Some(PathBuf::from(dir));
+                }
+                Some("--shared-dir") => {
+                    let dir = args
+                        .next()
+                        .ok_or_else(|| format!("--shared-dir takes a directory; {USAGE}"))?;
+                    shared_dir = Some(PathBuf::from(dir));
                 }
                 Some("--port") => {
                     let value = args.next().unwrap_or_default();
@@ -625,6 +690,9 @@ impl Config {
         let data_dir = data_dir
             .or_else(agentmux_registry::default_data_dir)
             .ok_or_else(|| "pass --data-dir DIR, or set AGENTMUX_DATA_HOME or HOME".to_string())?;
+        let shared_dir = shared_dir
+            .or_else(agentmux_registry::shared_root)
+            .ok_or_else(|| "pass --shared-dir DIR, or set HOME".to_string())?;
         let auth_key = match std::env::var_os("AGENTMUX_AUTH_KEY") {
             None => {
                 return Err(
@@ -649,6 +717,8 @@ impl Config {
         };
         Ok(Config {
             data_dir,
+            shared_dir,
+            channel: agentmux_registry::compat::channel_from_env(),
             port,
             auth_key,
             limits: Limits::from_env()?,
@@ -688,22 +758,28 @@ async fn run(config: Config) -> Result<(), String> {
     if let Ok(Some(why)) = agentmux_registry::data_dir_warning(&config.data_dir) {
         eprintln!("agentmux-mini: warning: {why}");
     }
-    // After binding, as agentmux-srv does: sweep old entries and dead instances'.
-    // A failed sweep is logged, never hidden; the server still starts.
-    let stale = registry
-        .cleanup_stale(Duration::from_secs(4 * 3600))
-        .await
-        .unwrap_or_else(|e| {
-            eprintln!("startup sweep of stale entries failed: {}", e.with_causes());
+    let shared = Registry::open_shared(&config.shared_dir)
+        .map_err(|e| format!("cannot open the shared agent registry: {}", e.with_causes()))?;
+    // After binding, as agentmux-srv does: sweep old entries and dead
+    // instances', in both registries. A failed sweep is logged, never hidden;
+    // the server still starts.
+    let (mut stale, mut dead) = (0, 0);
+    for registry in [&registry, &shared] {
+        stale += registry
+            .cleanup_stale(Duration::from_secs(4 * 3600))
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("startup sweep of stale entries failed: {}", e.with_causes());
+                0
+            });
+        dead += registry.cleanup_dead_owners().await.unwrap_or_else(|e| {
+            eprintln!(
+                "startup sweep of dead owners' entries failed: {}",
+                e.with_causes()
+            );
             0
         });
-    let dead = registry.cleanup_dead_owners().await.unwrap_or_else(|e| {
-        eprintln!(
-            "startup sweep of dead owners' entries failed: {}",
-            e.with_causes()
-        );
-        0
-    });
+    }
     // Before announcing: a SIGTERM right after the announcement is handled.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
@@ -716,6 +792,8 @@ async fn run(config: Config) -> Result<(), String> {
 
     let app = Arc::new(App {
         registry,
+        shared,
+        channel: config.channel,
         auth_key: config.auth_key,
         local_url: local_url.clone(),
         this_addr,

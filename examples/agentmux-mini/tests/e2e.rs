@@ -126,3 +126,68 @@ fn forwarding_key_checks_eviction_and_takeover_between_two_instances() {
     assert!(a2.child.wait().unwrap().success());
     assert_eq!(registry.lookup("agent-1").unwrap(), None);
 }
+
+/// Two instances of different channels, each with its own data dir, sharing
+/// one shared root (as two agentmux installations on one host): each agent
+/// is registered in both registries, and an inject for an agent of the other
+/// channel is forwarded through the shared registry.
+#[test]
+fn instances_of_two_channels_find_each_others_agents_through_the_shared_registry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shared = tmp.path().join("shared");
+    let (data_a, data_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    let a = Server::start_in(
+        &data_a,
+        &shared,
+        "key-of-a",
+        &[("AGENTMUX_CHANNEL", "stable")],
+    );
+    let b = Server::start_in(
+        &data_b,
+        &shared,
+        "key-of-b",
+        &[("AGENTMUX_CHANNEL", "dev-a")],
+    );
+    b.register("Agent-B");
+    let per_channel = Registry::open(&data_b).unwrap();
+    assert!(per_channel.lookup("agent-b").unwrap().is_some());
+    let shared_registry = Registry::open_shared(&shared).unwrap();
+    let entries = shared_registry.lookup_all("agent-b").unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        (entries[0].channel.as_str(), entries[0].local_url.as_str()),
+        ("dev-a", b.url.as_str())
+    );
+
+    // A's data dir knows nothing of it: found in the shared registry.
+    assert!(Registry::open(&data_a)
+        .unwrap()
+        .lookup("agent-b")
+        .unwrap()
+        .is_none());
+    let (status, body) = a.inject("agent-b", "across channels");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["via"], b.url.as_str());
+    assert_eq!(b.inbox("Agent-B"), ["across channels"]);
+
+    // The same name in A's channel too: A delivers locally; B, whose own
+    // data dir has its agent, delivers locally as well.
+    a.register("agent-b");
+    assert_eq!(shared_registry.lookup_all("agent-b").unwrap().len(), 2);
+    assert_eq!(a.inject("agent-b", "local").1["delivered"], "local");
+
+    // Unregistering removes the agent from both registries.
+    assert_eq!(
+        b.post(
+            "/agentmux/reactive/unregister",
+            Some("key-of-b"),
+            json!({ "agent_id": "Agent-B" })
+        )
+        .0,
+        200
+    );
+    assert!(per_channel.lookup("agent-b").unwrap().is_none());
+    let left = shared_registry.lookup_all("agent-b").unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].channel, "stable");
+}

@@ -22,17 +22,28 @@ use serde_json::{json, Value};
 const INJECT: &str = "/agentmux/reactive/inject";
 
 /// Writes an entry for `agent_id` as any process sharing the data dir could.
+/// Writes `agent_id`'s entry in the data dir's registry and in the shared
+/// one (as the `stable` channel's, where the test's instances publish), so
+/// an inject finds no other candidate to deliver to.
 fn write_entry(registry: &Registry, agent_id: &str, url: &str, key: &str, pid: u32) {
+    let fields = EntryFields {
+        agent_id: agent_id.into(),
+        local_url: url.into(),
+        block_id: "blk".into(),
+        pid,
+        auth_key: key.into(),
+        ..EntryFields::default()
+    };
     registry
-        .write(EntryFields {
-            agent_id: agent_id.into(),
-            local_url: url.into(),
-            block_id: "blk".into(),
-            pid,
-            auth_key: key.into(),
-            ..EntryFields::default()
-        })
+        .write(fields.clone())
         .unwrap_or_else(|e| panic!("writing {url:?} / {key:?}: {e}"));
+    Registry::open_shared(registry.as_async().data_dir().join("shared"))
+        .unwrap()
+        .write(EntryFields {
+            channel: "stable".into(),
+            ..fields
+        })
+        .unwrap_or_else(|e| panic!("writing the shared {url:?} / {key:?}: {e}"));
 }
 
 fn inject_with(server: &Server, agent_id: &str, extra: &[(&str, &str)]) -> (u16, Value) {

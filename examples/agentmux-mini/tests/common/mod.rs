@@ -14,9 +14,21 @@ use serde_json::{json, Value};
 /// the machine running the tests may be slow and busy.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(20);
 
+/// An instance on `data_dir`, whose shared registry is `{data_dir}/shared`
+/// (never the user's own), in the default channel.
 pub fn command(data_dir: &Path) -> Command {
+    command_in(data_dir, &data_dir.join("shared"))
+}
+
+/// An instance on `data_dir` and the shared root `shared_dir`.
+pub fn command_in(data_dir: &Path, shared_dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_agentmux-mini"));
-    command.arg("--data-dir").arg(data_dir);
+    command
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--shared-dir")
+        .arg(shared_dir)
+        .env_remove("AGENTMUX_CHANNEL");
     command
 }
 
@@ -33,7 +45,16 @@ impl Server {
 
     /// Starts a server with extra environment (e.g. its limits).
     pub fn start_with(data_dir: &Path, key: &str, env: &[(&str, &str)]) -> Server {
-        let mut command = command(data_dir);
+        Server::spawn(command(data_dir), key, env)
+    }
+
+    /// Starts a server on `data_dir` and the shared root `shared_dir`, with
+    /// extra environment (e.g. its channel).
+    pub fn start_in(data_dir: &Path, shared_dir: &Path, key: &str, env: &[(&str, &str)]) -> Server {
+        Server::spawn(command_in(data_dir, shared_dir), key, env)
+    }
+
+    fn spawn(mut command: Command, key: &str, env: &[(&str, &str)]) -> Server {
         command.env("AGENTMUX_AUTH_KEY", key).stdout(Stdio::piped());
         for (name, value) in env {
             command.env(name, value);
