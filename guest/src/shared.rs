@@ -42,13 +42,15 @@ fn channel_of(fields: &EntryFields) -> Result<&str, Error> {
 }
 
 /// Opens the agent directory `name` of `root`, never following a link;
-/// `None` when there is none.
+/// `None` when there is none. Asked for `READ` only: hosts let a directory
+/// opened from the preopen change what the preopen may (wasmtime), and some
+/// refuse the `MUTATE_DIRECTORY` flag outright (the Node.js shim).
 fn open_agent_dir(root: &Descriptor, name: &str) -> Result<Option<Descriptor>, Error> {
     match root.open_at(
         PathFlags::empty(),
         name,
         OpenFlags::DIRECTORY,
-        DescriptorFlags::READ | DescriptorFlags::MUTATE_DIRECTORY,
+        DescriptorFlags::READ,
     ) {
         Ok(dir) => Ok(Some(dir)),
         Err(ErrorCode::NoEntry) => Ok(None),

@@ -95,10 +95,23 @@ struct Setup {
 
 impl Setup {
     fn new(hosts: &[Host]) -> Setup {
+        Setup::with(hosts, false)
+    }
+
+    /// A shared registry's root as the preopen.
+    fn new_shared(hosts: &[Host]) -> Setup {
+        Setup::with(hosts, true)
+    }
+
+    fn with(hosts: &[Host], shared: bool) -> Setup {
         let tmp = tempfile::tempdir().unwrap();
         let wasm = tmp.path().join("registry.wasm");
         std::fs::write(&wasm, agentmux_registry::component_bytes()).unwrap();
-        let registry = Registry::open(tmp.path().join("data")).unwrap();
+        let registry = if shared {
+            Registry::open_shared(tmp.path().join("reactive")).unwrap()
+        } else {
+            Registry::open(tmp.path().join("data")).unwrap()
+        };
         let agents = registry.as_async().agents_dir();
         // The output must sit inside the npm project so that its imports of
         // the shim resolve.
@@ -211,6 +224,26 @@ impl Setup {
                 .cleanup_stale(std::time::Duration::from_millis(ms.parse().unwrap()))
                 .map(|n| json!(n)),
             ("entry-file-name", [id]) => r.entry_file_name(id).map(|n| json!(n)),
+            ("write-shared", _) => r.write(entry_fields(args)).map(|e| json!(e)),
+            ("remove-shared", [id, channel]) => r.remove_channel(id, channel).map(|b| json!(b)),
+            ("remove-owned-shared", [id, pid, key, nonce]) => {
+                let owner = Owner {
+                    pid: pid.parse().unwrap(),
+                    auth_key: key.to_string(),
+                    registration_nonce: nonce.parse().unwrap(),
+                };
+                r.remove_owned(id, &owner).map(|b| json!(b))
+            }
+            ("evict-shared", [entry]) => {
+                let mut value: Value = serde_json::from_str(entry).unwrap();
+                // Printed with every known key; unset ones as the format omits them.
+                let map = value.as_object_mut().unwrap();
+                map.retain(|_, v| !v.is_null());
+                r.evict(&serde_json::from_value(value).unwrap())
+                    .map(|b| json!(b))
+            }
+            ("lookup-all-shared", [id]) => r.lookup_all(id).map(|e| json!(e)),
+            ("agent-dir-name", [id]) => r.entry_file_name(id).map(|n| json!(n)),
             other => panic!("no such call {other:?}"),
         };
         let (tag, message) = match result {
@@ -253,12 +286,31 @@ impl Setup {
                 cmd.arg("list")
             }
             ("cleanup-stale", [ms]) => cmd.args(["cleanup", "--max-age-ms", ms]),
+            ("write-shared", [id, url, block, pid, key, channel]) => cmd.args([
+                "--shared",
+                "--channel",
+                channel.strip_prefix("channel=").unwrap(),
+                "write",
+                id,
+                "--url",
+                url,
+                "--block",
+                block,
+                "--pid",
+                pid,
+                "--auth-key",
+                key,
+            ]),
+            ("lookup-all-shared", [id]) => cmd.args(["--shared", "lookup", id]),
+            ("remove-shared", [id, channel]) => {
+                cmd.args(["--shared", "--channel", channel, "remove", id])
+            }
             other => panic!("command mode has no {other:?}"),
         };
         let out = cmd.output().unwrap();
         let stdout: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         let ok = match function {
-            "remove" | "cleanup-stale" => stdout["removed"].clone(),
+            "remove" | "remove-shared" | "cleanup-stale" => stdout["removed"].clone(),
             "list-entries" => match stdout {
                 Value::Array(mut entries) => {
                     entries.truncate(max_entries.unwrap());
@@ -268,7 +320,9 @@ impl Setup {
             },
             _ => stdout,
         };
-        if function == "lookup" && ok.is_null() {
+        if (function == "lookup" && ok.is_null())
+            || (function == "lookup-all-shared" && ok == json!([]))
+        {
             assert!(!out.status.success(), "a missing agent exits non-zero");
         } else {
             assert!(
@@ -864,4 +918,127 @@ fn a_registration_written_by_each_host_is_renewed_and_removed_by_the_others() {
         );
     }
     assert!(s.registry.list().unwrap().is_empty());
+}
+
+/// The shared registry through every host: entries per agent and channel,
+/// lookup-all freshest first, agentmux-srv's names, and the conditional
+/// removals, on the same files as the Rust host.
+#[test]
+fn every_host_serves_the_shared_registry() {
+    for host in usable(&[Host::Rust, Host::Node, Host::Python]) {
+        let s = Setup::new_shared(&[host]);
+        let call = |f: &str, a: &[&str]| s.call(host, f, a);
+        let write = |id: &str, channel: &str, extra: &[&str]| {
+            let args = [
+                &[id, "http://127.0.0.1:9", "blk", PID, "key"][..],
+                extra,
+                &[channel],
+            ]
+            .concat();
+            call("write-shared", &args)
+        };
+        let stable = write("My.Agent", "channel=stable", &["5", r#"extra:uid="u-1""#]);
+        assert_eq!(ok(&stable)["channel"], "stable", "{host:?}");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let dev = write("my.agent", "channel=dev-a", &[]);
+        assert_eq!(
+            ok(&call("agent-dir-name", &["My.Agent"])),
+            "my%2Eagent",
+            "{host:?}"
+        );
+        assert!(
+            s.agents.join("my%2Eagent/stable.json").is_file(),
+            "{host:?}"
+        );
+        let all = call("lookup-all-shared", &["MY.AGENT"]);
+        assert_eq!(
+            ok(&all),
+            &json!([ok(&dev), ok(&stable)]),
+            "{host:?}: freshest first"
+        );
+        assert_eq!(ok(&all)[1]["uid"], "u-1", "{host:?}");
+        assert_eq!(
+            write("a", "channel=", &[])["err"]["tag"],
+            "invalid-field",
+            "{host:?}: a channel is needed"
+        );
+        // What the Rust host reads is what this host wrote.
+        assert_eq!(
+            s.registry.lookup_all("my.agent").unwrap().len(),
+            2,
+            "{host:?}"
+        );
+
+        assert_eq!(
+            ok(&call("remove-owned-shared", &["my.agent", PID, "key", "6"])),
+            false,
+            "{host:?}"
+        );
+        assert_eq!(
+            ok(&call("remove-owned-shared", &["my.agent", PID, "key", "5"])),
+            true,
+            "{host:?}"
+        );
+        let judged = ok(&call("lookup-all-shared", &["my.agent"]))[0].to_string();
+        assert_eq!(ok(&call("evict-shared", &[&judged])), true, "{host:?}");
+        assert_eq!(
+            ok(&call("lookup-all-shared", &["my.agent"])),
+            &json!([]),
+            "{host:?}"
+        );
+        assert!(
+            !s.agents.join("my%2Eagent").exists(),
+            "{host:?}: the empty dir goes"
+        );
+
+        write("b", "channel=stable", &[]);
+        assert_eq!(
+            ok(&call("remove-shared", &["B", "STABLE"])),
+            true,
+            "{host:?}"
+        );
+        assert_eq!(
+            ok(&call("remove-shared", &["b", "stable"])),
+            false,
+            "{host:?}"
+        );
+    }
+}
+
+#[test]
+fn the_wasmtime_cli_serves_the_shared_registry_in_command_mode() {
+    if usable(&[Host::WasmtimeCli]).is_empty() {
+        return;
+    }
+    let s = Setup::new_shared(&[]);
+    let cli = |f: &str, a: &[&str]| s.call(Host::WasmtimeCli, f, a);
+    cli(
+        "write-shared",
+        &[
+            "AgentX",
+            "http://127.0.0.1:9",
+            "blk",
+            PID,
+            "k",
+            "channel=stable",
+        ],
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    s.registry
+        .write(EntryFields {
+            channel: "dev-a".into(),
+            ..entry_fields(&["agentx", "http://127.0.0.1:10", "blk", PID, "k"])
+        })
+        .unwrap();
+    let all = ok(&cli("lookup-all-shared", &["agentx"])).clone();
+    let channels: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["channel"].as_str().unwrap())
+        .collect();
+    assert_eq!(channels, ["dev-a", "stable"]);
+    assert_eq!(ok(&cli("remove-shared", &["AGENTX", "dev-a"])), true);
+    assert_eq!(s.registry.lookup_all("agentx").unwrap().len(), 1);
+    assert_eq!(ok(&cli("lookup-all-shared", &["nobody"])), &json!([]));
 }

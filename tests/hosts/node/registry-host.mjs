@@ -18,6 +18,12 @@
 //   list-entries <max-entries>
 //   cleanup-stale <max-age-ms>
 //   lookup | remove | entry-file-name <agent-id>
+// and of the shared-registry interface (the preopen is then a shared root):
+//   write-shared | renew-shared (as write, with channel=NAME)
+//   remove-shared <agent-id> <channel>
+//   remove-owned-shared (as remove-owned)
+//   evict-shared <entry as printed, JSON>
+//   lookup-all-shared | agent-dir-name <agent-id>
 //
 // jco's mapping: records are objects with camelCase keys, an option is its
 // value or undefined, u64 is a BigInt, an enum is its case name as a string,
@@ -28,7 +34,9 @@ import { join } from "node:path";
 
 const [transpiled, agentsDir, fn, ...args] = process.argv.slice(2);
 _setPreopens({ "/": agentsDir });
-const { registry } = await import(pathToFileURL(join(transpiled, "registry.js")).href);
+const { registry, sharedRegistry } = await import(
+  pathToFileURL(join(transpiled, "registry.js")).href
+);
 
 const camel = (name) => name.replace(/-(.)/g, (_, c) => c.toUpperCase());
 
@@ -104,12 +112,37 @@ function entryFields([agentId, localUrl, blockId, pid, authKey, ...rest]) {
   return fields;
 }
 
+// An entry as this driver prints it (JSON), as an `agent-entry` record. Its
+// u64 values are below 2^53 (time stamps, nonces, namespaces), so a JSON
+// number holds them exactly.
+function agentEntry(text) {
+  const printed = JSON.parse(text);
+  const known = new Map(FIELDS.map(([field, key]) => [key, field]));
+  const u64 = new Set(["updated_at", "registration_nonce", "pid_started", "pid_ns"]);
+  const entry = { extra: [] };
+  for (const [key, value] of Object.entries(printed)) {
+    if (!known.has(key)) {
+      entry.extra.push([key, JSON.stringify(value)]);
+    } else if (value === null) {
+      entry[known.get(key)] = undefined;
+    } else {
+      entry[known.get(key)] = u64.has(key) ? BigInt(value) : value;
+    }
+  }
+  return entry;
+}
+
 function params() {
   switch (fn) {
     case "write":
     case "renew":
+    case "write-shared":
+    case "renew-shared":
       return [entryFields(args)];
-    case "remove-owned": {
+    case "evict-shared":
+      return [agentEntry(args[0])];
+    case "remove-owned":
+    case "remove-owned-shared": {
       const [id, pid, authKey, nonce] = args;
       return [id, { pid: Number(pid), authKey, registrationNonce: BigInt(nonce ?? 0) }];
     }
@@ -122,9 +155,10 @@ function params() {
   }
 }
 
-const func = registry[camel(fn)];
+const shared = fn.endsWith("-shared") || fn === "agent-dir-name";
+const func = (shared ? sharedRegistry : registry)[camel(fn)];
 if (typeof func !== "function") {
-  console.error(`no function ${fn} in agentmux:registry/registry@0.3.0`);
+  console.error(`no function ${fn} in agentmux:registry@0.3.0`);
   process.exit(2);
 }
 let result;

@@ -17,6 +17,12 @@ Arguments, as strings:
   list-entries <max-entries>
   cleanup-stale <max-age-ms>
   lookup | remove | entry-file-name <agent-id>
+and of the shared-registry interface (the preopen is then a shared root):
+  write-shared | renew-shared (as write, with channel=NAME)
+  remove-shared <agent-id> <channel>
+  remove-owned-shared (as remove-owned)
+  evict-shared <entry as printed, JSON>
+  lookup-all-shared | agent-dir-name <agent-id>
 """
 
 import json
@@ -26,6 +32,7 @@ import wasmtime
 import wasmtime.component as wc
 
 INTERFACE = "agentmux:registry/registry@0.3.0"
+SHARED_INTERFACE = "agentmux:registry/shared-registry@0.3.0"
 # agent-entry's fields, in WIT order, with the keys the on-disk format uses.
 FIELDS = [
     ("agent-id", "agent_id"),
@@ -104,11 +111,26 @@ def entry_fields(args):
     )
 
 
+def agent_entry(text):
+    """An entry as this driver prints it (JSON) as an `agent-entry` record."""
+    printed = json.loads(text)
+    known = {key: field for field, key in FIELDS}
+    fields = {"extra": []}
+    for key, value in printed.items():
+        if key in known:
+            fields[known[key].replace("-", "_")] = value
+        else:
+            fields["extra"].append((key, json.dumps(value, separators=(",", ":"))))
+    return record(**fields)
+
+
 def parse_args(function, args):
     """Command-line strings as the function's parameter types."""
-    if function in ("write", "renew"):
+    if function in ("write", "renew", "write-shared", "renew-shared"):
         return [entry_fields(args)]
-    if function == "remove-owned":
+    if function == "evict-shared":
+        return [agent_entry(args[0])]
+    if function in ("remove-owned", "remove-owned-shared"):
         agent_id, pid, key, *nonce = args
         owner = record(
             pid=int(pid),
@@ -131,13 +153,15 @@ def main():
     linker = wc.Linker(engine)
     linker.add_wasip2()
     instance = linker.instantiate(store, wc.Component.from_file(engine, wasm))
-    interface = instance.get_export_index(store, INTERFACE)
+    shared = function.endswith("-shared") or function == "agent-dir-name"
+    name = SHARED_INTERFACE if shared else INTERFACE
+    interface = instance.get_export_index(store, name)
     if interface is None:
-        raise SystemExit(f"the component does not export {INTERFACE}")
+        raise SystemExit(f"the component does not export {name}")
     index = instance.get_export_index(store, function, interface)
     func = index and instance.get_func(store, index)
     if func is None:
-        raise SystemExit(f"no function {function!r} in {INTERFACE}")
+        raise SystemExit(f"no function {function!r} in {name}")
     result = func(store, *parse_args(function, args))
     func.post_return(store)
     # result<T, registry-error>: T comes back as the value, an error as a Variant.
