@@ -248,6 +248,9 @@ impl Line {
                             .filter(|v| !looks_like_an_option(v))
                             .ok_or("--channel needs a value")?,
                     };
+                    if value.is_empty() {
+                        return Err("--channel needs a name".into());
+                    }
                     if line.channel.replace(value.to_owned()).is_some() {
                         return Err("--channel given twice".into());
                     }

@@ -1,7 +1,10 @@
 //! The on-disk entry format, the registry's field limits, ownership, and its
 //! error cases.
 
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::name::{self, IdError};
 
@@ -32,13 +35,14 @@ pub const KNOWN_KEYS: [&str; 10] = [
     "pid_ns",
 ];
 
-/// One entry file. Field order and names are the on-disk format: serialising
-/// this with `serde_json` gives the bytes agentmux-srv writes (`channel` and
-/// `registration_nonce` are written only when set, as the original module
-/// wrote entries without them; `pid_started` and `pid_ns` only when known),
-/// then every key of [`Entry::extra`], in order. A missing `auth_key` or
-/// `channel` reads as empty, a missing `registration_nonce` as 0.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// One entry file. Field order and names are the on-disk format:
+/// serialising this with `serde_json` gives the bytes agentmux-srv writes
+/// (`channel` and `registration_nonce` always, empty and 0 when unset, as it
+/// writes them; `pid_started` and `pid_ns` only when known), then every key
+/// of [`Entry::extra`], in order, each value exactly as it was read or given.
+/// A missing `auth_key` or `channel` reads as empty, a missing
+/// `registration_nonce` as 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Entry {
     /// The agent's id as the caller spelled it. Ids are case-insensitive: an
     /// entry is found by any spelling that lowercases alike.
@@ -53,54 +57,119 @@ pub struct Entry {
     pub updated_at: u64,
     /// The owning instance's per-launch auth key; empty in entries written
     /// before keys existed.
-    #[serde(default)]
     pub auth_key: String,
     /// The agentmux channel that wrote the entry: empty in the per-channel
     /// registry, the writing channel in the shared one.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub channel: String,
     /// The registration that wrote the entry: unique per registration, at
     /// least 1; 0 for a plain write, which no conditional removal removes.
-    #[serde(default, skip_serializing_if = "is_zero")]
     pub registration_nonce: u64,
     /// When the owning process started, in the OS's own units.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid_started: Option<u64>,
     /// The pid namespace `pid` belongs to (Linux), stored as `pid_ns`.
-    #[serde(default, rename = "pid_ns", skip_serializing_if = "Option::is_none")]
     pub pid_namespace: Option<u64>,
-    /// Every other key, in the order stored, each with its value as compact
-    /// JSON text: keys this registry does not interpret (for example
-    /// agentmux-srv's `jekt_public_key`, `uid` and `uid_public_key`, or
-    /// the `registration` token of registry 0.2), kept for the callers that
-    /// do.
-    #[serde(flatten, with = "extra_keys")]
+    /// Every other key, in the order stored, each with its value as the JSON
+    /// text it was stored as (numbers of any size or precision, escapes and
+    /// nesting kept exactly): keys this registry does not interpret (for
+    /// example agentmux-srv's `jekt_public_key`, `uid` and `uid_public_key`,
+    /// or the `registration` token of registry 0.2), kept for the callers
+    /// that do. A key stored twice is kept twice.
     pub extra: Vec<(String, String)>,
 }
 
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// (De)serialises [`Entry::extra`] as the entry's remaining keys.
-mod extra_keys {
-    use serde::ser::SerializeMap;
-    use serde::{Deserialize, Deserializer, Serializer};
-    use serde_json::{Map, Value};
-
-    pub fn serialize<S: Serializer>(extra: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(extra.len()))?;
-        for (key, text) in extra {
-            // Checked to be JSON when the entry was written or read.
-            let value: Value = serde_json::from_str(text).map_err(serde::ser::Error::custom)?;
-            map.serialize_entry(key, &value)?;
+impl Serialize for Entry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("agent_id", &self.agent_id)?;
+        map.serialize_entry("local_url", &self.local_url)?;
+        map.serialize_entry("block_id", &self.block_id)?;
+        map.serialize_entry("pid", &self.pid)?;
+        map.serialize_entry("updated_at", &self.updated_at)?;
+        map.serialize_entry("auth_key", &self.auth_key)?;
+        map.serialize_entry("channel", &self.channel)?;
+        map.serialize_entry("registration_nonce", &self.registration_nonce)?;
+        if let Some(started) = self.pid_started {
+            map.serialize_entry("pid_started", &started)?;
+        }
+        if let Some(namespace) = self.pid_namespace {
+            map.serialize_entry("pid_ns", &namespace)?;
+        }
+        for (key, text) in &self.extra {
+            // Checked to be one JSON value when it was read or given.
+            let raw = RawValue::from_string(text.clone()).map_err(serde::ser::Error::custom)?;
+            map.serialize_entry(key, &raw)?;
         }
         map.end()
     }
+}
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
-        let map = Map::<String, Value>::deserialize(d)?;
-        Ok(map.into_iter().map(|(k, v)| (k, v.to_string())).collect())
+impl<'de> Deserialize<'de> for Entry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Entry, D::Error> {
+        d.deserialize_map(EntryVisitor)
+    }
+}
+
+/// Reads an entry's object: the known keys typed (each at most once, the
+/// first five required), every other key's value kept as raw JSON text. Raw
+/// values need serde_json's own deserializer, as [`Entry::parse`] uses.
+struct EntryVisitor;
+
+/// Sets a known key's value, once.
+fn once<T, E: serde::de::Error>(
+    slot: &mut Option<T>,
+    value: T,
+    key: &'static str,
+) -> Result<(), E> {
+    match slot.replace(value) {
+        Some(_) => Err(E::duplicate_field(key)),
+        None => Ok(()),
+    }
+}
+
+impl<'de> Visitor<'de> for EntryVisitor {
+    type Value = Entry;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an agent entry (a JSON object)")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entry, A::Error> {
+        use serde::de::Error as _;
+        let (mut agent_id, mut local_url, mut block_id) = (None, None, None);
+        let (mut pid, mut updated_at, mut auth_key) = (None, None, None);
+        let (mut channel, mut nonce, mut started, mut namespace) = (None, None, None, None);
+        let mut extra = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "agent_id" => once(&mut agent_id, map.next_value()?, "agent_id")?,
+                "local_url" => once(&mut local_url, map.next_value()?, "local_url")?,
+                "block_id" => once(&mut block_id, map.next_value()?, "block_id")?,
+                "pid" => once(&mut pid, map.next_value()?, "pid")?,
+                "updated_at" => once(&mut updated_at, map.next_value()?, "updated_at")?,
+                "auth_key" => once(&mut auth_key, map.next_value()?, "auth_key")?,
+                "channel" => once(&mut channel, map.next_value()?, "channel")?,
+                "registration_nonce" => once(&mut nonce, map.next_value()?, "registration_nonce")?,
+                "pid_started" => once(&mut started, map.next_value()?, "pid_started")?,
+                "pid_ns" => once(&mut namespace, map.next_value()?, "pid_ns")?,
+                _ => {
+                    let raw: Box<RawValue> = map.next_value()?;
+                    extra.push((key, raw.get().to_owned()));
+                }
+            }
+        }
+        Ok(Entry {
+            agent_id: agent_id.ok_or_else(|| A::Error::missing_field("agent_id"))?,
+            local_url: local_url.ok_or_else(|| A::Error::missing_field("local_url"))?,
+            block_id: block_id.ok_or_else(|| A::Error::missing_field("block_id"))?,
+            pid: pid.ok_or_else(|| A::Error::missing_field("pid"))?,
+            updated_at: updated_at.ok_or_else(|| A::Error::missing_field("updated_at"))?,
+            auth_key: auth_key.unwrap_or_default(),
+            channel: channel.unwrap_or_default(),
+            registration_nonce: nonce.unwrap_or_default(),
+            pid_started: started.flatten(),
+            pid_namespace: namespace.flatten(),
+            extra,
+        })
     }
 }
 
@@ -381,8 +450,11 @@ fn check_extra(extra: &[(String, String)]) -> Result<(), Error> {
         if extra[..i].iter().any(|(k, _)| k == key) {
             return bad("given twice".into());
         }
-        if serde_json::from_str::<serde_json::Value>(value).is_err() {
-            return bad(format!("the value is not JSON text: {value:?}"));
+        // Kept as given: one JSON value, no white space around it.
+        match serde_json::from_str::<&RawValue>(value) {
+            Ok(raw) if raw.get() == value => {}
+            Ok(_) => return bad(format!("the value has white space around it: {value:?}")),
+            Err(_) => return bad(format!("the value is not JSON text: {value:?}")),
         }
     }
     Ok(())
@@ -431,12 +503,46 @@ mod tests {
         }
     }
 
+    /// agentmux-srv's format: its six keys, then `channel` and
+    /// `registration_nonce` always (older readers ignore keys they do not
+    /// know).
     #[test]
-    fn writes_the_historical_byte_format() {
+    fn writes_the_byte_format_agentmux_srv_writes() {
         assert_eq!(
             String::from_utf8(sample().to_json()).unwrap(),
-            r#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000,"auth_key":"k"}"#
+            r#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000,"auth_key":"k","channel":"","registration_nonce":0}"#
         );
+    }
+
+    /// A value this registry does not interpret is kept as the exact text
+    /// stored: numbers of any size or precision, escapes, nesting of any
+    /// depth, a key stored twice. None of them makes the entry unreadable.
+    #[test]
+    fn unknown_values_are_kept_exactly_as_stored() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let stored = format!(
+            r#"{{"agent_id":"a1","local_url":"u","block_id":"b","pid":1,"updated_at":2,"auth_key":"","channel":"","registration_nonce":0,"uid":123456789012345678901234567890,"f":1.10,"e":"\u00e9","z":-0,"big":1e400,"deep":{deep},"uid":"again"}}"#
+        );
+        let entry = Entry::parse(stored.as_bytes()).expect("readable");
+        assert_eq!(entry.extra_value("f"), Some("1.10"));
+        assert_eq!(entry.extra_value("e"), Some(r#""\u00e9""#));
+        assert_eq!(entry.extra.len(), 7, "the key stored twice is kept twice");
+        assert_eq!(String::from_utf8(entry.to_json()).unwrap(), stored);
+        // Given values are stored as given, or refused.
+        let fields = EntryFields {
+            extra: vec![("uid".into(), "123456789012345678901234567890".into())],
+            ..fields()
+        };
+        assert!(fields.check().is_ok());
+        let written = fields.into_entry(5).to_json();
+        assert!(String::from_utf8(written)
+            .unwrap()
+            .ends_with(r#""uid":123456789012345678901234567890}"#));
+        let spaced = EntryFields {
+            extra: vec![("uid".into(), " 1".into())],
+            ..self::fields()
+        };
+        assert!(matches!(spaced.check(), Err(Error::InvalidField(m)) if m.contains("white space")));
     }
 
     #[test]
@@ -467,7 +573,7 @@ mod tests {
     fn reads_entries_without_auth_key_and_with_extra_keys() {
         let old = br#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000}"#;
         assert_eq!(Entry::parse(old).unwrap().auth_key, "");
-        let extra = br#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000,"auth_key":"k","future":[1]}"#;
+        let extra = br#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000,"auth_key":"k","channel":"","registration_nonce":0,"future":[1]}"#;
         let entry = Entry::parse(extra).unwrap();
         assert_eq!(entry.extra, [("future".to_string(), "[1]".to_string())]);
         assert_eq!(entry.to_json(), extra);
@@ -486,10 +592,13 @@ mod tests {
         );
         assert_eq!(entry.extra_value("uid"), Some("\"u-1\""));
         assert_eq!(entry.to_json(), shared);
-        // Per-channel: an empty channel and a 0 nonce read as unset, and are
-        // left out when written again.
+        // Per-channel: an empty channel and a 0 nonce, written back as such.
         let plain = br#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000,"auth_key":"k","channel":"","registration_nonce":0}"#;
         assert_eq!(Entry::parse(plain), Some(sample()));
+        assert_eq!(sample().to_json(), plain);
+        // The original module's entries (six keys) read the same.
+        let old = br#"{"agent_id":"a1","local_url":"http://127.0.0.1:9","block_id":"b","pid":42,"updated_at":1700000000000,"auth_key":"k"}"#;
+        assert_eq!(Entry::parse(old), Some(sample()));
     }
 
     #[test]

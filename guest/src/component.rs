@@ -87,6 +87,11 @@ impl wit::Guest for Registry {
         Ok(file_name_of(&agent_id)?)
     }
 
+    fn lookup_every(agent_id: String) -> Result<Vec<wit::AgentEntry>, wit::RegistryError> {
+        let entries = agents::lookup_every(&agent_id)?;
+        Ok(entries.into_iter().map(Into::into).collect())
+    }
+
     fn lookup(agent_id: String) -> Result<Option<wit::AgentEntry>, wit::RegistryError> {
         Ok(agents::lookup(&agent_id)?.map(Into::into))
     }

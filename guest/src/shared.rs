@@ -13,7 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
 use agentmux_registry_core::entry::file_name_of;
-use agentmux_registry_core::name::{agent_dir_name, other_writers_dir_names, other_writers_names};
+use agentmux_registry_core::name::{
+    agent_dir_name, other_writers_dir_names, other_writers_names, same_id,
+};
 use agentmux_registry_core::{Entry, EntryFields, Error, Owner, Renewal, SweepProgress};
 use wasi::filesystem::types::{Descriptor, DescriptorFlags, ErrorCode, OpenFlags, PathFlags};
 
@@ -120,9 +122,11 @@ pub fn write(fields: EntryFields) -> Result<Entry, Error> {
     fields.check()?;
     let channel = channel_of(&fields)?;
     let file = file_name_of(channel)?;
+    let agent_dir = agent_dir_name(&fields.agent_id)?;
     let holder = Holder {
         agent_id: &fields.agent_id,
         channel: Some(channel),
+        agent_dir: Some(&agent_dir),
     };
     with_dir(|root| {
         in_own_dir(root, &fields.agent_id, |dir| {
@@ -135,9 +139,11 @@ pub fn renew(fields: EntryFields) -> Result<Renewal, Error> {
     check_renewal(&fields)?;
     let channel = channel_of(&fields)?;
     let file = file_name_of(channel)?;
+    let agent_dir = agent_dir_name(&fields.agent_id)?;
     let holder = Holder {
         agent_id: &fields.agent_id,
         channel: Some(channel),
+        agent_dir: Some(&agent_dir),
     };
     with_dir(|root| {
         in_own_dir(root, &fields.agent_id, |dir| {
@@ -152,13 +158,14 @@ pub fn remove(agent_id: &str, channel: &str) -> Result<bool, Error> {
         return Err(Error::InvalidField("channel is empty".into()));
     }
     let file = file_name_of(channel)?;
-    let holder = Holder {
-        agent_id,
-        channel: Some(channel),
-    };
     with_dir(|root| {
         let mut removed = false;
         for (name, dir) in agent_dirs(root, agent_id)? {
+            let holder = Holder {
+                agent_id,
+                channel: Some(channel),
+                agent_dir: Some(&name),
+            };
             removed |= remove_own_in(&dir, &file, holder)?;
             for other in other_writers_names(channel) {
                 removed |= remove_where_in(&dir, &other, |entry| holder.holds(entry))?;
@@ -278,6 +285,49 @@ fn is_agent_dir(dir_name: &str, agent_id: &str) -> bool {
             .any(|n| n == dir_name)
 }
 
+/// Whether `entry`, read at `file` of the agent directory `dir_name`, is the
+/// entry `lookup_all` returns for its agent and channel: the freshest of
+/// every directory name of the agent and file name of the channel (the
+/// earlier, own names first, on a tie). Only ids or channels with characters
+/// other than letters, digits, `-` and `_` have more than one such place.
+fn is_freshest_at(root: &Descriptor, dir_name: &str, file: &str, entry: &Entry) -> bool {
+    let (Ok(own_dir), Ok(own_file)) = (
+        agent_dir_name(&entry.agent_id),
+        file_name_of(&entry.channel),
+    ) else {
+        return false;
+    };
+    let dirs: Vec<String> = std::iter::once(own_dir)
+        .chain(other_writers_dir_names(&entry.agent_id))
+        .collect();
+    let files: Vec<String> = std::iter::once(own_file)
+        .chain(other_writers_names(&entry.channel))
+        .collect();
+    if dirs.len() == 1 && files.len() == 1 {
+        return dirs[0] == dir_name && files[0] == file;
+    }
+    let mut best: Option<(&str, &str, u64)> = None;
+    for d in &dirs {
+        let dir = open_agent_dir(root, d).ok().flatten();
+        for f in &files {
+            let updated_at = if d == dir_name && f == file {
+                Some(entry.updated_at)
+            } else {
+                dir.as_ref()
+                    .and_then(|dir| channel_entry(dir, f))
+                    .filter(|e| e.is_of(&entry.agent_id) && same_id(&e.channel, &entry.channel))
+                    .map(|e| e.updated_at)
+            };
+            if let Some(t) = updated_at {
+                if best.is_none_or(|(_, _, b)| t > b) {
+                    best = Some((d, f, t));
+                }
+            }
+        }
+    }
+    best.is_some_and(|(d, f, _)| d == dir_name && f == file)
+}
+
 /// The agent directory a pass is in.
 struct InDir {
     name: String,
@@ -322,6 +372,7 @@ impl Listing {
                                 let key =
                                     (entry.agent_id.to_lowercase(), entry.channel.to_lowercase());
                                 if is_agent_dir(&current.name, &entry.agent_id)
+                                    && is_freshest_at(root, &current.name, &file, &entry)
                                     && self.returned.insert(self.key.hash_one(key))
                                 {
                                     batch.push(entry);

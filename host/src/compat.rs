@@ -304,8 +304,11 @@ pub fn remove_shared_if_nonce(shared_dir: &Path, agent_id: &str, channel: &str, 
     let ours = |e: &&crate::AgentEntry| {
         e.registration_nonce == nonce && agentmux_registry_core::name::same_id(&e.channel, channel)
     };
+    // By owner, not by the exact entry read: a heartbeat that rewrote the
+    // entry meanwhile (same registration) does not keep it.
     for entry in entries.iter().filter(ours) {
-        log_error("remove", agent_id, registry.evict(entry));
+        let owner = crate::Owner::of(entry);
+        log_error("remove", agent_id, registry.remove_owned(agent_id, &owner));
     }
 }
 

@@ -348,8 +348,22 @@ mod os {
 /// that, and restores it within one beat if it was evicted by a passing
 /// failure. agentmux-srv uses 60 s with 20 s heartbeats
 /// ([`crate::compat::FORWARD_FAILURE_GRACE_MS`]).
+///
+/// An entry that records no pid namespace (every entry agentmux-srv writes)
+/// is judged as agentmux-srv judges it: as if its pid were of this host's
+/// namespace, so a pid no process here has is dead. Wrong only for an owner
+/// in another namespace, whose forward just failed anyway, and whose
+/// heartbeat writes its entry again.
 pub fn should_evict_after_failed_forward(entry: &AgentEntry, grace: std::time::Duration) -> bool {
-    if owner_liveness(entry) == Liveness::Dead {
+    let judged = if entry.pid_namespace.is_none() {
+        owner_liveness(&AgentEntry {
+            pid_namespace: pid_namespace(),
+            ..entry.clone()
+        })
+    } else {
+        owner_liveness(entry)
+    };
+    if judged == Liveness::Dead {
         return true;
     }
     let now_ms = std::time::SystemTime::now()

@@ -44,7 +44,12 @@ struct Cli {
     shared: bool,
     /// The channel `write` and `remove` use in the shared registry. Default:
     /// $AGENTMUX_CHANNEL when set and non-empty, else stable.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        value_name = "NAME",
+        value_parser = clap::builder::NonEmptyStringValueParser::new()
+    )]
     channel: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -135,9 +140,13 @@ fn place(
         (None, false) => None,
     };
     if channel.is_some() && shared_root.is_none() {
-        return Err(
-            "--channel applies to the shared registry: add --shared or --shared-dir".into(),
-        );
+        // A usage error (exit status 2), as clap reports its own.
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "--channel applies to the shared registry: add --shared or --shared-dir",
+            )
+            .exit();
     }
     Ok(Place {
         data_dir,
@@ -421,6 +430,7 @@ mod tests {
             "--shared --shared list",
             "--shared --channel a --channel b list",
             "--shared --channel list",
+            "--shared --channel= list",
             "remove a --nonce 3",
         ] {
             assert_eq!(host(line), None, "{line:?}");

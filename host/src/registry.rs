@@ -369,10 +369,19 @@ impl Registry {
 
     /// Every entry of `agent_id`, freshest first: in a shared registry, one
     /// per channel (at most 256, the freshest); in a per-channel registry,
-    /// its entry if it has one.
+    /// its entries under every name `lookup` reads (one, unless agentmux-srv
+    /// and this registry both wrote the id, under different names).
     pub async fn lookup_all(&self, agent_id: &str) -> Result<Vec<AgentEntry>, Error> {
         if !self.inner.shared {
-            return Ok(self.lookup_own(agent_id).await?.into_iter().collect());
+            let mut lease = self.inner.lease(Access::Read).await?;
+            let found = lease
+                .call(async |api, store| {
+                    api.agentmux_registry_registry()
+                        .call_lookup_every(store, agent_id)
+                        .await
+                })
+                .await??;
+            return Ok(found.into_iter().map(AgentEntry::from).collect());
         }
         self.lookup_shared(agent_id).await
     }

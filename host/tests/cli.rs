@@ -770,9 +770,12 @@ fn the_shared_registry_is_written_and_read_per_channel() {
         (Some(1), "[]\n".into())
     );
     // --channel means nothing to a per-channel registry.
+    // A usage error, exit status 2.
     let out = run(None, &["--channel", "x", "list"]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--channel applies to the shared registry"));
+    let out = run(None, &["--shared-dir", r, "--channel=", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
 /// `owners ID`: every entry of the id in the data dir's registry and the

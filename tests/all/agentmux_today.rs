@@ -96,12 +96,8 @@ fn entries_todays_server_wrote_are_found_by_every_operation_and_kept_byte_for_by
     let found = registry.lookup("my.agent").unwrap().unwrap();
     assert_eq!(found.registration_nonce, 9);
     assert_eq!(found.extra_value("uid"), Some(r#""u-42""#));
-    // Every key kept, in order: written back as the server wrote it, but
-    // for the unset channel and nonce it writes as "" and 0.
-    assert_eq!(
-        serde_json::to_string(&found).unwrap(),
-        dotted.replace(r#","channel":"""#, "")
-    );
+    // Every key kept, in order: written back as the server wrote it.
+    assert_eq!(serde_json::to_string(&found).unwrap(), dotted);
     let ids: Vec<String> = registry
         .list()
         .unwrap()
@@ -269,6 +265,27 @@ fn compat_speaks_todays_per_channel_and_shared_calls() {
         !compat::should_evict_on_forward_failure(&fresh),
         "live and fresh"
     );
+    #[cfg(any(target_os = "linux", windows))]
+    {
+        // The server's rule: a pid not running, however fresh the entry.
+        let mut child = if cfg!(windows) {
+            std::process::Command::new("cmd")
+                .args(["/C", "exit"])
+                .spawn()
+                .unwrap()
+        } else {
+            std::process::Command::new("true").spawn().unwrap()
+        };
+        let dead = compat::AgentEntry {
+            pid: child.id(),
+            ..fresh.clone()
+        };
+        child.wait().unwrap();
+        assert!(
+            compat::should_evict_on_forward_failure(&dead),
+            "dead, fresh"
+        );
+    }
     fresh.updated_at -= compat::FORWARD_FAILURE_GRACE_MS + 1;
     assert!(
         compat::should_evict_on_forward_failure(&fresh),

@@ -90,6 +90,7 @@ impl Rng {
 
 #[test]
 fn live_registrations_are_always_found_under_churn() {
+    let _heavy = agentmux_registry_tests::one_heavy_test_at_a_time();
     let secs = env_u64("AGENTMUX_CHURN_SECS", 20);
     let beat_ms = env_u64("AGENTMUX_CHURN_BEAT_MS", 5).max(1);
     let beat_ns = beat_ms * 1_000_000;

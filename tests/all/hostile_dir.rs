@@ -221,21 +221,13 @@ fn temporary_files_are_swept_only_once_old() {
 }
 
 #[test]
-fn an_entry_file_holding_another_id_is_never_returned_or_overwritten() {
+fn an_entry_file_holding_another_id_is_never_returned_for_it() {
     let fx = Fixture::new();
-    // What the old registry wrote for id "a.b": its sanitiser mapped it to a_b.json.
+    // What agentmux-srv writes for id "a.b": its sanitiser maps it to a_b.json.
     let legacy = SeedEntry::new("a.b", now_ms()).to_json();
     fx.write_raw("a_b.json", &legacy);
 
     assert_eq!(fx.registry.lookup("a_b").unwrap(), None, "not a_b's entry");
-    let err = fx
-        .registry
-        .write(fields("a_b", "u", "b", 1, "k"))
-        .unwrap_err();
-    assert!(
-        matches!(&err, Error::Conflict(m) if m.contains("a.b")),
-        "{err}"
-    );
     assert!(
         !fx.registry.remove("a_b").unwrap(),
         "remove leaves another id's entry alone"
@@ -249,6 +241,62 @@ fn an_entry_file_holding_another_id_is_never_returned_or_overwritten() {
     assert_eq!(fx.registry.lookup("A.B").unwrap(), Some(listed[0].clone()));
     assert!(fx.registry.remove("a.b").unwrap());
     assert!(fx.names().is_empty());
+}
+
+/// `a_b.json` is "a_b"'s own name, and agentmux-srv's name for "a.b" too.
+/// Writing "a_b" takes the name over from a server entry of "a.b", as the
+/// server itself would: an id is never locked out of its own name by
+/// another's lossy one.
+#[test]
+fn an_id_takes_its_own_name_over_from_another_ids_sanitised_entry() {
+    let fx = Fixture::new();
+    fx.write_raw("a_b.json", SeedEntry::new("a.b", now_ms()).to_json());
+    let written = fx.registry.write(fields("a_b", "u", "b", 1, "k")).unwrap();
+    assert_eq!(fx.registry.lookup("a_b").unwrap(), Some(written));
+    assert_eq!(fx.registry.lookup("a.b").unwrap(), None);
+    // A registration's renewal, the same.
+    fx.write_raw("a_b.json", SeedEntry::new("a.b", now_ms()).to_json());
+    let registration = agentmux_registry::EntryFields {
+        registration_nonce: 4,
+        ..fields("a_b", "u", "b", 1, "k")
+    };
+    assert_eq!(
+        fx.registry.renew(registration).unwrap(),
+        agentmux_registry::Renewal::Restored
+    );
+    assert_eq!(
+        fx.registry
+            .lookup("a_b")
+            .unwrap()
+            .unwrap()
+            .registration_nonce,
+        4
+    );
+}
+
+/// When an id has entries under two names (this registry's and
+/// agentmux-srv's), lookup, list and lookup-all agree on the freshest, and
+/// lookup-all shows both.
+#[test]
+fn an_id_written_under_two_names_is_read_as_its_freshest_entry() {
+    let fx = Fixture::new();
+    let older = fx
+        .registry
+        .write(fields("My.Agent", "http://127.0.0.1:4", "old", 1, "k"))
+        .unwrap();
+    let mut server = SeedEntry::new("My.Agent", older.updated_at + 5_000);
+    server.block_id = "fresh".into();
+    fx.write_raw("my_agent.json", server.to_json());
+    assert_eq!(
+        fx.registry.lookup("my.agent").unwrap().unwrap().block_id,
+        "fresh"
+    );
+    let listed = fx.registry.list().unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].block_id, "fresh");
+    let every = fx.registry.lookup_all("MY.AGENT").unwrap();
+    let blocks: Vec<&str> = every.iter().map(|e| e.block_id.as_str()).collect();
+    assert_eq!(blocks, ["fresh", "old"]);
 }
 
 #[test]

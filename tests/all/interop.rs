@@ -57,8 +57,10 @@ fn entries_written_by_the_component_are_the_seed_format_byte_for_byte() {
             "agent_id",
             "auth_key",
             "block_id",
+            "channel",
             "local_url",
             "pid",
+            "registration_nonce",
             "updated_at"
         ]
     );
@@ -71,10 +73,16 @@ fn entries_written_by_the_component_are_the_seed_format_byte_for_byte() {
         updated_at: entry.updated_at,
         auth_key: "k/ey".into(),
     };
+    // The original module's six keys, then the two agentmux-srv writes
+    // today (older readers ignore them).
+    let today = seed
+        .to_json()
+        .replace('}', r#","channel":"","registration_nonce":0}"#);
+    assert_eq!(raw, today, "the bytes agentmux-srv's serde_json writes");
     assert_eq!(
-        raw,
+        serde_json::from_str::<SeedEntry>(&raw).unwrap().to_json(),
         seed.to_json(),
-        "same bytes as the original's serde_json::to_string"
+        "read by the original module as its own"
     );
 }
 
@@ -108,7 +116,7 @@ fn a_live_owners_start_time_is_one_optional_trailing_key() {
         let ns = entry.pid_namespace.expect("and its pid namespace");
         assert!(
             raw.ends_with(&format!(
-                r#","auth_key":"k","pid_started":{started},"pid_ns":{ns}}}"#
+                r#","auth_key":"k","channel":"","registration_nonce":0,"pid_started":{started},"pid_ns":{ns}}}"#
             )),
             "{raw}"
         );

@@ -16,6 +16,23 @@ fn open(options: Options) -> (tempfile::TempDir, Registry) {
     (tmp, registry)
 }
 
+/// The shared registry's calls run under the same deadline.
+#[test]
+fn a_shared_registry_call_that_never_returns_is_stopped_at_its_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let options = Options::new()
+        .call_timeout(Duration::from_millis(300))
+        .component(MISBEHAVING);
+    let registry = Registry::open_shared_with(tmp.path().join("reactive"), options).unwrap();
+    let err = registry.lookup_all("a1").unwrap_err();
+    assert!(
+        matches!(err, Error::Timeout(t) if t == Duration::from_millis(300)),
+        "{err}"
+    );
+    // The registry goes on answering: the next call is stopped the same way.
+    assert!(matches!(registry.lookup_all("a1"), Err(Error::Timeout(_))));
+}
+
 #[test]
 fn a_call_that_never_returns_is_stopped_at_its_deadline() {
     let (_tmp, registry) = open(Options::new().call_timeout(Duration::from_millis(300)));

@@ -235,6 +235,21 @@ fn eviction_after_a_failed_forward_needs_a_dead_owner_or_an_entry_older_than_the
         !should_evict_after_failed_forward(&entry(std::process::id(), now_ms()), grace),
         "live owner, within the grace: keep"
     );
+    // An entry that records no pid namespace (as agentmux-srv writes them) is
+    // judged as agentmux-srv judges it: a pid no process here has is dead.
+    let unrecorded = |pid: u32| agentmux_registry::AgentEntry {
+        pid_namespace: None,
+        pid_started: None,
+        ..entry(pid, now_ms())
+    };
+    assert!(
+        should_evict_after_failed_forward(&unrecorded(dead_pid), grace),
+        "no namespace recorded, pid not running: evict"
+    );
+    assert!(
+        !should_evict_after_failed_forward(&unrecorded(std::process::id()), grace),
+        "no namespace recorded, pid running, fresh: keep"
+    );
     // pid 0 stands for an owner whose liveness cannot be told.
     assert!(
         !should_evict_after_failed_forward(&entry(0, now_ms()), grace),

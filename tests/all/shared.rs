@@ -257,6 +257,7 @@ fn shared_entries_are_where_the_server_looks() {
 #[cfg(unix)]
 #[test]
 fn readers_never_miss_a_channel_being_rewritten() {
+    let _heavy = agentmux_registry_tests::one_heavy_test_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let registry = open(&tmp.path().join("reactive"));
     for i in 0..4 {
@@ -299,6 +300,31 @@ fn readers_never_miss_a_channel_being_rewritten() {
     );
 }
 
+/// An agent and channel with entries in two places (this registry's
+/// directory and agentmux-srv's `_`-sanitised one) is listed once, with the
+/// freshest entry, the one `lookup_all` returns.
+#[test]
+fn a_listing_returns_the_freshest_of_two_copies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reactive");
+    let registry = open(&root);
+    let ours = registry.write(in_channel("My.Agent", "stable", 0)).unwrap();
+    std::fs::create_dir_all(root.join("my_agent")).unwrap();
+    std::fs::write(
+        root.join("my_agent/stable.json"),
+        format!(
+            r#"{{"agent_id":"My.Agent","local_url":"http://127.0.0.1:2","block_id":"fresh","pid":0,"updated_at":{},"auth_key":"","channel":"stable","registration_nonce":0}}"#,
+            ours.updated_at + 5_000
+        ),
+    )
+    .unwrap();
+    let all = registry.lookup_all("my.agent").unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].block_id, "fresh");
+    let listed = registry.list().unwrap();
+    assert_eq!(listed, all, "the listing agrees with lookup_all");
+}
+
 /// 16 channels write, re-write and remove their entries of one agent while a
 /// sweeper keeps removing the agent's directory whenever it is empty: every
 /// write lands (its writer makes the directory again), and every entry just
@@ -307,6 +333,7 @@ fn readers_never_miss_a_channel_being_rewritten() {
 #[cfg(unix)]
 #[test]
 fn sixteen_channels_and_a_sweeper_on_one_agent_dir_lose_nothing() {
+    let _heavy = agentmux_registry_tests::one_heavy_test_at_a_time();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("reactive");
     let registry = open(&root);

@@ -18,6 +18,7 @@ const REVIVED_PER_WORKER: u32 = 2;
 
 #[test]
 fn concurrent_processes_never_see_torn_wrong_or_missing_entries() {
+    let _heavy = agentmux_registry_tests::one_heavy_test_at_a_time();
     let secs: u64 = std::env::var("AGENTMUX_STRESS_SECS")
         .ok()
         .and_then(|s| s.parse().ok())

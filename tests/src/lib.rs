@@ -206,3 +206,15 @@ pub fn listed_ids(registry: &Registry) -> Vec<String> {
         .map(|entry| entry.agent_id)
         .collect()
 }
+
+/// Held while a test loads every core (many writer threads or processes) or
+/// needs the machine quiet (heartbeats of a few milliseconds judged against
+/// sweeps), so that no two of them run at once in the test binary: the
+/// first kind would starve the second of the time its judgments assume.
+pub fn one_heavy_test_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it leaves nothing to repair.
+    HEAVY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -233,11 +233,12 @@ async fn inject(
             "agent not hosted here (hop limit reached)",
         );
     }
-    // The data dir's entry first, then every channel's in the shared
-    // registry, freshest first.
+    // The data dir's entries first (more than one when agentmux-srv and this
+    // registry wrote the id under different names), then every channel's in
+    // the shared registry, each freshest first.
     let mut candidates: Vec<(&Registry, AgentEntry)> = Vec::new();
-    match app.registry.lookup(&body.agent_id).await {
-        Ok(found) => candidates.extend(found.map(|entry| (&app.registry, entry))),
+    match app.registry.lookup_all(&body.agent_id).await {
+        Ok(found) => candidates.extend(found.into_iter().map(|entry| (&app.registry, entry))),
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
     match app.shared.lookup_all(&body.agent_id).await {

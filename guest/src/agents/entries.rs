@@ -18,14 +18,33 @@ use super::slot::{inspect, judge, Slot};
 use super::{now_ms, with_dir};
 
 /// Which entries a name may hold: the entries of one agent (any spelling of
-/// its id), and in the shared registry of one channel too.
+/// its id), and in the shared registry of one channel too, in the agent
+/// directory named `agent_dir`.
 #[derive(Clone, Copy)]
 pub(crate) struct Holder<'a> {
     pub agent_id: &'a str,
     pub channel: Option<&'a str>,
+    pub agent_dir: Option<&'a str>,
 }
 
 impl Holder<'_> {
+    /// Whether another's `entry`, found at `name`, is at its own place: then
+    /// the name is its, and is not taken over. An entry at a name that is not
+    /// its own (agentmux-srv's `_`-sanitised names are shared by several ids)
+    /// gives way, as agentmux-srv itself would overwrite it.
+    fn is_own_place_of(&self, name: &str, entry: &Entry) -> bool {
+        let own_file = match self.channel {
+            Some(_) => file_name_of(&entry.channel),
+            None => file_name_of(&entry.agent_id),
+        };
+        let own_dir = match self.agent_dir {
+            Some(dir) => agentmux_registry_core::name::agent_dir_name(&entry.agent_id)
+                .is_ok_and(|own| own == dir),
+            None => true,
+        };
+        own_dir && own_file.is_ok_and(|own| own == name)
+    }
+
     pub(crate) fn holds(&self, entry: &Entry) -> bool {
         entry.is_of(self.agent_id)
             && self
@@ -53,6 +72,7 @@ pub fn write(fields: EntryFields) -> Result<Entry, Error> {
     let holder = Holder {
         agent_id: &fields.agent_id,
         channel: None,
+        agent_dir: None,
     };
     with_dir(|dir| write_in(dir, &name, holder, fields.clone()))
 }
@@ -68,7 +88,9 @@ pub(crate) fn write_in(
     match inspect(dir, name)? {
         Slot::File {
             entry: Some(other), ..
-        } if !holder.holds(&other) => return Err(holder.conflict(name, &other)),
+        } if !holder.holds(&other) && holder.is_own_place_of(name, &other) => {
+            return Err(holder.conflict(name, &other))
+        }
         // Nothing can be renamed over a directory. Anything else planted
         // at the name (a symlink, a FIFO) is replaced, never followed.
         Slot::Special(DescriptorType::Directory) => {
@@ -93,6 +115,7 @@ pub fn renew(fields: EntryFields) -> Result<Renewal, Error> {
     let holder = Holder {
         agent_id: &fields.agent_id,
         channel: None,
+        agent_dir: None,
     };
     with_dir(|dir| renew_in(dir, &name, holder, fields.clone()))
 }
@@ -130,7 +153,13 @@ fn renewal_of(slot: Slot, name: &str, holder: Holder, nonce: u64) -> Result<Rene
         Slot::Missing | Slot::File { entry: None, .. } => Ok(Renewal::Restored),
         Slot::File {
             entry: Some(entry), ..
-        } if !holder.holds(&entry) => Err(holder.conflict(name, &entry)),
+        } if !holder.holds(&entry) && holder.is_own_place_of(name, &entry) => {
+            Err(holder.conflict(name, &entry))
+        }
+        // Another id's entry away from its own name: the name is this id's.
+        Slot::File {
+            entry: Some(entry), ..
+        } if !holder.holds(&entry) => Ok(Renewal::Restored),
         Slot::File {
             entry: Some(entry), ..
         } if entry.is_registration(holder.agent_id, nonce) => Ok(Renewal::Refreshed),
@@ -151,6 +180,7 @@ pub fn remove(agent_id: &str) -> Result<bool, Error> {
     let holder = Holder {
         agent_id,
         channel: None,
+        agent_dir: None,
     };
     with_dir(|dir| {
         let mut removed = remove_own_in(dir, &name, holder)?;
@@ -208,7 +238,7 @@ pub fn evict(agent_id: &str, judged: &Entry) -> Result<bool, Error> {
 }
 
 /// The id's own name, then the names other writers used.
-fn names_of(agent_id: &str) -> Result<Vec<String>, Error> {
+pub(crate) fn names_of(agent_id: &str) -> Result<Vec<String>, Error> {
     let mut names = vec![file_name_of(agent_id)?];
     names.extend(other_writers_names(agent_id));
     Ok(names)
@@ -232,25 +262,52 @@ pub(crate) fn remove_where_in(
     }
 }
 
-/// The id's entry at its own name; failing that, the freshest of its entries
-/// at the names other writers used.
+/// The freshest of the id's entries at its own name and the names other
+/// writers used (its own name's on a tie).
 pub fn lookup(agent_id: &str) -> Result<Option<Entry>, Error> {
-    let name = file_name_of(agent_id)?;
+    Ok(lookup_every(agent_id)?.into_iter().next())
+}
+
+/// Every entry of the id, at its own name and the names other writers used,
+/// freshest first (its own name's first on a tie).
+pub fn lookup_every(agent_id: &str) -> Result<Vec<Entry>, Error> {
+    let names = names_of(agent_id)?;
     with_dir(|dir| {
-        if let Some(entry) = inspect(dir, &name)?.entry_of(agent_id) {
-            return Ok(Some(entry));
+        let mut found = Vec::new();
+        for name in &names {
+            found.extend(inspect(dir, name)?.entry_of(agent_id));
         }
-        let mut freshest: Option<Entry> = None;
-        for other in other_writers_names(agent_id) {
-            if let Some(entry) = inspect(dir, &other)?.entry_of(agent_id) {
-                if freshest
-                    .as_ref()
-                    .is_none_or(|f| entry.updated_at > f.updated_at)
-                {
-                    freshest = Some(entry);
-                }
+        // Stable: on a tie, the order of `names` (own name first) stays.
+        found.sort_by_key(|e| std::cmp::Reverse(e.updated_at));
+        Ok(found)
+    })
+}
+
+/// Whether `entry`, read at `name`, is the one a lookup of its id returns:
+/// the freshest of the id's names (the earlier name on a tie). Names that
+/// cannot be read count as holding nothing.
+pub(crate) fn is_freshest_at(dir: &Descriptor, name: &str, entry: &Entry) -> bool {
+    let Ok(names) = names_of(&entry.agent_id) else {
+        return false;
+    };
+    if names.len() == 1 {
+        return names[0] == name;
+    }
+    let mut best: Option<(&str, u64)> = None;
+    for other in &names {
+        let updated_at = if other == name {
+            Some(entry.updated_at)
+        } else {
+            match inspect(dir, other) {
+                Ok(slot) => slot.entry_of(&entry.agent_id).map(|e| e.updated_at),
+                Err(_) => None,
+            }
+        };
+        if let Some(t) = updated_at {
+            if best.is_none_or(|(_, b)| t > b) {
+                best = Some((other, t));
             }
         }
-        Ok(freshest)
-    })
+    }
+    best.is_some_and(|(n, _)| n == name)
 }

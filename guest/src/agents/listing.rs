@@ -5,12 +5,13 @@ use std::collections::{BinaryHeap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
 use agentmux_registry_core::entry::file_name_of;
-use agentmux_registry_core::name::{other_writers_names, ENTRY_SUFFIX};
+use agentmux_registry_core::name::ENTRY_SUFFIX;
 use agentmux_registry_core::{Entry, Error};
 use wasi::filesystem::types::{
     Descriptor, DescriptorFlags, DirectoryEntryStream, OpenFlags, PathFlags,
 };
 
+use super::entries::is_freshest_at;
 use super::slot::{inspect, Slot};
 use super::{io, with_dir};
 
@@ -117,10 +118,11 @@ pub(crate) fn is_entry_name(name: &str) -> bool {
     name.ends_with(ENTRY_SUFFIX) && !name.starts_with('.')
 }
 
-/// The valid entry at `name`, with its id's own file name, if `name` is that
-/// name or one another writer used for the id (see
-/// [`other_writers_names`]). One unreadable file must not hide every other
-/// agent, so errors read as none.
+/// The valid entry at `name`, with its id's own file name, if `name` is one
+/// of its id's names (its own, or one another writer used: see
+/// `other_writers_names`) and holds the entry a lookup of the id returns
+/// (the freshest of its names). One unreadable file must not hide every
+/// other agent, so errors read as none.
 fn listed_entry(dir: &Descriptor, name: &str) -> Option<(Entry, String)> {
     if !is_entry_name(name) {
         return None;
@@ -132,19 +134,7 @@ fn listed_entry(dir: &Descriptor, name: &str) -> Option<(Entry, String)> {
         return None;
     };
     let own = file_name_of(&entry.agent_id).ok()?;
-    if own == name {
-        return Some((entry, own));
-    }
-    // Another writer's name: listed only while the id's own name holds no
-    // entry of it (which is listed in its place).
-    if !other_writers_names(&entry.agent_id)
-        .iter()
-        .any(|n| n == name)
-    {
-        return None;
-    }
-    let own_holds_it = inspect(dir, &own).ok()?.entry_of(&entry.agent_id).is_some();
-    (!own_holds_it).then_some((entry, own))
+    is_freshest_at(dir, name, &entry).then_some((entry, own))
 }
 
 /// The ids a listing returned, to return each once: some file systems

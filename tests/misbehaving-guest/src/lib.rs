@@ -2,8 +2,8 @@
 //! `write` allocates until memory runs out, a sweep's batch recurses until the
 //! stack runs out, and a listing's second call (its first batch) marks the
 //! instance broken and traps. `remove` behaves, and reports whether its
-//! instance is one that trapped before: a host must never reuse those. Its
-//! shared registry only refuses.
+//! instance is one that trapped before: a host must never reuse those. In its
+//! shared registry, `lookup-all-shared` never returns; the rest refuses.
 #![cfg(target_family = "wasm")]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -103,6 +103,10 @@ impl Guest for Misbehaving {
         Ok(agent_id)
     }
 
+    fn lookup_every(_: String) -> Result<Vec<AgentEntry>, RegistryError> {
+        Ok(Vec::new())
+    }
+
     fn lookup(_: String) -> Result<Option<AgentEntry>, RegistryError> {
         BROKEN.store(true, Ordering::SeqCst);
         loop {
@@ -172,7 +176,10 @@ impl shared::Guest for Misbehaving {
     }
 
     fn lookup_all_shared(_: String) -> Result<Vec<AgentEntry>, RegistryError> {
-        refused()
+        BROKEN.store(true, Ordering::SeqCst);
+        loop {
+            std::hint::spin_loop();
+        }
     }
 }
 
