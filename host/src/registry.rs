@@ -98,7 +98,7 @@ fn with_owner_facts(mut fields: EntryFields) -> EntryFields {
             fields.pid_started = crate::liveness::process_start(fields.pid);
         }
         // Recorded with the start time only, so an entry whose owner was not
-        // seen stays byte-identical to the historical format.
+        // seen stays byte-identical to what agentmux-srv writes.
         if fields.pid_namespace.is_none() && fields.pid_started.is_some() {
             fields.pid_namespace = crate::liveness::pid_namespace();
         }
