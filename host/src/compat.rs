@@ -168,7 +168,7 @@ pub fn write(data_dir: &Path, agent_id: &str, local_url: &str, block_id: &str) {
     write_with_nonce(data_dir, agent_id, local_url, block_id, 0);
 }
 
-/// [`write`], recording the registration `nonce` (0 for none).
+/// [`write()`], recording the registration `nonce` (0 for none).
 pub fn write_with_nonce(
     data_dir: &Path,
     agent_id: &str,
