@@ -453,17 +453,7 @@ pub fn dispatch<B: Backend>(
         Command::List => {
             let mut entries = backend.list().map_err(Failure::Registry)?;
             let shared = backend.channel().is_some();
-            if shared {
-                entries.sort_by_cached_key(|e| {
-                    (
-                        e.agent_id.to_lowercase(),
-                        std::cmp::Reverse(e.updated_at),
-                        e.channel.clone(),
-                    )
-                });
-            } else {
-                entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-            }
+            crate::ops::sort_listing(&mut entries, shared);
             writeln!(out, "{}", listed(&entries, json, shared, backend.now_ms()))?;
         }
         Command::Owners { agent_id } => {

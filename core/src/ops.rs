@@ -52,6 +52,23 @@ impl SweepProgress {
     }
 }
 
+/// Puts a whole listing in the order every front end shows it: by agent id;
+/// in a shared registry by agent id in any case, then each id's channels
+/// freshest first.
+pub fn sort_listing(entries: &mut [crate::Entry], shared: bool) {
+    if shared {
+        entries.sort_by_cached_key(|e| {
+            (
+                e.agent_id.to_lowercase(),
+                std::cmp::Reverse(e.updated_at),
+                e.channel.clone(),
+            )
+        });
+    } else {
+        entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+    }
+}
+
 /// Writes `From` impls between two types of the same shape: records whose
 /// fields have the same names (each converted with `Into`), or enums whose
 /// unit cases have the same names. Each side of the contract lists every

@@ -120,23 +120,20 @@ fn is_channel_file(name: &str, channel: &str) -> bool {
 
 pub fn write(fields: EntryFields) -> Result<Entry, Error> {
     fields.check()?;
-    let channel = channel_of(&fields)?;
-    let file = file_name_of(channel)?;
-    let agent_dir = agent_dir_name(&fields.agent_id)?;
-    let holder = Holder {
-        agent_id: &fields.agent_id,
-        channel: Some(channel),
-        agent_dir: Some(&agent_dir),
-    };
-    with_dir(|root| {
-        in_own_dir(root, &fields.agent_id, |dir| {
-            write_in(dir, &file, holder, fields.clone())
-        })
-    })
+    in_channel_file(fields, write_in)
 }
 
 pub fn renew(fields: EntryFields) -> Result<Renewal, Error> {
     check_renewal(&fields)?;
+    in_channel_file(fields, renew_in)
+}
+
+/// Runs a change of `fields`' entry (checked by the caller) on its channel's
+/// file in its agent's directory, made when missing.
+fn in_channel_file<T>(
+    fields: EntryFields,
+    change: impl Fn(&Descriptor, &str, Holder, EntryFields) -> Result<T, Error>,
+) -> Result<T, Error> {
     let channel = channel_of(&fields)?;
     let file = file_name_of(channel)?;
     let agent_dir = agent_dir_name(&fields.agent_id)?;
@@ -147,7 +144,7 @@ pub fn renew(fields: EntryFields) -> Result<Renewal, Error> {
     };
     with_dir(|root| {
         in_own_dir(root, &fields.agent_id, |dir| {
-            renew_in(dir, &file, holder, fields.clone())
+            change(dir, &file, holder, fields.clone())
         })
     })
 }

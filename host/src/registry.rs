@@ -15,6 +15,27 @@ use crate::pool::{Access, Inner, Lease};
 use crate::runtime::Runtime;
 use crate::{AgentEntry, EntryFields, Error, Owner, Renewal, SweepProgress};
 
+/// Calls a function of the per-channel interface, or in a shared registry
+/// its twin of the shared interface: `by_layout!(shared, api, f(args) |
+/// f_shared(args))`, or for a resource's method `by_layout!(shared, api,
+/// resource | shared_resource => method(args))`.
+macro_rules! by_layout {
+    ($shared:expr, $api:expr, $resource:ident | $shared_resource:ident => $method:ident ( $($arg:expr),* )) => {
+        if $shared {
+            $api.agentmux_registry_shared_registry().$shared_resource().$method($($arg),*).await
+        } else {
+            $api.agentmux_registry_registry().$resource().$method($($arg),*).await
+        }
+    };
+    ($shared:expr, $api:expr, $per:ident ( $($pa:expr),* ) | $sh:ident ( $($sa:expr),* )) => {
+        if $shared {
+            $api.agentmux_registry_shared_registry().$sh($($sa),*).await
+        } else {
+            $api.agentmux_registry_registry().$per($($pa),*).await
+        }
+    };
+}
+
 /// Settings for [`Registry::open_with`].
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -197,15 +218,11 @@ impl Registry {
         let shared = self.inner.shared;
         let entry = lease
             .call(async |api, store| {
-                if shared {
-                    api.agentmux_registry_shared_registry()
-                        .call_write_shared(store, fields)
-                        .await
-                } else {
-                    api.agentmux_registry_registry()
-                        .call_write(store, fields)
-                        .await
-                }
+                by_layout!(
+                    shared,
+                    api,
+                    call_write(store, fields) | call_write_shared(store, fields)
+                )
             })
             .await??;
         lease.restrict(&entry.agent_id, &entry.channel)?;
@@ -228,15 +245,11 @@ impl Registry {
         let shared = self.inner.shared;
         let renewal = lease
             .call(async |api, store| {
-                if shared {
-                    api.agentmux_registry_shared_registry()
-                        .call_renew_shared(store, fields)
-                        .await
-                } else {
-                    api.agentmux_registry_registry()
-                        .call_renew(store, fields)
-                        .await
-                }
+                by_layout!(
+                    shared,
+                    api,
+                    call_renew(store, fields) | call_renew_shared(store, fields)
+                )
             })
             .await??;
         let renewal = Renewal::from(renewal);
@@ -315,15 +328,11 @@ impl Registry {
         let shared = self.inner.shared;
         Ok(lease
             .call(async |api, store| {
-                if shared {
-                    api.agentmux_registry_shared_registry()
-                        .call_evict_shared(store, judged)
-                        .await
-                } else {
-                    api.agentmux_registry_registry()
-                        .call_evict(store, agent_id, judged)
-                        .await
-                }
+                by_layout!(
+                    shared,
+                    api,
+                    call_evict(store, agent_id, judged) | call_evict_shared(store, judged)
+                )
             })
             .await??)
     }
@@ -333,15 +342,12 @@ impl Registry {
         let shared = self.inner.shared;
         Ok(lease
             .call(async |api, store| {
-                if shared {
-                    api.agentmux_registry_shared_registry()
-                        .call_remove_owned_shared(store, agent_id, owner)
-                        .await
-                } else {
-                    api.agentmux_registry_registry()
-                        .call_remove_owned(store, agent_id, owner)
-                        .await
-                }
+                by_layout!(
+                    shared,
+                    api,
+                    call_remove_owned(store, agent_id, owner)
+                        | call_remove_owned_shared(store, agent_id, owner)
+                )
             })
             .await??)
     }
@@ -410,18 +416,7 @@ impl Registry {
         while let Some(batch) = listing.next_batch().await? {
             entries.extend(batch);
         }
-        if self.inner.shared {
-            // By id in any case, and each id's channels freshest first.
-            entries.sort_by_cached_key(|e| {
-                (
-                    e.agent_id.to_lowercase(),
-                    std::cmp::Reverse(e.updated_at),
-                    e.channel.clone(),
-                )
-            });
-        } else {
-            entries.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        }
+        agentmux_registry_core::ops::sort_listing(&mut entries, self.inner.shared);
         Ok(entries)
     }
 
@@ -470,33 +465,13 @@ impl Registry {
         let shared = self.inner.shared;
         let sweep = lease
             .open_resource(async |api, store| {
-                if shared {
-                    api.agentmux_registry_shared_registry()
-                        .shared_sweep()
-                        .call_constructor(store, max_age_ms)
-                        .await
-                } else {
-                    api.agentmux_registry_registry()
-                        .sweep()
-                        .call_constructor(store, max_age_ms)
-                        .await
-                }
+                by_layout!(shared, api, sweep | shared_sweep => call_constructor(store, max_age_ms))
             })
             .await?;
         loop {
             let p = lease
                 .call(async |api, store| {
-                    if shared {
-                        api.agentmux_registry_shared_registry()
-                            .shared_sweep()
-                            .call_next_batch(store, sweep, SWEEP_BATCH)
-                            .await
-                    } else {
-                        api.agentmux_registry_registry()
-                            .sweep()
-                            .call_next_batch(store, sweep, SWEEP_BATCH)
-                            .await
-                    }
+                    by_layout!(shared, api, sweep | shared_sweep => call_next_batch(store, sweep, SWEEP_BATCH))
                 })
                 .await??;
             let p = SweepProgress::from(p);
@@ -579,15 +554,11 @@ impl Registry {
         let shared = self.inner.shared;
         Ok(lease
             .call(async |api, store| {
-                if shared {
-                    api.agentmux_registry_shared_registry()
-                        .call_agent_dir_name(store, agent_id)
-                        .await
-                } else {
-                    api.agentmux_registry_registry()
-                        .call_entry_file_name(store, agent_id)
-                        .await
-                }
+                by_layout!(
+                    shared,
+                    api,
+                    call_entry_file_name(store, agent_id) | call_agent_dir_name(store, agent_id)
+                )
             })
             .await??)
     }
@@ -644,17 +615,7 @@ impl Listing {
             None => {
                 let cursor = lease
                     .open_resource(async |api, store| {
-                        if shared {
-                            api.agentmux_registry_shared_registry()
-                                .shared_listing()
-                                .call_constructor(store)
-                                .await
-                        } else {
-                            api.agentmux_registry_registry()
-                                .entry_listing()
-                                .call_constructor(store)
-                                .await
-                        }
+                        by_layout!(shared, api, entry_listing | shared_listing => call_constructor(store))
                     })
                     .await?;
                 *self.cursor.insert(cursor)
@@ -662,17 +623,7 @@ impl Listing {
         };
         let batch = lease
             .call(async |api, store| {
-                if shared {
-                    api.agentmux_registry_shared_registry()
-                        .shared_listing()
-                        .call_next_batch(store, cursor, LIST_BATCH)
-                        .await
-                } else {
-                    api.agentmux_registry_registry()
-                        .entry_listing()
-                        .call_next_batch(store, cursor, LIST_BATCH)
-                        .await
-                }
+                by_layout!(shared, api, entry_listing | shared_listing => call_next_batch(store, cursor, LIST_BATCH))
             })
             .await??;
         Ok(batch.map(|entries| entries.into_iter().map(AgentEntry::from).collect()))

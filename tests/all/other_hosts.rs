@@ -265,8 +265,8 @@ impl Setup {
             .arg(&self.wasm);
         cmd.arg("--json");
         let mut max_entries = None;
-        match (function, args) {
-            ("write", [id, url, block, pid, key]) => cmd.args([
+        let write = |[id, url, block, pid, key]: [&str; 5]| {
+            [
                 "write",
                 id,
                 "--url",
@@ -277,7 +277,11 @@ impl Setup {
                 pid,
                 "--auth-key",
                 key,
-            ]),
+            ]
+            .map(String::from)
+        };
+        match (function, args) {
+            ("write", [id, url, block, pid, key]) => cmd.args(write([id, url, block, pid, key])),
             ("lookup", [id]) => cmd.args(["lookup", id]),
             ("remove", [id]) => cmd.args(["remove", id]),
             // `list` prints every entry sorted by id: list-entries is its head.
@@ -286,21 +290,13 @@ impl Setup {
                 cmd.arg("list")
             }
             ("cleanup-stale", [ms]) => cmd.args(["cleanup", "--max-age-ms", ms]),
-            ("write-shared", [id, url, block, pid, key, channel]) => cmd.args([
-                "--shared",
-                "--channel",
-                channel.strip_prefix("channel=").unwrap(),
-                "write",
-                id,
-                "--url",
-                url,
-                "--block",
-                block,
-                "--pid",
-                pid,
-                "--auth-key",
-                key,
-            ]),
+            ("write-shared", [id, url, block, pid, key, channel]) => cmd
+                .args([
+                    "--shared",
+                    "--channel",
+                    channel.strip_prefix("channel=").unwrap(),
+                ])
+                .args(write([id, url, block, pid, key])),
             ("lookup-all-shared", [id]) => cmd.args(["--shared", "lookup", id]),
             ("remove-shared", [id, channel]) => {
                 cmd.args(["--shared", "--channel", channel, "remove", id])

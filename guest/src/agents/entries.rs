@@ -195,16 +195,20 @@ pub fn remove(agent_id: &str) -> Result<bool, Error> {
 /// directory.
 pub(crate) fn remove_own_in(dir: &Descriptor, name: &str, holder: Holder) -> Result<bool, Error> {
     let claim = claim(dir, name)?;
-    match inspect(dir, name)? {
-        Slot::Missing | Slot::Special(DescriptorType::Directory) => Ok(false),
+    // Judged, then the file read is closed before the unlink: Windows
+    // refuses to remove an open file.
+    let removable = match inspect(dir, name)? {
+        Slot::Missing | Slot::Special(DescriptorType::Directory) => false,
         Slot::File {
             entry: Some(entry), ..
-        } if !holder.holds(&entry) => Ok(false),
-        _ => {
-            claim.check(name)?;
-            unlink(dir, name)
-        }
+        } => holder.holds(&entry),
+        _ => true,
+    };
+    if !removable {
+        return Ok(false);
     }
+    claim.check(name)?;
+    unlink(dir, name)
 }
 
 /// Removes the id's entries written by the registration `owner`, at its own
