@@ -277,9 +277,14 @@ pub fn lookup(agent_id: &str) -> Result<Option<Entry>, Error> {
 pub fn lookup_every(agent_id: &str) -> Result<Vec<Entry>, Error> {
     let names = names_of(agent_id)?;
     with_dir(|dir| {
-        let mut found = Vec::new();
+        let mut found: Vec<Entry> = Vec::new();
         for name in &names {
-            found.extend(inspect(dir, name)?.entry_of(agent_id));
+            // Where the file system folds case, two names can be one file.
+            if let Some(entry) = inspect(dir, name)?.entry_of(agent_id) {
+                if !found.contains(&entry) {
+                    found.push(entry);
+                }
+            }
         }
         // Stable: on a tie, the order of `names` (own name first) stays.
         found.sort_by_key(|e| std::cmp::Reverse(e.updated_at));
