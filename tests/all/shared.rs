@@ -455,3 +455,50 @@ fn a_symlink_at_an_agent_dir_name_is_never_followed() {
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
     assert!(registry.list().unwrap().is_empty());
 }
+
+/// Agents in the big shared root.
+const BIG: usize = 20_000;
+
+/// A shared root of many agents, with entries far larger together than the
+/// component's memory, is listed and swept a batch per call: every entry
+/// listed once, the old half swept with their directories. (Not under
+/// Wine, where 40,000 file calls take minutes: the bounds are the guest's,
+/// the same everywhere, and `scale` checks the per-channel ones there.)
+#[cfg(not(windows))]
+#[test]
+fn a_big_shared_root_lists_and_sweeps_in_bounded_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("reactive");
+    let options = agentmux_registry::Options::new().memory_limit(16 << 20);
+    let registry = Registry::open_shared_with(&root, options).unwrap();
+    let now = now_ms();
+    let url = format!("http://127.0.0.1:1/{}", "p".repeat(2000));
+    for i in 0..BIG {
+        let age = if i % 2 == 0 { 0 } else { 4 * 24 * 3600 * 1000 };
+        let id = format!("agent-{i:05}");
+        std::fs::create_dir(root.join(&id)).unwrap();
+        std::fs::write(
+            root.join(&id).join("stable.json"),
+            format!(
+                r#"{{"agent_id":"{id}","local_url":"{url}","block_id":"b","pid":0,"updated_at":{},"auth_key":"","channel":"stable","registration_nonce":0}}"#,
+                now - age
+            ),
+        )
+        .unwrap();
+    }
+    // Over 40 MB of entries through 16 MiB of guest memory.
+    let mut listed = 0;
+    for batch in registry.listing() {
+        listed += batch.unwrap().len();
+    }
+    assert_eq!(listed, BIG);
+    let removed = registry
+        .cleanup_stale(Duration::from_secs(24 * 3600))
+        .unwrap();
+    assert_eq!(
+        removed, BIG as u64,
+        "the old half's entries and their directories"
+    );
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), BIG / 2);
+    assert_eq!(registry.list().unwrap().len(), BIG / 2);
+}
