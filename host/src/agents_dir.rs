@@ -405,15 +405,7 @@ fn open_checked(
     let dir = Dir::from_std_file(std::fs::File::from(fd));
     let meta = dir.dir_metadata().map_err(io_error)?;
     let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(insecure(
-            path,
-            &format!(
-                "it is owned by uid {}, not by this user (uid {me})",
-                meta.uid()
-            ),
-        ));
-    }
+    refuse_others_dir(&meta, me, path)?;
     if meta.mode() & 0o1077 == 0 {
         return Ok(dir);
     }
@@ -436,6 +428,22 @@ fn open_checked(
         ));
     }
     Ok(dir)
+}
+
+/// Refuses a directory owned by a user other than `me`.
+#[cfg(unix)]
+fn refuse_others_dir(meta: &cap_std::fs::Metadata, me: u32, path: &Path) -> Result<(), Error> {
+    use cap_std::fs::MetadataExt;
+    if meta.uid() != me {
+        return Err(insecure(
+            path,
+            &format!(
+                "it is owned by uid {}, not by this user (uid {me})",
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Sets the mode of the open directory `dir` (fchmod), then reads it back.
@@ -587,15 +595,7 @@ fn adopt_subdir(parent: &Dir, path: &Path, name: &std::ffi::OsStr, me: u32) -> R
         path: path.to_path_buf(),
         source,
     })?;
-    if meta.uid() != me {
-        return Err(insecure(
-            path,
-            &format!(
-                "it is owned by uid {}, not by this user (uid {me})",
-                meta.uid()
-            ),
-        ));
-    }
+    refuse_others_dir(&meta, me, path)?;
     adopt_contents(&dir, path, me, false)?;
     if meta.mode() & 0o7777 != 0o700 {
         set_dir_mode(&dir, 0o700, path)?;

@@ -199,17 +199,23 @@ pub fn remove_if_nonce(data_dir: &Path, agent_id: &str, nonce: u64) {
         return;
     }
     if let Some(registry) = registry(data_dir) {
-        remove_matching(&registry, agent_id, nonce);
+        remove_matching(&registry, agent_id, nonce, None);
     }
 }
 
-/// Removes `agent_id`'s entries whose nonce is `nonce` (not 0), each only
-/// while it is still the entry read.
-fn remove_matching(registry: &Registry, agent_id: &str, nonce: u64) {
+/// Removes `agent_id`'s entries whose nonce is `nonce` (not 0), in `channel`
+/// when one is given, each by its owner (pid, key and nonce) rather than as
+/// the exact entry read: a heartbeat that rewrote an entry meanwhile (same
+/// registration) does not keep it.
+fn remove_matching(registry: &Registry, agent_id: &str, nonce: u64, channel: Option<&str>) {
     let Some(entries) = log_error("lookup", agent_id, registry.lookup_all(agent_id)) else {
         return;
     };
-    for entry in entries.iter().filter(|e| e.registration_nonce == nonce) {
+    let chosen = |e: &&crate::AgentEntry| {
+        e.registration_nonce == nonce
+            && channel.is_none_or(|c| agentmux_registry_core::name::same_id(&e.channel, c))
+    };
+    for entry in entries.iter().filter(chosen) {
         let owner = crate::Owner::of(entry);
         log_error("remove", agent_id, registry.remove_owned(agent_id, &owner));
     }
@@ -295,20 +301,8 @@ pub fn remove_shared_if_nonce(shared_dir: &Path, agent_id: &str, channel: &str, 
     if nonce == 0 {
         return;
     }
-    let Some(registry) = shared_registry(shared_dir) else {
-        return;
-    };
-    let Some(entries) = log_error("lookup", agent_id, registry.lookup_all(agent_id)) else {
-        return;
-    };
-    let ours = |e: &&crate::AgentEntry| {
-        e.registration_nonce == nonce && agentmux_registry_core::name::same_id(&e.channel, channel)
-    };
-    // By owner, not by the exact entry read: a heartbeat that rewrote the
-    // entry meanwhile (same registration) does not keep it.
-    for entry in entries.iter().filter(ours) {
-        let owner = crate::Owner::of(entry);
-        log_error("remove", agent_id, registry.remove_owned(agent_id, &owner));
+    if let Some(registry) = shared_registry(shared_dir) {
+        remove_matching(&registry, agent_id, nonce, Some(channel));
     }
 }
 
