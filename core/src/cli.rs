@@ -13,6 +13,7 @@ use std::borrow::Cow;
 use serde_json::json;
 
 use crate::entry::{Entry, EntryFields};
+use crate::health::{Graded, Health};
 use crate::ops::SweepProgress;
 
 /// Default `cleanup` age: 4 hours, the same as agentmux-srv's startup sweep.
@@ -29,7 +30,7 @@ pub fn channel_or_default(given: Option<String>, env: Option<String>) -> String 
 
 /// Usage of the component's command mode.
 pub const USAGE: &str = "\
-usage: registry.wasm [--json] [--shared [--channel NAME]] <command>
+usage: registry.wasm [--json [--health]] [--shared [--channel NAME]] <command>
   write <AGENT_ID> --url URL --block BLOCK_ID [--pid PID] [--auth-key KEY] [--nonce N]
   remove <AGENT_ID>
   lookup <AGENT_ID>
@@ -45,6 +46,9 @@ With --shared, the preopen is the shared root, e.g.
 pub struct Invocation {
     /// Print JSON instead of text.
     pub json: bool,
+    /// With `json`, print each entry of `lookup` and `list` with its health
+    /// (`{"health":…,"entry":…}`); text output always shows it.
+    pub health: bool,
     /// Work on a shared registry (the preopen is a shared root).
     pub shared: bool,
     /// The channel `write` and `remove` use in a shared registry (`None`:
@@ -177,13 +181,21 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
     if line.channel.is_some() && !line.shared {
         return Err("--channel applies to the shared registry: add --shared".into());
     }
+    if line.health && !line.json {
+        return Err(HEALTH_NEEDS_JSON.into());
+    }
     Ok(Invocation {
         json: line.json,
+        health: line.health,
         shared: line.shared,
         channel: line.channel,
         command,
     })
 }
+
+/// Why `--health` alone is refused.
+pub const HEALTH_NEEDS_JSON: &str =
+    "--health adds each entry's health to --json output (text output always shows it): add --json";
 
 /// The options that take a value.
 const VALUE_OPTIONS: [&str; 6] = [
@@ -201,6 +213,7 @@ const VALUE_OPTIONS: [&str; 6] = [
 /// looks like an option, and `--` ending the options.
 struct Line {
     json: bool,
+    health: bool,
     shared: bool,
     channel: Option<String>,
     positional: Vec<String>,
@@ -211,6 +224,7 @@ impl Line {
     fn split(args: &[String]) -> Result<Line, String> {
         let mut line = Line {
             json: false,
+            health: false,
             shared: false,
             channel: None,
             positional: Vec::new(),
@@ -232,6 +246,12 @@ impl Line {
                         return Err("--json given twice".into());
                     }
                     line.json = true;
+                }
+                "--health" if inline.is_none() => {
+                    if line.health {
+                        return Err("--health given twice".into());
+                    }
+                    line.health = true;
                 }
                 "--shared" if inline.is_none() => {
                     if line.shared {
@@ -353,8 +373,47 @@ pub trait Backend {
     /// progress, `removed` counting both.
     fn cleanup(&mut self, max_age_ms: u64, dead_owners: bool)
         -> Result<SweepProgress, Self::Error>;
-    /// The wall clock in Unix milliseconds, for the ages shown.
+    /// The wall clock in Unix milliseconds, for the ages and health shown.
     fn now_ms(&self) -> u64;
+    /// Whether `entry`'s owning process is provably gone, for its
+    /// [`Health`]. The default, for a backend that cannot see processes (the
+    /// component): never.
+    fn owner_dead(&self, _entry: &Entry) -> bool {
+        false
+    }
+}
+
+/// How output is printed: text, or JSON with or without each entry's
+/// health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Format {
+    /// JSON instead of text.
+    pub json: bool,
+    /// In JSON, each entry of `lookup` and `list` as
+    /// `{"health":…,"entry":…}`.
+    pub health: bool,
+}
+
+impl Invocation {
+    /// How this command line asks for its output.
+    pub fn format(&self) -> Format {
+        Format {
+            json: self.json,
+            health: self.health,
+        }
+    }
+}
+
+/// `entries` graded by `backend` at one instant.
+fn graded<B: Backend>(backend: &B, entries: Vec<Entry>) -> Vec<Graded> {
+    let now = backend.now_ms();
+    entries
+        .into_iter()
+        .map(|entry| {
+            let health = Health::grade(&entry, now, backend.owner_dead(&entry));
+            Graded { entry, health }
+        })
+        .collect()
 }
 
 /// One entry of an agent id, as `owners` shows it.
@@ -366,6 +425,13 @@ pub struct Holding {
     pub liveness: &'static str,
     /// The entry.
     pub entry: Entry,
+}
+
+impl Holding {
+    /// The entry's health at `now_ms`.
+    fn health(&self, now_ms: u64) -> Health {
+        Health::grade(&self.entry, now_ms, self.liveness == "dead")
+    }
 }
 
 /// How a command that ran ended.
@@ -400,10 +466,11 @@ impl<E> From<std::io::Error> for Failure<E> {
 /// line.
 pub fn dispatch<B: Backend>(
     command: Command,
-    json: bool,
+    format: Format,
     backend: &mut B,
     out: &mut dyn std::io::Write,
 ) -> Result<Outcome, Failure<B::Error>> {
+    let json = format.json;
     match command {
         Command::Write {
             agent_id,
@@ -438,10 +505,12 @@ pub fn dispatch<B: Backend>(
             let now = backend.now_ms();
             let shown = if backend.channel().is_some() {
                 let entries = backend.lookup_all(&agent_id).map_err(Failure::Registry)?;
-                (!entries.is_empty()).then(|| found_all(&entries, json, now))
+                let entries = graded(backend, entries);
+                (!entries.is_empty()).then(|| found_all(&entries, format, now))
             } else {
                 let entry = backend.lookup(&agent_id).map_err(Failure::Registry)?;
-                entry.map(|entry| found(&entry, json, now))
+                let entry = graded(backend, entry.into_iter().collect()).pop();
+                entry.map(|entry| found(&entry, format, now))
             };
             match shown {
                 Some(shown) => writeln!(out, "{shown}")?,
@@ -454,7 +523,12 @@ pub fn dispatch<B: Backend>(
             let mut entries = backend.list().map_err(Failure::Registry)?;
             let shared = backend.channel().is_some();
             crate::ops::sort_listing(&mut entries, shared);
-            writeln!(out, "{}", listed(&entries, json, shared, backend.now_ms()))?;
+            let entries = graded(backend, entries);
+            writeln!(
+                out,
+                "{}",
+                listed(&entries, format, shared, backend.now_ms())
+            )?;
         }
         Command::Owners { agent_id } => {
             let holdings = backend.owners(&agent_id).map_err(Failure::Registry)?;
@@ -624,19 +698,35 @@ pub fn removed(agent_id: &str, removed: bool, json: bool) -> String {
     }
 }
 
-/// Output of `lookup` when the agent has an entry.
-pub fn found(entry: &Entry, json: bool, now_ms: u64) -> String {
-    if json {
-        return entry_json(entry);
+/// An entry in JSON output: the entry, or with `format.health`
+/// `{"health":…,"entry":…}` (the entry's own keys could include `health`).
+fn graded_json(graded: &Graded, format: Format) -> String {
+    if format.health {
+        format!(
+            "{{\"health\":\"{}\",\"entry\":{}}}",
+            graded.health,
+            entry_json(&graded.entry)
+        )
+    } else {
+        entry_json(&graded.entry)
     }
+}
+
+/// Output of `lookup` when the agent has an entry.
+pub fn found(graded: &Graded, format: Format, now_ms: u64) -> String {
+    if format.json {
+        return graded_json(graded, format);
+    }
+    let entry = &graded.entry;
     let mut text = format!(
-        "agent-id:   {}\nlocal-url:  {}\nblock-id:   {}\npid:        {}\nupdated-at: {} ({})\nauth-key:   {} (shown with --json)",
+        "agent-id:   {}\nlocal-url:  {}\nblock-id:   {}\npid:        {}\nupdated-at: {} ({})\nhealth:     {}\nauth-key:   {} (shown with --json)",
         printable(&entry.agent_id),
         printable(&entry.local_url),
         printable(&entry.block_id),
         entry.pid,
         entry.updated_at,
         age(entry.updated_at, now_ms),
+        graded.health,
         key_state(entry)
     );
     if !entry.channel.is_empty() {
@@ -654,13 +744,18 @@ pub fn found(entry: &Entry, json: bool, now_ms: u64) -> String {
 
 /// Output of a shared registry's `lookup`: every channel's entry, freshest
 /// first (a JSON array with `--json`).
-pub fn found_all(entries: &[Entry], json: bool, now_ms: u64) -> String {
-    if json {
-        let items: Vec<String> = entries.iter().map(entry_json).collect();
-        return format!("[{}]", items.join(","));
+pub fn found_all(entries: &[Graded], format: Format, now_ms: u64) -> String {
+    if format.json {
+        return json_array(entries, format);
     }
-    let blocks: Vec<String> = entries.iter().map(|e| found(e, false, now_ms)).collect();
+    let blocks: Vec<String> = entries.iter().map(|e| found(e, format, now_ms)).collect();
     blocks.join("\n\n")
+}
+
+/// Entries as a JSON array.
+fn json_array(entries: &[Graded], format: Format) -> String {
+    let items: Vec<String> = entries.iter().map(|e| graded_json(e, format)).collect();
+    format!("[{}]", items.join(","))
 }
 
 /// Output of `owners`.
@@ -670,9 +765,10 @@ pub fn owned(holdings: &[Holding], json: bool, now_ms: u64) -> String {
             .iter()
             .map(|h| {
                 format!(
-                    "{{\"registry\":\"{}\",\"liveness\":\"{}\",\"age_ms\":{},\"entry\":{}}}",
+                    "{{\"registry\":\"{}\",\"liveness\":\"{}\",\"health\":\"{}\",\"age_ms\":{},\"entry\":{}}}",
                     h.registry,
                     h.liveness,
+                    h.health(now_ms),
                     now_ms.saturating_sub(h.entry.updated_at),
                     entry_json(&h.entry)
                 )
@@ -680,7 +776,7 @@ pub fn owned(holdings: &[Holding], json: bool, now_ms: u64) -> String {
             .collect();
         return format!("[{}]", items.join(","));
     }
-    let rows: Vec<[Cow<'_, str>; 8]> = holdings
+    let rows: Vec<[Cow<'_, str>; 9]> = holdings
         .iter()
         .map(|h| {
             [
@@ -695,13 +791,14 @@ pub fn owned(holdings: &[Holding], json: bool, now_ms: u64) -> String {
                 Cow::Owned(h.entry.pid.to_string()),
                 Cow::Borrowed(h.liveness),
                 Cow::Owned(age(h.entry.updated_at, now_ms)),
+                Cow::Borrowed(h.health(now_ms).as_str()),
                 cell(&h.entry.local_url),
             ]
         })
         .collect();
     table(
         &[
-            "REGISTRY", "CHANNEL", "AGENT", "BLOCK", "PID", "OWNER", "UPDATED", "URL",
+            "REGISTRY", "CHANNEL", "AGENT", "BLOCK", "PID", "OWNER", "UPDATED", "HEALTH", "URL",
         ],
         &rows,
     )
@@ -746,18 +843,17 @@ pub fn not_found(agent_id: &str, json: bool) -> (Option<&'static str>, String) {
 }
 
 /// Output of `list` (with a CHANNEL column for a shared registry).
-pub fn listed(entries: &[Entry], json: bool, shared: bool, now_ms: u64) -> String {
-    if json {
-        let items: Vec<String> = entries.iter().map(entry_json).collect();
-        return format!("[{}]", items.join(","));
+pub fn listed(entries: &[Graded], format: Format, shared: bool, now_ms: u64) -> String {
+    if format.json {
+        return json_array(entries, format);
     }
     if entries.is_empty() {
         return "no agents registered".into();
     }
     if shared {
-        let rows: Vec<[Cow<'_, str>; 7]> = entries
+        let rows: Vec<[Cow<'_, str>; 8]> = entries
             .iter()
-            .map(|e| {
+            .map(|Graded { entry: e, health }| {
                 [
                     cell(&e.agent_id),
                     cell(&e.channel),
@@ -765,18 +861,21 @@ pub fn listed(entries: &[Entry], json: bool, shared: bool, now_ms: u64) -> Strin
                     cell(&e.block_id),
                     Cow::Owned(e.pid.to_string()),
                     Cow::Owned(age(e.updated_at, now_ms)),
+                    Cow::Borrowed(health.as_str()),
                     Cow::Borrowed(key_state(e)),
                 ]
             })
             .collect();
         return table(
-            &["AGENT", "CHANNEL", "URL", "BLOCK", "PID", "UPDATED", "KEY"],
+            &[
+                "AGENT", "CHANNEL", "URL", "BLOCK", "PID", "UPDATED", "HEALTH", "KEY",
+            ],
             &rows,
         );
     }
     let rows: Vec<[Cow<'_, str>; 4]> = entries
         .iter()
-        .map(|e| {
+        .map(|Graded { entry: e, .. }| {
             [
                 cell(&e.agent_id),
                 cell(&e.local_url),
@@ -795,14 +894,15 @@ pub fn listed(entries: &[Entry], json: bool, shared: bool, now_ms: u64) -> Strin
     let (id_w, url_w, block_w) = (width(0, "AGENT"), width(1, "URL"), width(2, "BLOCK"));
     let age_w = width(3, "UPDATED");
     let mut out = format!(
-        "{:id_w$}  {:url_w$}  {:block_w$}  {:>10}  {:age_w$}  KEY",
+        "{:id_w$}  {:url_w$}  {:block_w$}  {:>10}  {:age_w$}  HEALTH   KEY",
         "AGENT", "URL", "BLOCK", "PID", "UPDATED"
     );
-    for (e, [id, url, block, updated]) in entries.iter().zip(&rows) {
+    for (g, [id, url, block, updated]) in entries.iter().zip(&rows) {
         out += &format!(
-            "\n{id:id_w$}  {url:url_w$}  {block:block_w$}  {:>10}  {updated:age_w$}  {}",
-            e.pid,
-            key_state(e)
+            "\n{id:id_w$}  {url:url_w$}  {block:block_w$}  {:>10}  {updated:age_w$}  {:7}  {}",
+            g.entry.pid,
+            g.health.as_str(),
+            key_state(&g.entry)
         );
     }
     out
@@ -862,6 +962,22 @@ fn key_state(entry: &Entry) -> &'static str {
 mod tests {
     use super::*;
 
+    const TEXT: Format = Format {
+        json: false,
+        health: false,
+    };
+    const JSON: Format = Format {
+        json: true,
+        health: false,
+    };
+
+    fn unknown(entry: &Entry) -> Graded {
+        Graded {
+            entry: entry.clone(),
+            health: Health::Unknown,
+        }
+    }
+
     fn args(s: &str) -> Vec<String> {
         s.split_whitespace().map(String::from).collect()
     }
@@ -875,6 +991,7 @@ mod tests {
             .unwrap(),
             Invocation {
                 json: true,
+                health: false,
                 shared: false,
                 channel: None,
                 command: Command::Write {
@@ -966,8 +1083,8 @@ mod tests {
             "b\nevil  http://x  c  1  0s ago  set\u{1b}[31m\u{202e}",
         );
         for out in [
-            listed(std::slice::from_ref(&forged), false, false, 0),
-            found(&forged, false, 0),
+            listed(&[unknown(&forged)], TEXT, false, 0),
+            found(&unknown(&forged), TEXT, 0),
         ] {
             assert!(
                 !out.contains('\u{1b}') && !out.contains('\u{202e}'),
@@ -979,7 +1096,7 @@ mod tests {
             );
         }
         assert_eq!(
-            listed(&[forged], false, false, 0).lines().count(),
+            listed(&[unknown(&forged)], TEXT, false, 0).lines().count(),
             2,
             "one row per entry"
         );
@@ -1000,27 +1117,27 @@ mod tests {
             "del\u{7f}",
         ] {
             let e = entry_with("a", sneaky);
-            let out = listed(std::slice::from_ref(&e), false, false, 0);
+            let out = listed(&[unknown(&e)], TEXT, false, 0);
             assert!(
                 out.lines().all(|l| !l.chars().any(is_invisible)),
                 "{sneaky:?}: {out:?}"
             );
             assert_eq!(out.lines().count(), 2, "{sneaky:?}: {out:?}");
-            let json = found(&e, true, 0);
+            let json = found(&unknown(&e), JSON, 0);
             assert!(!json.chars().any(is_invisible), "{json:?}");
             let back: serde_json::Value = serde_json::from_str(&json).unwrap();
             assert_eq!(back["block_id"], sneaky, "JSON keeps the exact value");
         }
         // An id with spaces cannot pose as an id, a URL and a block.
         let e = entry_with("x  http://attacker:1  blk", "b");
-        let out = listed(std::slice::from_ref(&e), false, false, 0);
+        let out = listed(&[unknown(&e)], TEXT, false, 0);
         assert!(out.contains("\"x  http://attacker:1  blk\""), "{out}");
         // Nor with wide spaces.
         let wide = "x\u{3000}\u{3000}http://attacker:1\u{3000}blk";
-        let out = listed(&[entry_with(wide, "b")], false, false, 0);
+        let out = listed(&[unknown(&entry_with(wide, "b"))], TEXT, false, 0);
         assert!(out.contains(&format!("\"{wide}\"")), "{out}");
         let long_ago = entry_with("a", "b");
-        let out = listed(std::slice::from_ref(&long_ago), false, false, u64::MAX / 2);
+        let out = listed(&[unknown(&long_ago)], TEXT, false, u64::MAX / 2);
         let header_key = out.lines().next().unwrap().find("KEY").unwrap();
         assert_eq!(
             out.lines().nth(1).unwrap().find("set"),
@@ -1033,22 +1150,22 @@ mod tests {
     fn json_output_keeps_the_on_disk_key_order() {
         let entry = entry_with("a", "b");
         let disk = String::from_utf8(entry.to_json()).unwrap();
-        assert_eq!(found(&entry, true, 0), disk);
+        assert_eq!(found(&unknown(&entry), JSON, 0), disk);
         assert_eq!(
-            listed(std::slice::from_ref(&entry), true, false, 0),
+            listed(&[unknown(&entry)], JSON, false, 0),
             format!("[{disk}]")
         );
-        assert_eq!(listed(&[], true, false, 0), "[]");
+        assert_eq!(listed(&[], JSON, false, 0), "[]");
         assert!(disk.starts_with(r#"{"agent_id":"a","local_url":"u","block_id":"b","pid":1,"updated_at":0,"auth_key":"k""#));
     }
 
     #[test]
     fn text_output_never_shows_the_key() {
         let entry = Entry::parse(br#"{"agent_id":"a","local_url":"u","block_id":"b","pid":1,"updated_at":0,"auth_key":"secret"}"#).unwrap();
-        assert!(!found(&entry, false, 0).contains("secret"));
-        assert!(!listed(std::slice::from_ref(&entry), false, false, 0).contains("secret"));
+        assert!(!found(&unknown(&entry), TEXT, 0).contains("secret"));
+        assert!(!listed(&[unknown(&entry)], TEXT, false, 0).contains("secret"));
         assert!(
-            found(&entry, true, 0).contains("secret"),
+            found(&unknown(&entry), JSON, 0).contains("secret"),
             "JSON is for scripts that forward"
         );
     }

@@ -22,7 +22,7 @@ pub const MAX_EXTRA_KEY_BYTES: usize = 256;
 
 /// The keys the registry interprets, in the order it writes them. Every other
 /// key of an entry file is kept, in order, in [`Entry::extra`].
-pub const KNOWN_KEYS: [&str; 10] = [
+pub const KNOWN_KEYS: [&str; 11] = [
     "agent_id",
     "local_url",
     "block_id",
@@ -33,12 +33,14 @@ pub const KNOWN_KEYS: [&str; 10] = [
     "registration_nonce",
     "pid_started",
     "pid_ns",
+    "beat_interval_ms",
 ];
 
 /// One entry file. Field order and names are the on-disk format:
 /// serialising this with `serde_json` gives the bytes agentmux-srv writes
 /// (`channel` and `registration_nonce` always, empty and 0 when unset, as it
-/// writes them; `pid_started` and `pid_ns` only when known), then every key
+/// writes them; `pid_started`, `pid_ns` and `beat_interval_ms` only when
+/// known), then every key
 /// of [`Entry::extra`], in order, each value exactly as it was read or given.
 /// A missing `auth_key` or `channel` reads as empty, a missing
 /// `registration_nonce` as 0.
@@ -68,6 +70,11 @@ pub struct Entry {
     pub pid_started: Option<u64>,
     /// The pid namespace `pid` belongs to (Linux), stored as `pid_ns`.
     pub pid_namespace: Option<u64>,
+    /// How often the owner renews the entry, in milliseconds, stored as
+    /// `beat_interval_ms` (the host's `Registration` records its heartbeat):
+    /// what lets any reader count missed beats (see [`crate::Health`]).
+    /// `None` when the writer does not renew on a schedule.
+    pub beat_interval_ms: Option<u64>,
     /// Every other key, in the order stored, each with its value as the JSON
     /// text it was stored as (numbers of any size or precision, escapes and
     /// nesting kept exactly): keys this registry does not interpret (for
@@ -93,6 +100,9 @@ impl Serialize for Entry {
         }
         if let Some(namespace) = self.pid_namespace {
             map.serialize_entry("pid_ns", &namespace)?;
+        }
+        if let Some(interval) = self.beat_interval_ms {
+            map.serialize_entry("beat_interval_ms", &interval)?;
         }
         for (key, text) in &self.extra {
             // Checked to be one JSON value when it was read or given.
@@ -138,6 +148,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
         let (mut agent_id, mut local_url, mut block_id) = (None, None, None);
         let (mut pid, mut updated_at, mut auth_key) = (None, None, None);
         let (mut channel, mut nonce, mut started, mut namespace) = (None, None, None, None);
+        let mut interval = None;
         let mut extra = Vec::new();
         while let Some(key) = map.next_key::<String>()? {
             match key.as_str() {
@@ -151,6 +162,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 "registration_nonce" => once(&mut nonce, map.next_value()?, "registration_nonce")?,
                 "pid_started" => once(&mut started, map.next_value()?, "pid_started")?,
                 "pid_ns" => once(&mut namespace, map.next_value()?, "pid_ns")?,
+                "beat_interval_ms" => once(&mut interval, map.next_value()?, "beat_interval_ms")?,
                 _ => {
                     let raw: Box<RawValue> = map.next_value()?;
                     extra.push((key, raw.get().to_owned()));
@@ -168,6 +180,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             registration_nonce: nonce.unwrap_or_default(),
             pid_started: started.flatten(),
             pid_namespace: namespace.flatten(),
+            beat_interval_ms: interval.flatten(),
             extra,
         })
     }
@@ -209,6 +222,8 @@ pub struct EntryFields {
     pub pid_started: Option<u64>,
     /// The pid namespace of `pid`; `None` lets the host fill it in.
     pub pid_namespace: Option<u64>,
+    /// See [`Entry::beat_interval_ms`]; at least 1 when set.
+    pub beat_interval_ms: Option<u64>,
     /// See [`Entry::extra`]: keys no other field names, each with a JSON
     /// value as text.
     pub extra: Vec<(String, String)>,
@@ -250,6 +265,7 @@ impl EntryFields {
             registration_nonce: self.registration_nonce,
             pid_started: self.pid_started,
             pid_namespace: self.pid_namespace,
+            beat_interval_ms: self.beat_interval_ms,
             extra: self.extra,
         }
     }
@@ -263,6 +279,11 @@ impl EntryFields {
         check_channel(&self.channel)?;
         check_lengths(&self.local_url, &self.block_id, &self.auth_key)?;
         check_extra(&self.extra)?;
+        if self.beat_interval_ms == Some(0) {
+            return Err(Error::InvalidField(
+                "beat_interval_ms: a beat interval is at least 1 ms".into(),
+            ));
+        }
         let size = self.clone().into_entry(u64::MAX).to_json().len();
         if size as u64 > MAX_ENTRY_FILE_BYTES {
             return Err(Error::InvalidField(format!(
@@ -305,6 +326,7 @@ impl Entry {
             registration_nonce: self.registration_nonce,
             pid_started: self.pid_started,
             pid_namespace: self.pid_namespace,
+            beat_interval_ms: self.beat_interval_ms,
             extra: self.extra.clone(),
         }
     }
@@ -492,6 +514,7 @@ mod tests {
             registration_nonce: 0,
             pid_started: None,
             pid_namespace: None,
+            beat_interval_ms: None,
             extra: Vec::new(),
         }
     }
@@ -552,6 +575,7 @@ mod tests {
             registration_nonce: 9,
             pid_started: Some(123),
             pid_namespace: Some(7),
+            beat_interval_ms: Some(20_000),
             extra: vec![
                 ("zeta".into(), "[1,{\"b\":2,\"a\":1}]".into()),
                 ("alpha".into(), "\"x\"".into()),
@@ -561,7 +585,7 @@ mod tests {
         let json = String::from_utf8(with.to_json()).unwrap();
         assert!(
             json.ends_with(
-                r#","auth_key":"k","channel":"dev-a","registration_nonce":9,"pid_started":123,"pid_ns":7,"zeta":[1,{"b":2,"a":1}],"alpha":"x"}"#
+                r#","auth_key":"k","channel":"dev-a","registration_nonce":9,"pid_started":123,"pid_ns":7,"beat_interval_ms":20000,"zeta":[1,{"b":2,"a":1}],"alpha":"x"}"#
             ),
             "{json}"
         );

@@ -17,8 +17,10 @@
 
 pub mod cli;
 pub mod entry;
+pub mod health;
 pub mod name;
 pub mod ops;
 
 pub use entry::{Entry, EntryFields, Error, Owner};
+pub use health::{Graded, Health};
 pub use ops::{Renewal, SweepProgress};

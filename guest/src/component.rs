@@ -92,6 +92,11 @@ impl wit::Guest for Registry {
         Ok(entries.into_iter().map(Into::into).collect())
     }
 
+    fn entries_at(names: Vec<String>) -> Result<Vec<Option<wit::AgentEntry>>, wit::RegistryError> {
+        let entries = agents::entries_at(&names)?;
+        Ok(entries.into_iter().map(|e| e.map(Into::into)).collect())
+    }
+
     fn lookup(agent_id: String) -> Result<Option<wit::AgentEntry>, wit::RegistryError> {
         Ok(agents::lookup(&agent_id)?.map(Into::into))
     }
@@ -162,6 +167,13 @@ impl shared_wit::Guest for Registry {
         let entries = shared::lookup_all(&agent_id)?;
         Ok(entries.into_iter().map(Into::into).collect())
     }
+
+    fn entries_at_shared(
+        names: Vec<String>,
+    ) -> Result<Vec<Option<wit::AgentEntry>>, wit::RegistryError> {
+        let entries = shared::entries_at(&names)?;
+        Ok(entries.into_iter().map(|e| e.map(Into::into)).collect())
+    }
 }
 
 /// Command mode: the same commands and output as the host's CLI (one
@@ -176,18 +188,14 @@ impl exports::wasi::cli::run::Guest for Registry {
                 return Err(());
             }
         };
+        let format = invocation.format();
         let mut stdout = std::io::stdout().lock();
         let mut directory = Directory {
             channel: invocation.shared.then(|| {
                 cli::channel_or_default(invocation.channel, std::env::var("AGENTMUX_CHANNEL").ok())
             }),
         };
-        match cli::dispatch(
-            invocation.command,
-            invocation.json,
-            &mut directory,
-            &mut stdout,
-        ) {
+        match cli::dispatch(invocation.command, format, &mut directory, &mut stdout) {
             Ok(Outcome::Done) => Ok(()),
             Ok(Outcome::NotFound(why) | Outcome::Incomplete(why)) => {
                 eprintln!("registry: {why}");

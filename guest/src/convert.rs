@@ -10,15 +10,15 @@ use crate::component::wit;
 
 same_shape!(wit::EntryFields => EntryFields {
     agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
-    pid_namespace, extra
+    pid_namespace, beat_interval_ms, extra
 });
 same_shape!(Entry => wit::AgentEntry {
     agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, extra
+    pid_started, pid_namespace, beat_interval_ms, extra
 });
 same_shape!(wit::AgentEntry => Entry {
     agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, extra
+    pid_started, pid_namespace, beat_interval_ms, extra
 });
 same_shape!(wit::Owner => Owner { pid, auth_key, registration_nonce });
 same_shape!(enum Renewal => wit::Renewal { Refreshed, Restored, Superseded });

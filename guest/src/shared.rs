@@ -20,7 +20,7 @@ use agentmux_registry_core::{Entry, EntryFields, Error, Owner, Renewal, SweepPro
 use wasi::filesystem::types::{Descriptor, DescriptorFlags, ErrorCode, OpenFlags, PathFlags};
 
 use crate::agents::entries::{
-    check_renewal, remove_own_in, remove_where_in, renew_in, write_in, Holder,
+    check_names_at, check_renewal, remove_own_in, remove_where_in, renew_in, write_in, Holder,
 };
 use crate::agents::listing::{is_entry_name, Names, Scan};
 use crate::agents::slot::{inspect, Slot};
@@ -246,6 +246,22 @@ pub fn lookup_all(agent_id: &str) -> Result<Vec<Entry>, Error> {
         let mut entries: Vec<Entry> = by_channel.into_values().collect();
         entries.sort_by_key(|e| std::cmp::Reverse(e.updated_at));
         Ok(entries)
+    })
+}
+
+/// For each of `names` (`<agent-dir>/<file>`), the valid entry there if the
+/// directory is one of its agent's and the file one of its channel's.
+pub fn entries_at(names: &[String]) -> Result<Vec<Option<Entry>>, Error> {
+    check_names_at(names)?;
+    with_dir(|root| {
+        Ok(names
+            .iter()
+            .map(|name| {
+                let (dir_name, file) = name.split_once('/')?;
+                let dir = open_agent_dir(root, dir_name).ok()??;
+                channel_entry(&dir, file).filter(|e| is_agent_dir(dir_name, &e.agent_id))
+            })
+            .collect())
     })
 }
 

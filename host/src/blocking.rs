@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::Thread;
 use std::time::Duration;
 
-use crate::{AgentEntry, EntryFields, Error, Options, Owner, Renewal, SweepProgress};
+use crate::{AgentEntry, EntryFields, Error, Graded, Options, Owner, Renewal, SweepProgress};
 
 /// The synchronous twin of [`crate::Registry`]; see there for each method.
 #[derive(Clone, Debug)]
@@ -96,6 +96,21 @@ impl Registry {
     /// See [`crate::Registry::list`].
     pub fn list(&self) -> Result<Vec<AgentEntry>, Error> {
         block_on(self.inner.list())
+    }
+
+    /// See [`crate::Registry::lookup_graded`].
+    pub fn lookup_graded(&self, agent_id: &str) -> Result<Option<Graded>, Error> {
+        block_on(self.inner.lookup_graded(agent_id))
+    }
+
+    /// See [`crate::Registry::lookup_all_graded`].
+    pub fn lookup_all_graded(&self, agent_id: &str) -> Result<Vec<Graded>, Error> {
+        block_on(self.inner.lookup_all_graded(agent_id))
+    }
+
+    /// See [`crate::Registry::list_graded`].
+    pub fn list_graded(&self) -> Result<Vec<Graded>, Error> {
+        block_on(self.inner.list_graded())
     }
 
     /// See [`crate::Registry::listing`]: an iterator of batches; it ends after

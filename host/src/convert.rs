@@ -9,15 +9,15 @@ use crate::Error;
 
 same_shape!(EntryFields => wit::EntryFields {
     agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
-    pid_namespace, extra
+    pid_namespace, beat_interval_ms, extra
 });
 same_shape!(wit::AgentEntry => Entry {
     agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, extra
+    pid_started, pid_namespace, beat_interval_ms, extra
 });
 same_shape!(Entry => wit::AgentEntry {
     agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, extra
+    pid_started, pid_namespace, beat_interval_ms, extra
 });
 same_shape!(Owner => wit::Owner { pid, auth_key, registration_nonce });
 same_shape!(enum wit::Renewal => Renewal { Refreshed, Restored, Superseded });

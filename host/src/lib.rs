@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use agentmux_registry_core::entry::ErrorKind;
 
-pub use agentmux_registry_core::{EntryFields, Owner};
+pub use agentmux_registry_core::{EntryFields, Graded, Health, Owner};
 pub use agentmux_registry_core::{Renewal, SweepProgress};
 pub use agents_dir::data_dir_warning;
 pub use registration::Registration;
@@ -71,9 +71,9 @@ pub use registry::{Listing, Options, Registry};
 /// One registered agent, as stored in its entry file.
 ///
 /// Serialises to the on-disk format: the keys `agent_id`, `local_url`,
-/// `block_id`, `pid`, `updated_at` and `auth_key`, then `channel`,
-/// `registration_nonce`, `pid_started` and `pid_ns` when set, then the
-/// `extra` keys in order.
+/// `block_id`, `pid`, `updated_at`, `auth_key`, `channel` and
+/// `registration_nonce`, then `pid_started`, `pid_ns` and `beat_interval_ms`
+/// when set, then the `extra` keys in order.
 pub type AgentEntry = agentmux_registry_core::Entry;
 
 /// Why a registry call failed.

@@ -24,9 +24,9 @@
 //!   which cannot build for Apple targets.
 //! - **Elsewhere**: Unknown.
 
-use crate::AgentEntry;
 #[cfg(doc)]
 use crate::Registration;
+use crate::{AgentEntry, Graded, Health};
 
 /// What is known about an entry's owning process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +85,32 @@ pub fn owner_liveness(entry: &AgentEntry) -> Liveness {
         (None, Some(_), _) => Liveness::Alive,
         (None, None, _) => Liveness::Unknown,
     }
+}
+
+/// `entry`'s health now: [`Health::Dead`] when its owner is provably dead
+/// ([`owner_liveness`]), else graded by its age against its recorded beat
+/// interval (see [`Health::grade`]).
+pub fn health(entry: &AgentEntry) -> Health {
+    health_at(entry, now_ms())
+}
+
+/// `entry` with its [`health`] now.
+pub fn graded(entry: AgentEntry) -> Graded {
+    let health = health(&entry);
+    Graded { entry, health }
+}
+
+/// `entry`'s health at `now_ms` (Unix milliseconds), its owner's liveness as
+/// it is now: for a caller that keeps its own clock.
+pub fn health_at(entry: &AgentEntry, now_ms: u64) -> Health {
+    Health::grade(entry, now_ms, owner_liveness(entry) == Liveness::Dead)
+}
+
+/// The wall clock in Unix milliseconds (0 before 1970).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(target_os = "linux")]
@@ -366,10 +392,7 @@ pub fn should_evict_after_failed_forward(entry: &AgentEntry, grace: std::time::D
     if judged == Liveness::Dead {
         return true;
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    now_ms.saturating_sub(entry.updated_at) > grace.as_millis() as u64
+    now_ms().saturating_sub(entry.updated_at) > grace.as_millis() as u64
 }
 
 #[cfg(test)]

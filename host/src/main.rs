@@ -33,6 +33,11 @@ struct Cli {
     /// Print JSON (entries in their on-disk format) instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// With --json, print each entry of lookup and list with its health:
+    /// {"health":"fresh|stale|dead|unknown","entry":{...}} (text output
+    /// always shows it).
+    #[arg(long, global = true, requires = "json")]
+    health: bool,
     /// Work on the host-wide shared registry rooted at DIR (one entry per
     /// agent and channel, DIR/<agent>/<channel>.json) instead of the data
     /// dir's.
@@ -88,7 +93,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Registry(command) => place(cli.data_dir, cli.shared_dir, cli.shared, cli.channel)
-            .and_then(|place| run_registry(place, command, cli.json)),
+            .and_then(|place| {
+                let format = cli::Format {
+                    json: cli.json,
+                    health: cli.health,
+                };
+                run_registry(place, command, format)
+            }),
         Command::ExportWasm { dir } => export_wasm(&dir),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -182,7 +193,7 @@ fn open(dir: &Path, shared: bool) -> Result<Registry, Box<dyn Error>> {
 fn run_registry(
     place: Place,
     command: cli::Command,
-    json: bool,
+    format: cli::Format,
 ) -> Result<Outcome, Box<dyn Error>> {
     let mut host = if let cli::Command::Owners { .. } = command {
         // Both registries: the data dir's, and the shared one (the default
@@ -214,7 +225,7 @@ fn run_registry(
         }
     };
     let mut stdout = std::io::stdout().lock();
-    cli::dispatch(command, json, &mut host, &mut stdout).map_err(|e| match e {
+    cli::dispatch(command, format, &mut host, &mut stdout).map_err(|e| match e {
         cli::Failure::Registry(e) => Box::new(e) as Box<dyn Error>,
         cli::Failure::Output(e) => Box::new(e),
     })
@@ -311,6 +322,11 @@ impl cli::Backend for Host {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
     }
+
+    fn owner_dead(&self, entry: &AgentEntry) -> bool {
+        agentmux_registry::liveness::owner_liveness(entry)
+            == agentmux_registry::liveness::Liveness::Dead
+    }
 }
 
 /// Writes `bytes` to stdout, reporting failure instead of panicking.
@@ -365,11 +381,13 @@ mod tests {
                 Ok(Cli {
                     command: Command::Registry(command),
                     json,
+                    health,
                     shared,
                     channel,
                     ..
                 }) => Some(cli::Invocation {
                     json,
+                    health,
                     shared,
                     channel,
                     command,
@@ -401,6 +419,9 @@ mod tests {
             "--shared --channel dev-a write a --url u --block b --nonce 3",
             "write a --url u --block b --nonce=3 --shared --channel=c",
             "--shared lookup a",
+            "--json --health list",
+            "lookup a --health --json",
+            "--shared --json --health lookup a",
         ] {
             let parsed = host(line);
             assert!(parsed.is_some(), "{line:?}");
@@ -432,6 +453,10 @@ mod tests {
             "--shared --channel list",
             "--shared --channel= list",
             "remove a --nonce 3",
+            "--health list",
+            "lookup a --health",
+            "--json --health --health list",
+            "--json --health=yes list",
         ] {
             assert_eq!(host(line), None, "{line:?}");
             assert_eq!(component(line), None, "{line:?}");

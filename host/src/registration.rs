@@ -68,8 +68,9 @@ fn new_nonce() -> u64 {
 
 impl Registration {
     /// Registers `fields.agent_id` as owned by this process: `fields.pid` is
-    /// set to this process's id and `fields.registration_nonce` to a new
-    /// nonce.
+    /// set to this process's id, `fields.registration_nonce` to a new nonce
+    /// and `fields.beat_interval_ms` to `heartbeat`, so that every reader
+    /// can grade the entry's [`Health`](crate::Health).
     /// The entry is renewed every `heartbeat`. Any interval is accepted: one
     /// too long for the clock to reach (`Duration::MAX`) never comes due.
     pub async fn register(
@@ -77,15 +78,20 @@ impl Registration {
         fields: EntryFields,
         heartbeat: Duration,
     ) -> Result<Registration, Error> {
+        let heartbeat = heartbeat.max(Duration::from_millis(1));
         let fields = EntryFields {
             pid: std::process::id(),
             registration_nonce: new_nonce(),
+            // Rounded up: a reader never counts a beat missed too early.
+            beat_interval_ms: Some(
+                u64::try_from(heartbeat.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
+            ),
             ..fields
         };
         let entry = registry.write(fields).await?;
         // Renew with what was stored, owner facts included.
         let fields = entry.fields();
-        let beat = Beat::new(fields, heartbeat.max(Duration::from_millis(1)));
+        let beat = Beat::new(fields, heartbeat);
         let guard = Registration {
             registry: registry.clone(),
             entry,

@@ -13,7 +13,7 @@ use crate::bindings::exports::agentmux::registry::registry as wit;
 use crate::liveness::{owner_liveness, Liveness};
 use crate::pool::{Access, Inner, Lease};
 use crate::runtime::Runtime;
-use crate::{AgentEntry, EntryFields, Error, Owner, Renewal, SweepProgress};
+use crate::{AgentEntry, EntryFields, Error, Graded, Owner, Renewal, SweepProgress};
 
 /// Calls a function of the per-channel interface, or in a shared registry
 /// its twin of the shared interface: `by_layout!(shared, api, f(args) |
@@ -418,6 +418,28 @@ impl Registry {
         }
         agentmux_registry_core::ops::sort_listing(&mut entries, self.inner.shared);
         Ok(entries)
+    }
+
+    /// [`Registry::lookup`], with the entry's health (see
+    /// [`liveness::health`](crate::liveness::health)).
+    pub async fn lookup_graded(&self, agent_id: &str) -> Result<Option<Graded>, Error> {
+        Ok(self.lookup(agent_id).await?.map(crate::liveness::graded))
+    }
+
+    /// [`Registry::lookup_all`], each entry with its health.
+    pub async fn lookup_all_graded(&self, agent_id: &str) -> Result<Vec<Graded>, Error> {
+        let found = self.lookup_all(agent_id).await?;
+        Ok(found.into_iter().map(crate::liveness::graded).collect())
+    }
+
+    /// [`Registry::list`], each entry with its health.
+    pub async fn list_graded(&self) -> Result<Vec<Graded>, Error> {
+        Ok(self
+            .list()
+            .await?
+            .into_iter()
+            .map(crate::liveness::graded)
+            .collect())
     }
 
     /// A pass over every valid entry in directory order, a batch at a time;

@@ -847,3 +847,89 @@ fn owners_shows_who_holds_an_id_in_both_registries() {
     );
     assert_eq!(none.status.code(), Some(1));
 }
+
+/// `list` has a HEALTH column; `lookup` a health line; `--json --health`
+/// wraps each entry as `{"health":…,"entry":…}` (an entry may have a key
+/// `health` of its own); `--health` without `--json` is a usage error.
+#[test]
+fn list_and_lookup_show_each_entry_s_health() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let d = d.to_str().unwrap();
+    let registry = agentmux_registry::blocking::Registry::open(d).unwrap();
+    let write = |id: &str, beat: Option<u64>| {
+        registry
+            .write(agentmux_registry::EntryFields {
+                agent_id: id.into(),
+                local_url: "http://127.0.0.1:1".into(),
+                block_id: "b".into(),
+                beat_interval_ms: beat,
+                // A key of the entry's own named like the wrapper's.
+                extra: vec![("health".into(), "\"forged\"".into())],
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    write("fresh", Some(3_600_000));
+    write("plain", None);
+    let stale = write("stale", Some(1));
+    // Three beats of 1 ms missed by the time the command reads the clock.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    while now() <= stale.updated_at + 3 {
+        std::thread::yield_now();
+    }
+
+    let out = cli(tmp.path(), &["--data-dir", d, "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let health_of = |id: &str| {
+        let header = text.lines().next().unwrap();
+        let column = header.find("HEALTH").expect("a HEALTH column");
+        let row = text.lines().find(|l| l.starts_with(id)).unwrap();
+        row[column..].split_whitespace().next().unwrap().to_owned()
+    };
+    assert_eq!(
+        (health_of("fresh"), health_of("plain"), health_of("stale")),
+        ("fresh".into(), "unknown".into(), "stale".into()),
+        "{text}"
+    );
+
+    let out = cli(tmp.path(), &["--data-dir", d, "lookup", "stale"]);
+    assert!(
+        stdout(&out).contains("\nhealth:     stale\n"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = cli(
+        tmp.path(),
+        &["--data-dir", d, "--json", "--health", "lookup", "fresh"],
+    );
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["health"], "fresh", "{shown}");
+    assert_eq!(shown["entry"]["agent_id"], "fresh", "{shown}");
+    assert_eq!(shown["entry"]["health"], "forged", "the entry's own key");
+
+    let out = cli(tmp.path(), &["--data-dir", d, "--json", "--health", "list"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let healths: Vec<&str> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["health"].as_str().unwrap())
+        .collect();
+    assert_eq!(healths, ["fresh", "unknown", "stale"], "{shown}");
+
+    // Without --health, JSON is the entries as stored.
+    let out = cli(tmp.path(), &["--data-dir", d, "--json", "lookup", "fresh"]);
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["health"], "forged", "{shown}");
+
+    let out = cli(tmp.path(), &["--data-dir", d, "--health", "list"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}

@@ -18,6 +18,7 @@ fn distinct_fields() -> EntryFields {
         registration_nonce: 5_555,
         pid_started: Some(3_333),
         pid_namespace: Some(4_444),
+        beat_interval_ms: Some(6_666),
         extra: vec![
             ("zz-extra".into(), r#"{"b":[1,2],"a":null}"#.into()),
             ("aa-extra".into(), r#""text""#.into()),
@@ -37,6 +38,7 @@ fn every_entry_field_is_stored_and_returned_as_given() {
         serde_json::from_str(&fixture.read_raw("agent-id.json")).unwrap();
     assert_eq!(on_disk["pid_ns"], 4_444, "{on_disk}");
     assert_eq!(on_disk["pid_started"], 3_333, "{on_disk}");
+    assert_eq!(on_disk["beat_interval_ms"], 6_666, "{on_disk}");
     assert_eq!(on_disk["channel"], "channel", "{on_disk}");
     assert_eq!(on_disk["registration_nonce"], 5_555, "{on_disk}");
     let keys: Vec<&String> = on_disk.as_object().unwrap().keys().collect();

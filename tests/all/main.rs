@@ -10,6 +10,7 @@ mod containment;
 #[cfg(unix)]
 mod churn;
 mod contract;
+mod health;
 // Unix modes, FIFOs, devices and other users' files.
 #[cfg(unix)]
 mod hostile_dir;

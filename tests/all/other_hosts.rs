@@ -146,7 +146,8 @@ impl Setup {
     /// Arguments are strings, as the drivers take them:
     /// - `write`/`renew`: agent-id, local-url, block-id, pid, auth-key, then
     ///   optionally the registration nonce, `pid-started=N`,
-    ///   `pid-namespace=N`, `channel=NAME` and any `extra:KEY=JSON`;
+    ///   `pid-namespace=N`, `beat-interval-ms=N`, `channel=NAME` and any
+    ///   `extra:KEY=JSON`;
     /// - `remove-owned`: agent-id, pid, auth-key, optionally the nonce;
     /// - `list-entries`: max-entries; `cleanup-stale`: max-age-ms;
     /// - `lookup`, `remove`, `entry-file-name`: agent-id.
@@ -350,6 +351,8 @@ fn entry_fields(args: &[&str]) -> EntryFields {
             fields.pid_started = Some(n.parse().unwrap());
         } else if let Some(n) = arg.strip_prefix("pid-namespace=") {
             fields.pid_namespace = Some(n.parse().unwrap());
+        } else if let Some(n) = arg.strip_prefix("beat-interval-ms=") {
+            fields.beat_interval_ms = Some(n.parse().unwrap());
         } else if let Some(channel) = arg.strip_prefix("channel=") {
             fields.channel = channel.into();
         } else if let Some((key, value)) =
@@ -366,8 +369,8 @@ fn entry_fields(args: &[&str]) -> EntryFields {
 }
 
 /// Entries as the drivers print them: every known key present, in the
-/// on-disk order (an empty channel, a 0 nonce, null when no start time or
-/// namespace), then the extra keys (the on-disk format and the Rust host
+/// on-disk order (an empty channel, a 0 nonce, null when no start time,
+/// namespace or beat interval), then the extra keys (the on-disk format and the Rust host
 /// leave unset keys out).
 fn normalise(v: Value) -> Value {
     match v {
@@ -412,7 +415,8 @@ fn every_host_calls_every_function() {
                 "channel": "",
                 "registration_nonce": 0,
                 "pid_started": null,
-                "pid_ns": null
+                "pid_ns": null,
+                "beat_interval_ms": null
             }),
             "{host:?}"
         );
@@ -459,12 +463,14 @@ fn every_host_calls_every_function() {
                 "10",
                 "pid-started=11",
                 "pid-namespace=4026531836",
+                "beat-interval-ms=20000",
                 "channel=dev-a",
                 r#"extra:uid="u-1""#,
                 r#"extra:keys={"b":[1,2.5],"a":null}"#,
             ],
         );
         assert_eq!(ok(&full)["pid_started"], 11, "{host:?}");
+        assert_eq!(ok(&full)["beat_interval_ms"], 20_000, "{host:?}");
         assert_eq!(ok(&full)["pid_ns"], 4026531836_u64, "{host:?}");
         assert_eq!(ok(&full)["registration_nonce"], 10, "{host:?}");
         assert_eq!(ok(&full)["channel"], "dev-a", "{host:?}");
@@ -476,7 +482,7 @@ fn every_host_calls_every_function() {
         let raw = std::fs::read_to_string(s.agents.join("a0.json")).unwrap();
         assert!(
             raw.ends_with(
-                r#","channel":"dev-a","registration_nonce":10,"pid_started":11,"pid_ns":4026531836,"uid":"u-1","keys":{"b":[1,2.5],"a":null}}"#
+                r#","channel":"dev-a","registration_nonce":10,"pid_started":11,"pid_ns":4026531836,"beat_interval_ms":20000,"uid":"u-1","keys":{"b":[1,2.5],"a":null}}"#
             ),
             "{host:?}: {raw}"
         );

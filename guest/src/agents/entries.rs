@@ -292,6 +292,43 @@ pub fn lookup_every(agent_id: &str) -> Result<Vec<Entry>, Error> {
     })
 }
 
+/// The valid entry at `name`, if `name` is one of its id's names: what a
+/// change to `name` concerns. Errors read as none.
+pub(crate) fn entry_at(dir: &Descriptor, name: &str) -> Option<Entry> {
+    if !super::listing::is_entry_name(name) {
+        return None;
+    }
+    let Ok(Slot::File {
+        entry: Some(entry), ..
+    }) = inspect(dir, name)
+    else {
+        return None;
+    };
+    names_of(&entry.agent_id)
+        .is_ok_and(|names| names.iter().any(|n| n == name))
+        .then_some(entry)
+}
+
+/// For each of `names`, [`entry_at`]; at most [`MAX_NAMES_AT`] names.
+pub fn entries_at(names: &[String]) -> Result<Vec<Option<Entry>>, Error> {
+    check_names_at(names)?;
+    with_dir(|dir| Ok(names.iter().map(|name| entry_at(dir, name)).collect()))
+}
+
+/// The most names one `entries-at` call reads.
+pub const MAX_NAMES_AT: usize = 1024;
+
+/// Refuses more names than [`MAX_NAMES_AT`].
+pub(crate) fn check_names_at(names: &[String]) -> Result<(), Error> {
+    if names.len() > MAX_NAMES_AT {
+        return Err(Error::InvalidField(format!(
+            "names: {} given, at most {MAX_NAMES_AT} per call",
+            names.len()
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `entry`, read at `name`, is the one a lookup of its id returns:
 /// the freshest of the id's names (the earlier name on a tie). Names that
 /// cannot be read count as holding nothing.

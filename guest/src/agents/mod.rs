@@ -35,7 +35,7 @@ use wasi::filesystem::types::{Descriptor, ErrorCode};
 
 use crate::claim::reset_retry_budget;
 
-pub use entries::{evict, lookup, lookup_every, remove, remove_owned, renew, write};
+pub use entries::{entries_at, evict, lookup, lookup_every, remove, remove_owned, renew, write};
 pub(crate) use files::unique_name;
 pub use listing::{list_entries, Listing};
 pub use sweep::{cleanup_stale, Sweep};

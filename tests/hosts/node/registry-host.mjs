@@ -12,7 +12,7 @@
 //
 // Arguments, as strings:
 //   write <agent-id> <local-url> <block-id> <pid> <auth-key> [<nonce>]
-//         [pid-started=N] [pid-namespace=N] [channel=NAME] [extra:KEY=JSON]...
+//         [pid-started=N] [pid-namespace=N] [beat-interval-ms=N] [channel=NAME] [extra:KEY=JSON]...
 //   renew (the same arguments; the component requires a nonce other than 0)
 //   remove-owned <agent-id> <pid> <auth-key> [<nonce>]
 //   list-entries <max-entries>
@@ -52,6 +52,7 @@ const FIELDS = [
   ["registrationNonce", "registration_nonce"],
   ["pidStarted", "pid_started"],
   ["pidNamespace", "pid_ns"],
+  ["beatIntervalMs", "beat_interval_ms"],
 ];
 
 // An extra key's value is JSON text: printed as is (see toJson).
@@ -93,7 +94,7 @@ function entryFields([agentId, localUrl, blockId, pid, authKey, ...rest]) {
   };
   let nonce = false;
   for (const arg of rest) {
-    const m = /^(pid-started|pid-namespace)=(\d+)$/.exec(arg);
+    const m = /^(pid-started|pid-namespace|beat-interval-ms)=(\d+)$/.exec(arg);
     const extra = /^extra:([^=]+)=(.*)$/s.exec(arg);
     if (m) {
       fields[camel(m[1])] = BigInt(m[2]);
@@ -118,7 +119,9 @@ function entryFields([agentId, localUrl, blockId, pid, authKey, ...rest]) {
 function agentEntry(text) {
   const printed = JSON.parse(text);
   const known = new Map(FIELDS.map(([field, key]) => [key, field]));
-  const u64 = new Set(["updated_at", "registration_nonce", "pid_started", "pid_ns"]);
+  const u64 = new Set([
+    "updated_at", "registration_nonce", "pid_started", "pid_ns", "beat_interval_ms",
+  ]);
   const entry = { extra: [] };
   for (const [key, value] of Object.entries(printed)) {
     if (!known.has(key)) {

@@ -11,7 +11,7 @@ value; a `renewal` prints as its case name.
 
 Arguments, as strings:
   write <agent-id> <local-url> <block-id> <pid> <auth-key> [<nonce>]
-        [pid-started=N] [pid-namespace=N] [channel=NAME] [extra:KEY=JSON]...
+        [pid-started=N] [pid-namespace=N] [beat-interval-ms=N] [channel=NAME] [extra:KEY=JSON]...
   renew (the same arguments; the component requires a nonce other than 0)
   remove-owned <agent-id> <pid> <auth-key> [<nonce>]
   list-entries <max-entries>
@@ -45,6 +45,7 @@ FIELDS = [
     ("registration-nonce", "registration_nonce"),
     ("pid-started", "pid_started"),
     ("pid-namespace", "pid_ns"),
+    ("beat-interval-ms", "beat_interval_ms"),
 ]
 
 
@@ -85,12 +86,13 @@ def entry_fields(args):
         "registration_nonce": 0,
         "pid_started": None,
         "pid_namespace": None,
+        "beat_interval_ms": None,
         "extra": [],
     }
     nonce = False
     for arg in rest:
         name, eq, value = arg.partition("=")
-        if eq and name in ("pid-started", "pid-namespace"):
+        if eq and name in ("pid-started", "pid-namespace", "beat-interval-ms"):
             extra[name.replace("-", "_")] = int(value)
         elif eq and name == "channel":
             extra["channel"] = value

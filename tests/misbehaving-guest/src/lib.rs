@@ -107,6 +107,10 @@ impl Guest for Misbehaving {
         Ok(Vec::new())
     }
 
+    fn entries_at(_: Vec<String>) -> Result<Vec<Option<AgentEntry>>, RegistryError> {
+        Ok(Vec::new())
+    }
+
     fn lookup(_: String) -> Result<Option<AgentEntry>, RegistryError> {
         BROKEN.store(true, Ordering::SeqCst);
         loop {
@@ -180,6 +184,10 @@ impl shared::Guest for Misbehaving {
         loop {
             std::hint::spin_loop();
         }
+    }
+
+    fn entries_at_shared(_: Vec<String>) -> Result<Vec<Option<AgentEntry>>, RegistryError> {
+        refused()
     }
 }
 
