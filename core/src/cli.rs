@@ -908,6 +908,62 @@ pub fn listed(entries: &[Graded], format: Format, shared: bool, now_ms: u64) -> 
     out
 }
 
+/// A `watch` line: an entry put (created or changed), with its health.
+pub fn watched_put(graded: &Graded, json: bool, now_ms: u64) -> String {
+    let entry = &graded.entry;
+    if json {
+        return format!(
+            "{{\"event\":\"put\",\"health\":\"{}\",\"entry\":{}}}",
+            graded.health,
+            entry_json(entry)
+        );
+    }
+    let channel = if entry.channel.is_empty() {
+        String::new()
+    } else {
+        format!(" channel {}", cell(&entry.channel))
+    };
+    format!(
+        "put {}{channel} -> {} block {} pid {} ({}, {})",
+        cell(&entry.agent_id),
+        cell(&entry.local_url),
+        cell(&entry.block_id),
+        entry.pid,
+        graded.health,
+        age(entry.updated_at, now_ms)
+    )
+}
+
+/// A `watch` line: an id's (and channel's) entry removed.
+pub fn watched_removed(agent_id: &str, channel: &str, json: bool) -> String {
+    if json {
+        return json!({ "event": "removed", "agent_id": agent_id, "channel": channel }).to_string();
+    }
+    let channel = if channel.is_empty() {
+        String::new()
+    } else {
+        format!(" channel {}", cell(channel))
+    };
+    format!("removed {}{channel}", cell(agent_id))
+}
+
+/// A `watch` line: notifications were lost, and `entries` is the full
+/// current set.
+pub fn watched_resync(entries: &[Graded], json: bool) -> String {
+    if json {
+        let items: Vec<String> = entries
+            .iter()
+            .map(|g| graded_json(g, Format { json, health: true }))
+            .collect();
+        return format!("{{\"event\":\"resync\",\"entries\":[{}]}}", items.join(","));
+    }
+    let ids: Vec<Cow<'_, str>> = entries.iter().map(|g| cell(&g.entry.agent_id)).collect();
+    match ids.is_empty() {
+        true => "resync: no entries".into(),
+        false => format!("resync: {} entries: {}", ids.len(), ids.join(" ")),
+    }
+}
+
 /// Output of `cleanup`.
 pub fn cleaned(removed: u64, json: bool) -> String {
     if json {

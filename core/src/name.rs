@@ -69,6 +69,12 @@ fn is_plain(c: char) -> bool {
     c.is_alphanumeric() || c == '-' || c == '_'
 }
 
+/// Whether a file name can be an entry's: it ends in `.json` and is not
+/// hidden (temporary files, claims and files taken aside start with `.`).
+pub fn may_name_an_entry(name: &str) -> bool {
+    name.ends_with(ENTRY_SUFFIX) && !name.starts_with('.')
+}
+
 /// Whether two ids name one agent: they are equal once lowercased.
 pub fn same_id(a: &str, b: &str) -> bool {
     a == b || (a.len().max(b.len()) <= LONGEST_ID && a.to_lowercase() == b.to_lowercase())

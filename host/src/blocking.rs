@@ -98,6 +98,13 @@ impl Registry {
         block_on(self.inner.list())
     }
 
+    /// The registry's changes, as an iterator that waits for each: see
+    /// [`crate::watch`].
+    pub fn watch(&self, start: crate::watch::Start) -> Result<crate::watch::Watch, Error> {
+        let stop = std::sync::Arc::new(crate::watch::Stop::default());
+        crate::watch::Watch::open(&self.inner, start, stop)
+    }
+
     /// See [`crate::Registry::lookup_graded`].
     pub fn lookup_graded(&self, agent_id: &str) -> Result<Option<Graded>, Error> {
         block_on(self.inner.lookup_graded(agent_id))

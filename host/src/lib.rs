@@ -48,6 +48,7 @@ mod registry;
 mod runtime;
 #[cfg(all(test, unix))]
 mod test_log;
+pub mod watch;
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -148,6 +149,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// `Error::Directory` for `path`.
+    pub(crate) fn directory(path: &std::path::Path, source: std::io::Error) -> Error {
+        Error::Directory {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
     /// This error and each of its causes, joined by ": ", for a log line or
     /// a message to a person. (Its `Display` shows this error alone; its
     /// causes follow through [`std::error::Error::source`].)

@@ -74,6 +74,14 @@ struct Place {
 enum Command {
     #[command(flatten)]
     Registry(cli::Command),
+    /// Follow the registry's changes: one line per change (NDJSON with
+    /// --json, each put with the entry's health), starting with every
+    /// current entry; runs until interrupted or its output is closed.
+    Watch {
+        /// Only changes made from now on, not the current entries first.
+        #[arg(long)]
+        now: bool,
+    },
     /// Write the registry component (registry.wasm) and its WIT package
     /// (wit/) into DIR, for use with other component hosts.
     ExportWasm {
@@ -100,6 +108,8 @@ fn main() -> ExitCode {
                 };
                 run_registry(place, command, format)
             }),
+        Command::Watch { now } => place(cli.data_dir, cli.shared_dir, cli.shared, cli.channel)
+            .and_then(|place| watch(place, now, cli.json)),
         Command::ExportWasm { dir } => export_wasm(&dir),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -229,6 +239,38 @@ fn run_registry(
         cli::Failure::Registry(e) => Box::new(e) as Box<dyn Error>,
         cli::Failure::Output(e) => Box::new(e),
     })
+}
+
+/// Prints each change of the registry where `place` says, flushed line by
+/// line, until interrupted or the output is closed.
+fn watch(place: Place, now: bool, json: bool) -> Result<Outcome, Box<dyn Error>> {
+    use agentmux_registry::watch::{Change, Start};
+    use agentmux_registry::Graded;
+    let registry = match &place.shared_root {
+        Some(root) => open(root, true)?,
+        None => open(&default_data_dir(place.data_dir)?, false)?,
+    };
+    let start = if now { Start::Now } else { Start::Current };
+    let graded = |entry: AgentEntry| agentmux_registry::liveness::graded(entry);
+    let mut stdout = std::io::stdout().lock();
+    for change in registry.watch(start)? {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let line = match change? {
+            Change::Put(entry) => cli::watched_put(&graded(entry), json, now_ms),
+            Change::Removed { agent_id, channel } => {
+                cli::watched_removed(&agent_id, &channel, json)
+            }
+            Change::Resync(entries) => {
+                let entries: Vec<Graded> = entries.into_iter().map(graded).collect();
+                cli::watched_resync(&entries, json)
+            }
+        };
+        writeln!(stdout, "{line}")?;
+        stdout.flush()?;
+    }
+    Ok(Outcome::Done)
 }
 
 /// The registry as the commands' backend.

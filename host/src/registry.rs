@@ -420,6 +420,37 @@ impl Registry {
         Ok(entries)
     }
 
+    /// For each of `names` (paths relative to [`Registry::agents_dir`], as a
+    /// change notification names them; at most 1024), the valid entry
+    /// stored there if the name is one of its id's (and, shared, channel's)
+    /// names: which id a changed name concerns.
+    pub(crate) async fn entries_at(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<Option<AgentEntry>>, Error> {
+        let mut lease = self.inner.lease(Access::Read).await?;
+        let shared = self.inner.shared;
+        let found = lease
+            .call(async |api, store| {
+                by_layout!(
+                    shared,
+                    api,
+                    call_entries_at(store, names) | call_entries_at_shared(store, names)
+                )
+            })
+            .await??;
+        Ok(found.into_iter().map(|e| e.map(AgentEntry::from)).collect())
+    }
+
+    /// The registry's changes from now on (`Start::Now`), or starting with
+    /// every current entry (`Start::Current`): see [`crate::watch`].
+    pub async fn watch(
+        &self,
+        start: crate::watch::Start,
+    ) -> Result<crate::watch::WatchStream, Error> {
+        crate::watch::WatchStream::open(self, start).await
+    }
+
     /// [`Registry::lookup`], with the entry's health (see
     /// [`liveness::health`](crate::liveness::health)).
     pub async fn lookup_graded(&self, agent_id: &str) -> Result<Option<Graded>, Error> {

@@ -933,3 +933,79 @@ fn list_and_lookup_show_each_entry_s_health() {
     let out = cli(tmp.path(), &["--data-dir", d, "--health", "list"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
+
+/// `watch --json`: one JSON object per line, flushed as each change comes,
+/// the current entries first; SIGTERM ends it, and so does a closed output
+/// (exit 0, as for `| head`).
+#[cfg(unix)]
+#[test]
+fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let d = d.to_str().unwrap();
+    let registry = agentmux_registry::blocking::Registry::open(d).unwrap();
+    let write = |id: &str| {
+        registry
+            .write(agentmux_registry::EntryFields {
+                agent_id: id.into(),
+                local_url: "http://127.0.0.1:1".into(),
+                block_id: "b".into(),
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    write("before");
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))
+            .args(["--data-dir", d, "--json", "watch"])
+            .env("HOME", tmp.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut watcher = spawn();
+    let mut lines = std::io::BufReader::new(watcher.stdout.take().unwrap()).lines();
+    let mut next =
+        || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    let first = next();
+    assert_eq!(
+        (
+            &first["event"],
+            &first["entry"]["agent_id"],
+            &first["health"]
+        ),
+        (&"put".into(), &"before".into(), &"unknown".into()),
+        "{first}"
+    );
+    write("during");
+    let put = next();
+    assert_eq!(put["entry"]["agent_id"], "during", "{put}");
+    registry.remove("before").unwrap();
+    let removed = next();
+    assert_eq!(
+        removed,
+        serde_json::json!({"event": "removed", "agent_id": "before", "channel": ""})
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(watcher.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let status = watcher.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(15), "{status:?}");
+
+    // A reader that goes away: the next change ends the watch, quietly.
+    let mut watcher = spawn();
+    let mut out = std::io::BufReader::new(watcher.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("\"during\""), "{line}");
+    drop(out);
+    write("after");
+    let out = watcher.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}: {}", out.status, stderr(&out));
+    assert_eq!(stderr(&out), "");
+}

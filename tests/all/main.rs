@@ -33,3 +33,4 @@ mod shared;
 // replaced drop out of directory listings. Run on Unix only.
 #[cfg(unix)]
 mod stress;
+mod watch;

@@ -5,7 +5,6 @@ use std::collections::{BinaryHeap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 
 use agentmux_registry_core::entry::file_name_of;
-use agentmux_registry_core::name::ENTRY_SUFFIX;
 use agentmux_registry_core::{Entry, Error};
 use wasi::filesystem::types::{
     Descriptor, DescriptorFlags, DirectoryEntryStream, OpenFlags, PathFlags,
@@ -115,7 +114,7 @@ fn modified(dir: &Descriptor) -> Option<(u64, u32)> {
 }
 
 pub(crate) fn is_entry_name(name: &str) -> bool {
-    name.ends_with(ENTRY_SUFFIX) && !name.starts_with('.')
+    agentmux_registry_core::name::may_name_an_entry(name)
 }
 
 /// The valid entry at `name`, with its id's own file name, if `name` is one

@@ -1,0 +1,253 @@
+//! The change feed: a watcher's view, built from its changes alone, ends
+//! equal to the registry, whatever other processes did; lost notifications
+//! are answered with a resync; a replaced directory is followed.
+
+use std::collections::BTreeMap;
+
+use agentmux_registry::blocking::Registry;
+#[cfg(target_os = "linux")]
+use agentmux_registry::watch::Notifications;
+use agentmux_registry::watch::{Change, Start, Watch};
+use agentmux_registry::AgentEntry;
+use agentmux_registry_tests::{fields, Fixture};
+
+type View = BTreeMap<(String, String), AgentEntry>;
+
+fn key(agent_id: &str, channel: &str) -> (String, String) {
+    (agent_id.to_lowercase(), channel.to_lowercase())
+}
+
+/// The registry's entries, as a view.
+fn listed(registry: &Registry) -> View {
+    let entries = registry.list().unwrap();
+    entries
+        .into_iter()
+        .map(|e| (key(&e.agent_id, &e.channel), e))
+        .collect()
+}
+
+/// Applies changes to `view` until `until` was put; returns how many
+/// changes came.
+fn follow(watch: &mut Watch, view: &mut View, until: &str) -> u64 {
+    let mut changes = 0;
+    for change in watch {
+        changes += 1;
+        match change.unwrap() {
+            Change::Put(entry) => {
+                let done = entry.agent_id == until;
+                view.insert(key(&entry.agent_id, &entry.channel), entry);
+                if done {
+                    return changes;
+                }
+            }
+            Change::Removed { agent_id, channel } => {
+                assert!(
+                    view.remove(&key(&agent_id, &channel)).is_some(),
+                    "removed {agent_id:?} {channel:?}, which was never put"
+                );
+            }
+            Change::Resync(entries) => {
+                view.clear();
+                let mut sentinel = false;
+                for entry in entries {
+                    sentinel |= entry.agent_id == until;
+                    view.insert(key(&entry.agent_id, &entry.channel), entry);
+                }
+                if sentinel {
+                    return changes;
+                }
+            }
+        }
+    }
+    panic!("the watch ended");
+}
+
+#[cfg_attr(not(unix), allow(dead_code))]
+/// Writes `id`, after which every earlier change is delivered before its
+/// put (notifications are delivered in order).
+fn sentinel(registry: &Registry, id: &str) {
+    registry
+        .write(fields(id, "http://127.0.0.1:9", "sentinel", 0, "k"))
+        .unwrap();
+}
+
+// Several processes replacing files (see `stress` for why Unix only).
+#[cfg(unix)]
+#[test]
+fn a_watcher_follows_four_processes_to_the_registry_s_exact_state() {
+    let _alone = agentmux_registry_tests::one_heavy_test_at_a_time();
+    let fixture = Fixture::new();
+    let registry = Registry::open(fixture.data_dir()).unwrap();
+    for k in 0..4 {
+        registry
+            .write(fields(
+                &format!("any-{k}"),
+                "http://127.0.0.1:2",
+                "pre",
+                0,
+                "k",
+            ))
+            .unwrap();
+    }
+    let mut watch = registry.watch(Start::Current).unwrap();
+    let dir = fixture.data_dir();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_registry-watch-worker"))
+                .args([dir.to_str().unwrap(), &w.to_string(), "1500"])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    // The watcher follows while they run; once all are done, a sentinel
+    // written after them ends the following.
+    let waiter = {
+        let registry = registry.clone();
+        std::thread::spawn(move || {
+            let mut failed = 0u64;
+            for worker in workers {
+                let out = worker.wait_with_output().unwrap();
+                assert!(out.status.success());
+                failed += String::from_utf8_lossy(&out.stdout)
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap();
+            }
+            sentinel(&registry, "zz-sentinel");
+            failed
+        })
+    };
+    let mut view = View::new();
+    let changes = follow(&mut watch, &mut view, "zz-sentinel");
+    let failed = waiter.join().unwrap();
+    let expected = listed(&registry);
+    let missed: Vec<_> = expected.keys().filter(|k| !view.contains_key(*k)).collect();
+    let extra: Vec<_> = view.keys().filter(|k| !expected.contains_key(*k)).collect();
+    let wrong: Vec<_> = expected
+        .iter()
+        .filter(|(k, e)| view.get(*k).is_some_and(|v| v != *e))
+        .map(|(k, _)| k)
+        .collect();
+    eprintln!(
+        "watch: 4 processes x 1500 operations, {changes} changes followed, {} entries at the end: missed={} extra={} wrong={} failed_operations={failed}",
+        expected.len(),
+        missed.len(),
+        extra.len(),
+        wrong.len()
+    );
+    assert!(
+        missed.is_empty() && extra.is_empty() && wrong.is_empty(),
+        "missed {missed:?}, extra {extra:?}, wrong {wrong:?}"
+    );
+    assert_eq!(failed, 0, "operations failed (see stderr)");
+    assert!(changes > 100, "only {changes} changes seen while they ran");
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn lost_notifications_are_answered_with_the_full_set() {
+    let fixture = Fixture::new();
+    let registry = Registry::open(fixture.data_dir()).unwrap();
+    registry
+        .write(fields("before", "http://127.0.0.1:1", "b", 0, "k"))
+        .unwrap();
+    let mut watch = registry.watch(Start::Now).unwrap();
+    assert_eq!(watch.notifications(), Notifications::Exact);
+    // While nobody reads the watch, more notifications than the kernel
+    // queues (each file: created, written, removed).
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for i in 0..max / 3 + 100 {
+        let path = fixture.agents().join(format!("junk-{i}.json"));
+        std::fs::write(&path, b"not an entry").unwrap();
+        std::fs::remove_file(&path).unwrap();
+    }
+    registry
+        .write(fields("after", "http://127.0.0.1:2", "b", 0, "k"))
+        .unwrap();
+    registry.remove("before").unwrap();
+    let first = watch.next().unwrap().unwrap();
+    let Change::Resync(entries) = first else {
+        panic!("expected a resync, got {first:?}");
+    };
+    let ids: Vec<&str> = entries.iter().map(|e| e.agent_id.as_str()).collect();
+    assert_eq!(ids, ["after"]);
+    // And it goes on.
+    registry
+        .write(fields("later", "http://127.0.0.1:3", "b", 0, "k"))
+        .unwrap();
+    let mut view: View = entries
+        .into_iter()
+        .map(|e| (key(&e.agent_id, &e.channel), e))
+        .collect();
+    follow(&mut watch, &mut view, "later");
+    assert_eq!(view, listed(&registry));
+}
+
+// Windows refuses to rename a directory a process has open.
+#[cfg(unix)]
+#[test]
+fn a_replaced_agents_directory_is_followed() {
+    let fixture = Fixture::new();
+    let registry = Registry::open(fixture.data_dir()).unwrap();
+    registry
+        .write(fields("old", "http://127.0.0.1:1", "b", 0, "k"))
+        .unwrap();
+    let mut watch = registry.watch(Start::Current).unwrap();
+    let mut view = View::new();
+    follow(&mut watch, &mut view, "old");
+    // Another instance moves the directory aside and puts a new one with
+    // an entry of its own in place.
+    let agents = fixture.agents();
+    let aside = fixture.data_dir().join("agents-aside");
+    std::fs::rename(&agents, &aside).unwrap();
+    std::fs::create_dir(&agents).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    std::fs::copy(aside.join("old.json"), agents.join("moved.json")).unwrap();
+    let moved = std::fs::read_to_string(agents.join("moved.json"))
+        .unwrap()
+        .replace("\"old\"", "\"moved\"");
+    std::fs::write(agents.join("moved.json"), moved).unwrap();
+    sentinel(&registry, "zz-sentinel");
+    follow(&mut watch, &mut view, "zz-sentinel");
+    let ids: Vec<&str> = view.values().map(|e| e.agent_id.as_str()).collect();
+    assert_eq!(ids, ["moved", "zz-sentinel"]);
+    assert_eq!(view, listed(&registry));
+}
+
+#[test]
+fn the_shared_registry_is_watched_per_agent_and_channel() {
+    let fixture = Fixture::new();
+    let root = fixture.data_dir().join("shared");
+    let registry = Registry::open_shared(&root).unwrap();
+    let mut watch = registry.watch(Start::Now).unwrap();
+    let write = |id: &str, channel: &str| {
+        let mut f = fields(id, "http://127.0.0.1:1", "b", 0, "k");
+        f.channel = channel.into();
+        registry.write(f).unwrap();
+    };
+    write("a1", "stable");
+    write("A1", "dev-a");
+    write("b1", "stable");
+    assert!(registry.remove_channel("a1", "stable").unwrap());
+    // A whole agent directory goes: its entries are removed with it.
+    assert!(registry.remove("b1").unwrap());
+    let mut view = View::new();
+    write("zz-sentinel", "stable");
+    follow(&mut watch, &mut view, "zz-sentinel");
+    let keys: Vec<_> = view.keys().cloned().collect();
+    assert_eq!(
+        keys,
+        [key("a1", "dev-a"), key("zz-sentinel", "stable")],
+        "{view:?}"
+    );
+    assert_eq!(view, listed(&registry));
+}
