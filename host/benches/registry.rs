@@ -320,7 +320,7 @@ fn fmt(d: Duration) -> String {
 fn report(op: &str, n: usize, native: Duration, component: Duration) {
     let ratio = component.as_secs_f64() / native.as_secs_f64();
     println!(
-        "{op:<12} n={n:<6} native {:>10}   component {:>10}   ratio {ratio:.2}x",
+        "{op:<30} n={n:<6} native {:>10}   component {:>10}   ratio {ratio:.2}x",
         fmt(native),
         fmt(component)
     );
@@ -330,6 +330,8 @@ struct Pair {
     _tmp: tempfile::TempDir,
     native: native::Native,
     component: Registry,
+    /// The same directory, every lookup and listing reading it.
+    reading: Registry,
 }
 
 /// Two data dirs with `n` entries each: one for each implementation.
@@ -338,6 +340,11 @@ fn populate(n: usize) -> (Pair, tempfile::TempDir) {
     let component_dir = tempfile::tempdir_in(&root).unwrap();
     let native_dir = tempfile::tempdir_in(&root).unwrap();
     let component = Registry::open(component_dir.path()).unwrap();
+    let reading = Registry::open_with(
+        component_dir.path(),
+        agentmux_registry::Options::new().lookups_from_notifications(false),
+    )
+    .unwrap();
     let agents = native_dir.path().join("agents");
     std::fs::create_dir(&agents).unwrap();
     let native = native::Native::open(&agents);
@@ -365,6 +372,7 @@ fn populate(n: usize) -> (Pair, tempfile::TempDir) {
             _tmp: native_dir,
             native,
             component,
+            reading,
         },
         component_dir,
     )
@@ -429,6 +437,12 @@ fn bench_ops(n: usize) {
         }
     });
     report("lookup hit", n, nat, com);
+    let read = median_per_op(samples, batch, |s| {
+        for k in 0..batch {
+            assert!(black_box(p.reading.lookup(pick(s, k)).unwrap()).is_some());
+        }
+    });
+    report("lookup hit, reading the file", n, nat, read);
 
     let nat = median_per_op(samples, batch, |s| {
         for k in 0..batch {
@@ -441,6 +455,12 @@ fn bench_ops(n: usize) {
         }
     });
     report("lookup miss", n, nat, com);
+    let read = median_per_op(samples, batch, |s| {
+        for k in 0..batch {
+            assert!(black_box(p.reading.lookup(&format!("missing-{s}-{k}")).unwrap()).is_none());
+        }
+    });
+    report("lookup miss, reading the file", n, nat, read);
 
     // Remove: each sample removes `batch` entries, re-created untimed after it.
     let mut nat_times = Vec::new();
@@ -488,6 +508,10 @@ fn bench_ops(n: usize) {
         assert_eq!(black_box(p.component.list().unwrap()).len(), n)
     });
     report("list", n, nat, com);
+    let read = median_per_op(scans, 1, |_| {
+        assert_eq!(black_box(p.reading.list().unwrap()).len(), n)
+    });
+    report("list, reading the directory", n, nat, read);
 
     let nat = median_per_op(scans, 1, |_| {
         assert_eq!(p.native.cleanup_stale(3_600_000), 0)

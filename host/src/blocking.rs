@@ -101,8 +101,13 @@ impl Registry {
     /// The registry's changes, as an iterator that waits for each: see
     /// [`crate::watch`].
     pub fn watch(&self, start: crate::watch::Start) -> Result<crate::watch::Watch, Error> {
-        let stop = std::sync::Arc::new(crate::watch::Stop::default());
+        let stop = std::sync::Arc::new(crate::watch::Stop::new());
         crate::watch::Watch::open(&self.inner, start, stop)
+    }
+
+    #[doc(hidden)]
+    pub fn lookups_served_from_notifications(&self) -> u64 {
+        self.inner.lookups_served_from_notifications()
     }
 
     /// See [`crate::Registry::lookup_graded`].

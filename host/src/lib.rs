@@ -40,6 +40,7 @@ mod agents_dir;
 pub mod blocking;
 pub mod compat;
 mod convert;
+mod feed;
 mod heartbeat;
 pub mod liveness;
 mod pool;

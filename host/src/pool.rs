@@ -34,6 +34,13 @@ pub(crate) struct Inner {
     state: Mutex<State>,
     /// The one heartbeat driver serving every [`crate::Registration`].
     pub(crate) heartbeats: Heartbeats,
+    /// Whether lookups may be served from notifications.
+    pub(crate) lookups_from_notifications: bool,
+    /// What lookups are served from.
+    pub(crate) served: tokio::sync::Mutex<crate::feed::Served>,
+    /// Lookups answered from notifications (see
+    /// `Registry::lookups_served_from_notifications`).
+    pub(crate) served_from_notifications: std::sync::atomic::AtomicU64,
 }
 
 struct State {
@@ -60,6 +67,7 @@ impl Inner {
         runtime: Arc<Runtime>,
         call_timeout: Duration,
         memory_limit: usize,
+        lookups_from_notifications: bool,
         shared: bool,
     ) -> Inner {
         Inner {
@@ -74,6 +82,9 @@ impl Inner {
                 checked: Instant::now(),
             }),
             heartbeats: Heartbeats::default(),
+            lookups_from_notifications,
+            served: tokio::sync::Mutex::new(crate::feed::Served::Unopened),
+            served_from_notifications: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -93,6 +104,15 @@ impl Inner {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Makes the next call check whether the agents directory was replaced,
+    /// whatever it does (a notification said it may have been).
+    pub(crate) fn recheck_dir(&self) {
+        let mut state = self.lock();
+        if let Some(long_ago) = Instant::now().checked_sub(READ_RECHECK) {
+            state.checked = long_ago;
+        }
     }
 
     /// An instance for one operation. If the agents directory (or the data

@@ -15,6 +15,15 @@ use crate::pool::{Access, Inner, Lease};
 use crate::runtime::Runtime;
 use crate::{AgentEntry, EntryFields, Error, Graded, Owner, Renewal, SweepProgress};
 
+/// How long lookups read the directory after the notifications could not
+/// be followed, before they are tried again.
+#[cfg(target_os = "linux")]
+const FEED_RETRY: Duration = Duration::from_secs(1);
+
+/// The most entries a shared registry's `lookup_all` returns (the
+/// component's limit).
+const MAX_LOOKUP_ALL: usize = 256;
+
 /// Calls a function of the per-channel interface, or in a shared registry
 /// its twin of the shared interface: `by_layout!(shared, api, f(args) |
 /// f_shared(args))`, or for a resource's method `by_layout!(shared, api,
@@ -41,6 +50,7 @@ macro_rules! by_layout {
 pub struct Options {
     call_timeout: Duration,
     memory_limit: usize,
+    lookups_from_notifications: bool,
     #[cfg(feature = "custom-components")]
     component: Option<Arc<[u8]>>,
 }
@@ -50,6 +60,7 @@ impl Default for Options {
         Options {
             call_timeout: Duration::from_secs(30),
             memory_limit: 256 << 20,
+            lookups_from_notifications: true,
             #[cfg(feature = "custom-components")]
             component: None,
         }
@@ -76,6 +87,19 @@ impl Options {
     /// it fails the call with [`Error::MemoryLimit`].
     pub fn memory_limit(mut self, bytes: usize) -> Self {
         self.memory_limit = bytes;
+        self
+    }
+
+    /// Whether `lookup`, `lookup_all` (shared) and `list` may be answered
+    /// from entries already read, kept current by the OS's change
+    /// notifications, where those are exact (Linux, local file systems; see
+    /// [`crate::watch`]): each such call first reads every notification
+    /// queued, and what they name, so it never returns an entry older than
+    /// one a write completed before the call began wrote, whichever process
+    /// wrote it. Elsewhere every call reads the directory. On by default;
+    /// the first such call reads the whole directory.
+    pub fn lookups_from_notifications(mut self, enabled: bool) -> Self {
+        self.lookups_from_notifications = enabled;
         self
     }
 
@@ -181,6 +205,7 @@ impl Registry {
                 runtime,
                 options.call_timeout,
                 options.memory_limit,
+                options.lookups_from_notifications,
                 shared,
             )),
         })
@@ -355,10 +380,91 @@ impl Registry {
     /// The entry of `agent_id`, or `None` when there is no valid one. In a
     /// shared registry, the freshest of its channels' entries.
     pub async fn lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
+        let key = crate::feed::id_key(agent_id);
+        let served = self
+            .answer_from_notifications(|view| {
+                view.get(&key)
+                    .and_then(|channels| channels.values().max_by_key(|e| e.updated_at))
+                    .cloned()
+            })
+            .await?;
+        match served {
+            Some(Some(found)) => {
+                self.inner
+                    .served_from_notifications
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(Some(found))
+            }
+            // A miss reads the directory: it says why a name could not be
+            // read (permission denied, say) as a read always has.
+            _ => self.read_lookup(agent_id).await,
+        }
+    }
+
+    /// [`Registry::lookup`], reading the directory.
+    pub(crate) async fn read_lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
         if self.inner.shared {
             return Ok(self.lookup_shared(agent_id).await?.into_iter().next());
         }
         self.lookup_own(agent_id).await
+    }
+
+    /// `f` of the entries known from notifications, once every notification
+    /// queued now was read; `None` where lookups are not served so (see
+    /// [`Options::lookups_from_notifications`]).
+    async fn answer_from_notifications<T>(
+        &self,
+        f: impl FnOnce(&crate::feed::View) -> T,
+    ) -> Result<Option<T>, Error> {
+        #[cfg(target_os = "linux")]
+        {
+            use crate::feed::{Feed, Served};
+            if !self.inner.lookups_from_notifications {
+                return Ok(None);
+            }
+            let mut served = self.inner.served.lock().await;
+            if let Served::ReadThroughUntil(until) = *served {
+                if std::time::Instant::now() >= until {
+                    *served = Served::Unopened;
+                }
+            }
+            if let Served::Unopened = *served {
+                *served = match Feed::open(self).await {
+                    Ok(Some(feed)) => Served::Feed(Box::new(feed)),
+                    Ok(None) => Served::ReadThrough,
+                    // No notifications to be had here (for example, the
+                    // user's inotify instances are all in use), or the
+                    // directory could not be read whole: this call reads
+                    // the directory, as calls did before; the feed is tried
+                    // again later.
+                    Err(e) => {
+                        tracing::warn!(
+                            "agentmux-registry: lookups in {} read the directory for now: {}",
+                            self.agents_dir().display(),
+                            e.with_causes()
+                        );
+                        Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY)
+                    }
+                };
+            }
+            if let Served::Feed(feed) = &mut *served {
+                if let Err(e) = feed.catch_up(self).await {
+                    // What was read may be half applied: this call reads the
+                    // directory, and the feed starts afresh later.
+                    tracing::warn!(
+                        "agentmux-registry: lookups in {} read the directory for now: {}",
+                        self.agents_dir().display(),
+                        e.with_causes()
+                    );
+                    *served = Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY);
+                    return Ok(None);
+                }
+                return Ok(Some(f(feed.view())));
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = f;
+        Ok(None)
     }
 
     async fn lookup_own(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
@@ -378,6 +484,28 @@ impl Registry {
     /// its entries under every name `lookup` reads (one, unless agentmux-srv
     /// and this registry both wrote the id, under different names).
     pub async fn lookup_all(&self, agent_id: &str) -> Result<Vec<AgentEntry>, Error> {
+        if self.inner.shared {
+            let key = crate::feed::id_key(agent_id);
+            let served = self
+                .answer_from_notifications(|view| {
+                    let mut entries: Vec<AgentEntry> = view
+                        .get(&key)
+                        .map(|channels| channels.values().cloned().collect())
+                        .unwrap_or_default();
+                    entries.sort_by_key(|e| std::cmp::Reverse(e.updated_at));
+                    entries.truncate(MAX_LOOKUP_ALL);
+                    entries
+                })
+                .await?;
+            if let Some(entries) = served.filter(|e| !e.is_empty()) {
+                return Ok(entries);
+            }
+        }
+        self.read_lookup_all(agent_id).await
+    }
+
+    /// [`Registry::lookup_all`], reading the directory.
+    pub(crate) async fn read_lookup_all(&self, agent_id: &str) -> Result<Vec<AgentEntry>, Error> {
         if !self.inner.shared {
             let mut lease = self.inner.lease(Access::Read).await?;
             let found = lease
@@ -411,6 +539,18 @@ impl Registry {
     /// time); the result itself is held here. Use [`Registry::listing`] to go
     /// through a large registry without holding it.
     pub async fn list(&self) -> Result<Vec<AgentEntry>, Error> {
+        let shared = self.inner.shared;
+        let served = self
+            .answer_from_notifications(|view| crate::feed::entries_of(view, shared))
+            .await?;
+        match served {
+            Some(entries) => Ok(entries),
+            None => self.read_list().await,
+        }
+    }
+
+    /// [`Registry::list`], reading the directory.
+    pub(crate) async fn read_list(&self) -> Result<Vec<AgentEntry>, Error> {
         let mut listing = self.listing();
         let mut entries = Vec::new();
         while let Some(batch) = listing.next_batch().await? {
@@ -483,6 +623,16 @@ impl Registry {
             cursor: None,
             done: false,
         }
+    }
+
+    /// How many lookups found their entry among those read from
+    /// notifications (for tests: a lookup read from the directory cannot
+    /// show that the notifications kept the entries current).
+    #[doc(hidden)]
+    pub fn lookups_served_from_notifications(&self) -> u64 {
+        self.inner
+            .served_from_notifications
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many idle component instances the registry keeps for reuse

@@ -266,9 +266,10 @@ fn readers_never_miss_a_channel_being_rewritten() {
             .unwrap();
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
     let writers: Vec<_> = (0..2)
         .map(|w| {
-            let (registry, stop) = (registry.clone(), stop.clone());
+            let (registry, stop, written) = (registry.clone(), stop.clone(), written.clone());
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -278,6 +279,7 @@ fn readers_never_miss_a_channel_being_rewritten() {
                     };
                     registry.write(fields).unwrap();
                     n += 1;
+                    written.fetch_add(1, Ordering::Relaxed);
                 }
                 n
             })
@@ -285,7 +287,8 @@ fn readers_never_miss_a_channel_being_rewritten() {
         .collect();
     let mut reads = 0;
     let mut short = 0;
-    while reads < 300 {
+    // At least 300 reads, while at least 300 rewrites are made.
+    while reads < 300 || written.load(Ordering::Relaxed) < 300 {
         if registry.lookup_all("steady").unwrap().len() != 4 {
             short += 1;
         }

@@ -251,3 +251,53 @@ fn the_shared_registry_is_watched_per_agent_and_channel() {
     );
     assert_eq!(view, listed(&registry));
 }
+
+/// The guarantee of lookups served from notifications: a lookup never
+/// returns an entry older than one a write completed before the lookup
+/// began wrote, whichever process wrote it. Another process writes version
+/// k, then says so through a pipe; the next lookup here must return k or
+/// later. The writer also overflows the notification queue on purpose and
+/// replaces the agents directory now and then.
+#[cfg(target_os = "linux")]
+#[test]
+fn lookups_served_from_notifications_are_never_stale_across_processes() {
+    use std::io::{BufRead, Write};
+    const TRIALS: u64 = 100_000;
+    let _alone = agentmux_registry_tests::one_heavy_test_at_a_time();
+    let fixture = Fixture::new();
+    let registry = Registry::open(fixture.data_dir()).unwrap();
+    assert_eq!(registry.lookup("probe").unwrap(), None);
+    let dir = fixture.data_dir();
+    let mut writer = std::process::Command::new(env!("CARGO_BIN_EXE_registry-watch-worker"))
+        .args(["probe", dir.to_str().unwrap(), &TRIALS.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ack = writer.stdin.take().unwrap();
+    let written = std::io::BufReader::new(writer.stdout.take().unwrap()).lines();
+    let (mut stale, mut missing, mut trials) = (0u64, 0u64, 0u64);
+    for line in written {
+        let k: u64 = line.unwrap().parse().unwrap();
+        match registry.lookup("probe").unwrap() {
+            Some(entry) if entry.updated_at >= k => {}
+            Some(_) => stale += 1,
+            None => missing += 1,
+        }
+        trials += 1;
+        writeln!(ack).unwrap();
+    }
+    assert!(writer.wait().unwrap().success());
+    let served = registry.lookups_served_from_notifications();
+    // As the writer makes them (see `probe` in watch_worker.rs).
+    let (overflows, replacements) = (TRIALS / 20_000, (TRIALS + 12_500) / 25_000);
+    eprintln!(
+        "never stale: {trials} trials, stale={stale} missing={missing}, \
+         {served} answered from notifications ({overflows} queue overflows, \
+         {replacements} directory replacements)"
+    );
+    assert_eq!(trials, TRIALS);
+    assert_eq!((stale, missing), (0, 0));
+    // Every trial was answered from notifications, not by reading the file.
+    assert_eq!(served, TRIALS);
+}

@@ -14,6 +14,13 @@
 //! data dir's, and in the shared one under this instance's channel
 //! (`AGENTMUX_CHANNEL`, default `stable`).
 //! - `GET  /agentmux/reactive/inbox/{agent_id}`: messages delivered to a local agent.
+//! - `GET  /agentmux/registry/discovery`: every agent of both registries,
+//!   `{"agents": [{"registry", "health", "entry"}]}` (auth keys left out),
+//!   kept current by watching the registries, never by polling them.
+//! - `GET  /agentmux/registry/events`: the same as server-sent events: a
+//!   `snapshot` first, then a `put`, `removed` or `resync` event per change.
+//!   The stream ends at the connection limit (below); a client reconnects
+//!   and starts from a new snapshot.
 //!
 //! Every route requires exactly one `X-AuthKey` equal to this instance's key
 //! (`AGENTMUX_AUTH_KEY`, 1 to 1024 visible ASCII characters; compared in
@@ -42,8 +49,11 @@
 //!   stays open, body, handling and reply included. Each carries one request.
 //! - `AGENTMUX_MINI_MAX_REPLY_BYTES` (1048576): the largest reply body read
 //!   from an owner; a larger one is a `502`.
+//! - `AGENTMUX_MINI_HEARTBEAT_MS` (20000): how often each agent's entries are
+//!   renewed (agentmux-srv's beat); below the 60 s eviction grace.
 
 mod ct;
+mod discovery;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -82,7 +92,8 @@ const MAX_HOPS: u32 = 1;
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
 /// agentmux-srv's beat and grace: a live agent's entry is never older than
 /// the grace, so a failed forward evicts only an entry its owner stopped
-/// renewing (or one whose owner is dead), never a just-registered one.
+/// renewing (or one whose owner is dead), never a just-registered one. (The
+/// beat can be set, `AGENTMUX_MINI_HEARTBEAT_MS`, below the grace.)
 const HEARTBEAT: Duration = Duration::from_secs(20);
 const EVICTION_GRACE: Duration =
     Duration::from_millis(agentmux_registry::compat::FORWARD_FAILURE_GRACE_MS);
@@ -113,6 +124,8 @@ struct App {
     /// instance, whatever the entry's URL spells.
     this_addr: SocketAddr,
     max_reply_bytes: usize,
+    heartbeat: Duration,
+    discovery: Arc<discovery::Discovery>,
     agents: Mutex<HashMap<String, Agent>>,
     /// Held across a registration, so that the guard kept for an id is
     /// always the one whose entry was written last.
@@ -179,11 +192,11 @@ async fn register(State(app): State<Shared>, Json(body): Json<RegisterBody>) -> 
         ..fields.clone()
     };
     let _order = app.registering.lock().await;
-    let registration = match Registration::register(&app.registry, fields, HEARTBEAT).await {
+    let registration = match Registration::register(&app.registry, fields, app.heartbeat).await {
         Ok(registration) => registration,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let shared = match Registration::register(&app.shared, shared_fields, HEARTBEAT).await {
+    let shared = match Registration::register(&app.shared, shared_fields, app.heartbeat).await {
         Ok(registration) => registration,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
@@ -205,6 +218,14 @@ async fn unregister(State(app): State<Shared>, Json(body): Json<RegisterBody>) -
     let removed = agent.is_some();
     drop(agent);
     Json(json!({ "unregistered": removed })).into_response()
+}
+
+async fn discovery_route(State(app): State<Shared>) -> Response {
+    discovery::discovery(&app.discovery)
+}
+
+async fn events_route(State(app): State<Shared>) -> Response {
+    discovery::events(app.discovery.clone())
 }
 
 async fn inbox(State(app): State<Shared>, Path(agent_id): Path<String>) -> Response {
@@ -613,6 +634,7 @@ struct Limits {
     header_timeout: Duration,
     connection_timeout: Duration,
     max_reply_bytes: usize,
+    heartbeat: Duration,
 }
 
 impl Limits {
@@ -625,6 +647,13 @@ impl Limits {
             connection_timeout: millis("AGENTMUX_MINI_CONNECTION_TIMEOUT_MS", 15_000)?,
             max_reply_bytes: env_number("AGENTMUX_MINI_MAX_REPLY_BYTES", 1 << 20, 1..=1 << 30)?
                 as usize,
+            // Shorter than the eviction grace, or live agents would be evicted.
+            heartbeat: env_number(
+                "AGENTMUX_MINI_HEARTBEAT_MS",
+                HEARTBEAT.as_millis() as u64,
+                1..=EVICTION_GRACE.as_millis() as u64 - 1,
+            )
+            .map(Duration::from_millis)?,
         })
     }
 }
@@ -791,6 +820,8 @@ async fn run(config: Config) -> Result<(), String> {
         }
     };
 
+    // Known before announcing: the first discovery request sees every agent.
+    let discovery = discovery::Discovery::start(registry.clone(), shared.clone()).await?;
     let app = Arc::new(App {
         registry,
         shared,
@@ -799,6 +830,8 @@ async fn run(config: Config) -> Result<(), String> {
         local_url: local_url.clone(),
         this_addr,
         max_reply_bytes: config.limits.max_reply_bytes,
+        heartbeat: config.limits.heartbeat,
+        discovery,
         agents: Mutex::new(HashMap::new()),
         registering: tokio::sync::Mutex::new(()),
     });
@@ -807,6 +840,8 @@ async fn run(config: Config) -> Result<(), String> {
         .route("/agentmux/reactive/unregister", post(unregister))
         .route("/agentmux/reactive/inject", post(inject))
         .route("/agentmux/reactive/inbox/{agent_id}", get(inbox))
+        .route("/agentmux/registry/discovery", get(discovery_route))
+        .route("/agentmux/registry/events", get(events_route))
         .layer(middleware::from_fn_with_state(app.clone(), require_key))
         .with_state(app.clone());
 

@@ -191,3 +191,153 @@ fn instances_of_two_channels_find_each_others_agents_through_the_shared_registry
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].channel, "stable");
 }
+
+/// Server-sent events of `GET /agentmux/registry/events`, one JSON value
+/// each.
+struct Events {
+    lines: std::io::Lines<std::io::BufReader<std::net::TcpStream>>,
+}
+
+impl Events {
+    fn open(server: &Server) -> Events {
+        use std::io::{BufRead, Write};
+        let mut stream = common::connect(&server.url);
+        let head = common::request_head(
+            "GET",
+            "/agentmux/registry/events",
+            server.authority(),
+            Some(&server.key),
+            &[],
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut lines = std::io::BufReader::new(stream).lines();
+        let status = lines.next().unwrap().unwrap();
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut content_type = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if line.is_empty() {
+                break;
+            }
+            if line.to_ascii_lowercase().starts_with("content-type:") {
+                content_type = line;
+            }
+        }
+        assert!(content_type.contains("text/event-stream"), "{content_type}");
+        Events { lines }
+    }
+
+    /// The next event's data (chunk sizes and keep-alive comments skipped).
+    fn next(&mut self) -> serde_json::Value {
+        loop {
+            let line = self.lines.next().expect("the stream ended").unwrap();
+            if let Some(data) = line.strip_prefix("data: ") {
+                return serde_json::from_str(data).unwrap();
+            }
+        }
+    }
+
+    /// Events until one satisfies `wanted`, which is returned.
+    fn until(&mut self, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        loop {
+            let event = self.next();
+            if wanted(&event) {
+                return event;
+            }
+        }
+    }
+}
+
+/// An instance's discovery follows another instance's agent through the
+/// registries' change feeds: its registration, each renewal, and its
+/// removal when that instance exits.
+#[test]
+fn discovery_follows_another_instance_s_register_renew_and_exit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Server::start_with(
+        tmp.path(),
+        "key-of-a",
+        &[("AGENTMUX_MINI_CONNECTION_TIMEOUT_MS", "120000")],
+    );
+    let mut events = Events::open(&a);
+    let snapshot = events.next();
+    assert_eq!(snapshot, json!({ "event": "snapshot", "agents": [] }));
+
+    let mut b = Server::start_with(
+        tmp.path(),
+        "key-of-b",
+        &[("AGENTMUX_MINI_HEARTBEAT_MS", "200")],
+    );
+    b.register("agent-b");
+    let put_in = |registry: &'static str| {
+        move |e: &serde_json::Value| {
+            e["event"] == "put"
+                && e["change"]["registry"] == registry
+                && e["change"]["entry"]["agent_id"] == "agent-b"
+        }
+    };
+    let first = events.until(put_in("per-channel"));
+    assert_eq!(first["change"]["health"], "fresh", "{first}");
+    assert_eq!(first["change"]["entry"]["local_url"], b.url.as_str());
+    assert_eq!(first["change"]["entry"]["beat_interval_ms"], 200);
+    assert!(
+        first["change"]["entry"].get("auth_key").is_none(),
+        "auth keys are never served: {first}"
+    );
+    // Renewals: each a put of a newer entry.
+    let renewed = events.until(put_in("per-channel"));
+    assert!(
+        renewed["change"]["entry"]["updated_at"].as_u64()
+            > first["change"]["entry"]["updated_at"].as_u64(),
+        "{first} then {renewed}"
+    );
+    // The shared registry's entry too, and the snapshot endpoint agrees.
+    events.until(put_in("shared"));
+    let (status, body) = request(
+        &a.url,
+        "GET",
+        "/agentmux/registry/discovery",
+        Some(&a.key),
+        "",
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let agents = body["agents"].as_array().unwrap();
+    let registries: Vec<&str> = agents
+        .iter()
+        .filter(|g| g["entry"]["agent_id"] == "agent-b")
+        .map(|g| g["registry"].as_str().unwrap())
+        .collect();
+    assert_eq!(registries, ["per-channel", "shared"], "{body}");
+
+    // B exits: its entries go, and A's discovery says so.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(b.pid() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(b.child.wait().unwrap().success());
+    // Both registries' entries are removed, in either order.
+    let mut removed = std::collections::BTreeSet::new();
+    while removed.len() < 2 {
+        let event = events.next();
+        if event["event"] == "removed" && event["agent_id"] == "agent-b" {
+            removed.insert(event["registry"].as_str().unwrap().to_owned());
+        }
+    }
+    let (_, body) = request(
+        &a.url,
+        "GET",
+        "/agentmux/registry/discovery",
+        Some(&a.key),
+        "",
+        &[],
+    );
+    let left: Vec<_> = body["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["entry"]["agent_id"] == "agent-b")
+        .collect();
+    assert!(left.is_empty(), "{body}");
+}
