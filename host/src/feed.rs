@@ -135,9 +135,13 @@ fn has_one_name(agent_id: &str) -> bool {
 }
 
 /// What a registry's lookups are served from.
-pub(crate) enum Served {
+enum Served {
     /// Not decided yet: the first lookup decides.
     Unopened,
+    /// A caller is opening the feed or applying notifications: the others
+    /// wait for it (their answer must include what it applies).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    Busy,
     /// Entries kept current by notifications.
     #[cfg(target_os = "linux")]
     Feed(Box<Feed>),
@@ -150,12 +154,166 @@ pub(crate) enum Served {
     ReadThroughUntil(std::time::Instant),
 }
 
+/// How long lookups read the directory after the notifications could not
+/// be followed, before they are tried again.
+#[cfg(target_os = "linux")]
+const FEED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A registry's lookups answered from notifications.
+///
+/// A lookup reads the notifications queued (one system call, under a plain
+/// mutex) and, when there are none to apply, answers from the view at once:
+/// concurrent lookups never wait on a component call. When there are, one
+/// caller takes the feed out, applies them (component calls, no lock held)
+/// and puts it back; the others wait for it, since their answers must
+/// include what it applies.
+pub(crate) struct Serving {
+    served: std::sync::Mutex<Served>,
+    settled: tokio::sync::Notify,
+}
+
+impl Default for Serving {
+    fn default() -> Self {
+        Serving {
+            served: std::sync::Mutex::new(Served::Unopened),
+            settled: tokio::sync::Notify::new(),
+        }
+    }
+}
+
+/// Puts the feed back (or, if the work was abandoned, leaves it to be
+/// opened afresh) and wakes the callers waiting for it.
+#[cfg(target_os = "linux")]
+struct Settle<'a> {
+    serving: &'a Serving,
+    outcome: Option<Served>,
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        // A caller dropped mid-work (its future cancelled) leaves no feed
+        // behind: the next caller opens it afresh.
+        let outcome = self.outcome.take().unwrap_or(Served::Unopened);
+        *self.serving.lock() = outcome;
+        self.serving.settled.notify_waiters();
+    }
+}
+
+impl Serving {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Served> {
+        self.served.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `f` of the entries known from notifications, once every notification
+    /// queued when the call began is applied; `None` where lookups read the
+    /// directory instead.
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
+    pub(crate) async fn answer<T>(
+        &self,
+        registry: &Registry,
+        f: impl FnOnce(&View) -> T,
+    ) -> Option<T> {
+        #[cfg(target_os = "linux")]
+        loop {
+            enum Next {
+                Open,
+                Apply(Box<Feed>),
+                Wait,
+            }
+            let settled = self.settled.notified();
+            let mut settled = std::pin::pin!(settled);
+            let next = {
+                let mut served = self.lock();
+                if let Served::ReadThroughUntil(until) = *served {
+                    if std::time::Instant::now() >= until {
+                        *served = Served::Unopened;
+                    }
+                }
+                match &mut *served {
+                    Served::ReadThrough | Served::ReadThroughUntil(_) => return None,
+                    Served::Feed(feed) => match feed.poll(&registry.agents_dir()) {
+                        Ok(false) => return Some(f(feed.view())),
+                        Ok(true) => match std::mem::replace(&mut *served, Served::Busy) {
+                            Served::Feed(feed) => Next::Apply(feed),
+                            _ => unreachable!("matched a feed"),
+                        },
+                        Err(e) => {
+                            warn_read_through(registry, &e);
+                            *served =
+                                Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY);
+                            return None;
+                        }
+                    },
+                    Served::Unopened => {
+                        *served = Served::Busy;
+                        Next::Open
+                    }
+                    Served::Busy => {
+                        // Registered before the lock is released: the wake
+                        // that settles it cannot be missed.
+                        settled.as_mut().enable();
+                        Next::Wait
+                    }
+                }
+            };
+            if let Next::Wait = next {
+                settled.await;
+                continue;
+            }
+            let mut settle = Settle {
+                serving: self,
+                outcome: None,
+            };
+            let outcome = match next {
+                Next::Wait => unreachable!("waited above"),
+                Next::Open => match Feed::open(registry).await {
+                    Ok(Some(feed)) => Served::Feed(Box::new(feed)),
+                    Ok(None) => Served::ReadThrough,
+                    // No notifications to be had here (for example, the
+                    // user's inotify instances are all in use), or the
+                    // directory could not be read whole: this call reads
+                    // the directory, as calls did before; the feed is tried
+                    // again later.
+                    Err(e) => {
+                        warn_read_through(registry, &e);
+                        Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY)
+                    }
+                },
+                Next::Apply(mut feed) => match feed.catch_up(registry).await {
+                    Ok(_) => Served::Feed(feed),
+                    // What was read may be half applied: start afresh later.
+                    Err(e) => {
+                        warn_read_through(registry, &e);
+                        Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY)
+                    }
+                },
+            };
+            settle.outcome = Some(outcome);
+            drop(settle);
+        }
+        #[cfg(not(target_os = "linux"))]
+        None
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn warn_read_through(registry: &Registry, e: &Error) {
+    tracing::warn!(
+        "agentmux-registry: lookups in {} read the directory for now: {}",
+        registry.agents_dir().display(),
+        e.with_causes()
+    );
+}
+
 /// The registry as its notifications show it (Linux, local file systems).
 #[cfg(target_os = "linux")]
 pub(crate) struct Feed {
     notifier: inotify::Notifier,
     names: Names,
     view: View,
+    /// Notifications read but not applied yet.
+    pending: inotify::Batch,
 }
 
 #[cfg(target_os = "linux")]
@@ -174,12 +332,26 @@ impl Feed {
             notifier,
             names,
             view,
+            pending: inotify::Batch::default(),
         }))
     }
 
     /// What the feed knows.
     pub(crate) fn view(&self) -> &View {
         &self.view
+    }
+
+    /// Reads the notifications queued now, without applying them: true
+    /// when some are waiting to be applied ([`Feed::catch_up`]), false when
+    /// the view is current. No waiting, no component call.
+    pub(crate) fn poll(&mut self, dir: &Path) -> Result<bool, Error> {
+        let batch = self
+            .notifier
+            .drain(&self.names)
+            .map_err(|e| Error::directory(dir, e))?;
+        self.pending.resync |= batch.resync;
+        self.pending.names.extend(batch.names);
+        Ok(self.pending.resync || !self.pending.names.is_empty())
     }
 
     /// Waits until notifications are queued; false once stopped.
@@ -194,10 +366,8 @@ impl Feed {
     /// completed before the call.
     pub(crate) async fn catch_up(&mut self, registry: &Registry) -> Result<Vec<Change>, Error> {
         let dir = registry.agents_dir();
-        let batch = self
-            .notifier
-            .drain(&self.names)
-            .map_err(|e| Error::directory(&dir, e))?;
+        self.poll(&dir)?;
+        let batch = std::mem::take(&mut self.pending);
         if batch.resync {
             self.notifier
                 .rewatch(&dir)
@@ -309,7 +479,8 @@ mod inotify {
     }
 
     /// What a wait found.
-    pub(super) struct Batch {
+    #[derive(Default)]
+    pub(crate) struct Batch {
         /// Names (relative to the agents directory) that may have changed.
         pub(super) names: HashSet<String>,
         /// Notifications were lost, or the directory was replaced.

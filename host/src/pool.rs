@@ -37,7 +37,7 @@ pub(crate) struct Inner {
     /// Whether lookups may be served from notifications.
     pub(crate) lookups_from_notifications: bool,
     /// What lookups are served from.
-    pub(crate) served: tokio::sync::Mutex<crate::feed::Served>,
+    pub(crate) served: crate::feed::Serving,
     /// Lookups answered from notifications (see
     /// `Registry::lookups_served_from_notifications`).
     pub(crate) served_from_notifications: std::sync::atomic::AtomicU64,
@@ -83,7 +83,7 @@ impl Inner {
             }),
             heartbeats: Heartbeats::default(),
             lookups_from_notifications,
-            served: tokio::sync::Mutex::new(crate::feed::Served::Unopened),
+            served: crate::feed::Serving::default(),
             served_from_notifications: std::sync::atomic::AtomicU64::new(0),
         }
     }

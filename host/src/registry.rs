@@ -15,11 +15,6 @@ use crate::pool::{Access, Inner, Lease};
 use crate::runtime::Runtime;
 use crate::{AgentEntry, EntryFields, Error, Graded, Owner, Renewal, SweepProgress};
 
-/// How long lookups read the directory after the notifications could not
-/// be followed, before they are tried again.
-#[cfg(target_os = "linux")]
-const FEED_RETRY: Duration = Duration::from_secs(1);
-
 /// The most entries a shared registry's `lookup_all` returns (the
 /// component's limit).
 const MAX_LOOKUP_ALL: usize = 256;
@@ -416,55 +411,10 @@ impl Registry {
         &self,
         f: impl FnOnce(&crate::feed::View) -> T,
     ) -> Result<Option<T>, Error> {
-        #[cfg(target_os = "linux")]
-        {
-            use crate::feed::{Feed, Served};
-            if !self.inner.lookups_from_notifications {
-                return Ok(None);
-            }
-            let mut served = self.inner.served.lock().await;
-            if let Served::ReadThroughUntil(until) = *served {
-                if std::time::Instant::now() >= until {
-                    *served = Served::Unopened;
-                }
-            }
-            if let Served::Unopened = *served {
-                *served = match Feed::open(self).await {
-                    Ok(Some(feed)) => Served::Feed(Box::new(feed)),
-                    Ok(None) => Served::ReadThrough,
-                    // No notifications to be had here (for example, the
-                    // user's inotify instances are all in use), or the
-                    // directory could not be read whole: this call reads
-                    // the directory, as calls did before; the feed is tried
-                    // again later.
-                    Err(e) => {
-                        tracing::warn!(
-                            "agentmux-registry: lookups in {} read the directory for now: {}",
-                            self.agents_dir().display(),
-                            e.with_causes()
-                        );
-                        Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY)
-                    }
-                };
-            }
-            if let Served::Feed(feed) = &mut *served {
-                if let Err(e) = feed.catch_up(self).await {
-                    // What was read may be half applied: this call reads the
-                    // directory, and the feed starts afresh later.
-                    tracing::warn!(
-                        "agentmux-registry: lookups in {} read the directory for now: {}",
-                        self.agents_dir().display(),
-                        e.with_causes()
-                    );
-                    *served = Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY);
-                    return Ok(None);
-                }
-                return Ok(Some(f(feed.view())));
-            }
+        if !self.inner.lookups_from_notifications {
+            return Ok(None);
         }
-        #[cfg(not(target_os = "linux"))]
-        let _ = f;
-        Ok(None)
+        Ok(self.inner.served.answer(self, f).await)
     }
 
     async fn lookup_own(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
