@@ -37,8 +37,11 @@ fn probe(data_dir: &str, trials: u64) {
             let aside = agents.with_file_name(format!("agents-aside-{k}"));
             std::fs::rename(&agents, &aside).unwrap();
             std::fs::create_dir(&agents).unwrap();
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(0o700)).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&agents, std::fs::Permissions::from_mode(0o700)).unwrap();
+            }
         }
         let entry = format!(
             r#"{{"agent_id":"probe","local_url":"http://127.0.0.1:1","block_id":"{k}","pid":0,"updated_at":{k},"auth_key":"k"}}"#

@@ -126,10 +126,10 @@ fn idle_cpu() {
     };
     quiet("a registry open, no watch");
     let stream_registry = registry.as_async().clone();
-    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let stream = runtime
-        .block_on(stream_registry.watch(Start::Now))
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
         .unwrap();
+    let stream = runtime.block_on(stream_registry.watch(Start::Now)).unwrap();
     quiet("the same with an async watch waiting");
     drop(stream);
 }

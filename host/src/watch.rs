@@ -228,11 +228,19 @@ impl Watch {
                 let old = std::mem::replace(view, new_view);
                 let ids: HashSet<&String> = old.keys().chain(view.keys()).collect();
                 let empty = BTreeMap::new();
+                let mut changes = Vec::new();
                 for id in ids {
                     let before = old.get(id).unwrap_or(&empty);
                     let after = view.get(id).unwrap_or(&empty);
-                    self.pending.extend(differences(before, after));
+                    changes.extend(differences(before, after));
                 }
+                // In the order they were made, as far as a rescan can tell:
+                // removals, then entries by when they were written.
+                changes.sort_by_key(|change| match change {
+                    Change::Put(entry) => (1, entry.updated_at),
+                    _ => (0, 0),
+                });
+                self.pending.extend(changes);
                 Ok(true)
             }
         }

@@ -96,9 +96,13 @@ fn an_entry_whose_owner_is_provably_gone_is_dead_however_recent() {
 #[test]
 fn an_entry_without_a_beat_or_a_provable_death_is_unknown() {
     let fixture = Fixture::new();
-    // As the original module and agentmux-srv write it: no beat recorded,
-    // no pid namespace (its owner cannot be judged here).
-    fixture.write_raw("old.json", SeedEntry::new("old", 1).to_json());
+    // As the original module writes it: no beat recorded, and an owner no
+    // reader can judge (pid 0).
+    let old = SeedEntry {
+        pid: 0,
+        ..SeedEntry::new("old", 1)
+    };
+    fixture.write_raw("old.json", old.to_json());
     let registry = Registry::open(fixture.data_dir()).unwrap();
     let graded = registry.lookup_graded("old").unwrap().expect("readable");
     assert_eq!(graded.health, Health::Unknown);
