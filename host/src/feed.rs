@@ -4,7 +4,9 @@
 //! change feed is built on it, and so are lookups served without reading
 //! the directory ([`Feed::catch_up`], then the view).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+#[cfg(target_os = "linux")]
+use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use agentmux_registry_core::name::{entry_file_name, may_name_an_entry};
@@ -128,6 +130,7 @@ pub(crate) async fn read_all(
     Ok((held, view))
 }
 
+#[cfg(target_os = "linux")]
 /// Whether `agent_id` has one entry name only (its own: no other writer's
 /// spelling differs), so that what is stored there is what a lookup finds.
 fn has_one_name(agent_id: &str) -> bool {
@@ -167,6 +170,7 @@ const FEED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// caller takes the feed out, applies them (component calls, no lock held)
 /// and puts it back; the others wait for it, since their answers must
 /// include what it applies.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) struct Serving {
     served: std::sync::Mutex<Served>,
     settled: tokio::sync::Notify,
@@ -201,6 +205,7 @@ impl Drop for Settle<'_> {
 }
 
 impl Serving {
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     fn lock(&self) -> std::sync::MutexGuard<'_, Served> {
         self.served.lock().unwrap_or_else(|e| e.into_inner())
     }

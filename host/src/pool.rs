@@ -108,6 +108,7 @@ impl Inner {
 
     /// Makes the next call check whether the agents directory was replaced,
     /// whatever it does (a notification said it may have been).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn recheck_dir(&self) {
         let mut state = self.lock();
         if let Some(long_ago) = Instant::now().checked_sub(READ_RECHECK) {
