@@ -3,7 +3,9 @@
 //! per-channel registry.
 
 use std::path::Path;
+#[cfg(unix)]
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+#[cfg(unix)]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -460,6 +462,7 @@ fn a_symlink_at_an_agent_dir_name_is_never_followed() {
 }
 
 /// Agents in the big shared root.
+#[cfg(unix)]
 const BIG: usize = 20_000;
 
 /// A shared root of many agents, with entries far larger together than the
