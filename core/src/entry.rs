@@ -162,7 +162,13 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 "registration_nonce" => once(&mut nonce, map.next_value()?, "registration_nonce")?,
                 "pid_started" => once(&mut started, map.next_value()?, "pid_started")?,
                 "pid_ns" => once(&mut namespace, map.next_value()?, "pid_ns")?,
-                "beat_interval_ms" => once(&mut interval, map.next_value()?, "beat_interval_ms")?,
+                // Advisory: a value that is not a whole number of
+                // milliseconds (another writer's `20000.0`, `"20000"`) reads
+                // as none, never making the entry unreadable.
+                "beat_interval_ms" => {
+                    let value: serde_json::Value = map.next_value()?;
+                    once(&mut interval, value.as_u64(), "beat_interval_ms")?
+                }
                 _ => {
                     let raw: Box<RawValue> = map.next_value()?;
                     extra.push((key, raw.get().to_owned()));
@@ -180,7 +186,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
             registration_nonce: nonce.unwrap_or_default(),
             pid_started: started.flatten(),
             pid_namespace: namespace.flatten(),
-            beat_interval_ms: interval.flatten(),
+            beat_interval_ms: interval.flatten().filter(|&ms| ms > 0),
             extra,
         })
     }
@@ -279,10 +285,13 @@ impl EntryFields {
         check_channel(&self.channel)?;
         check_lengths(&self.local_url, &self.block_id, &self.auth_key)?;
         check_extra(&self.extra)?;
-        if self.beat_interval_ms == Some(0) {
-            return Err(Error::InvalidField(
-                "beat_interval_ms: a beat interval is at least 1 ms".into(),
-            ));
+        if let Some(ms) = self.beat_interval_ms {
+            if !(1..=crate::health::MAX_BEAT_INTERVAL_MS).contains(&ms) {
+                return Err(Error::InvalidField(format!(
+                    "beat_interval_ms: {ms} is not from 1 to {} (a day)",
+                    crate::health::MAX_BEAT_INTERVAL_MS
+                )));
+            }
         }
         let size = self.clone().into_entry(u64::MAX).to_json().len();
         if size as u64 > MAX_ENTRY_FILE_BYTES {
@@ -591,6 +600,17 @@ mod tests {
         );
         assert_eq!(Entry::parse(json.as_bytes()), Some(with.clone()));
         assert_eq!(with.fields().into_entry(with.updated_at), with);
+    }
+
+    #[test]
+    fn a_malformed_beat_interval_reads_as_none_and_keeps_the_entry() {
+        for value in ["20000.0", "\"20000\"", "-1", "0", "null", "{}"] {
+            let stored = format!(
+                r#"{{"agent_id":"a1","local_url":"u","block_id":"b","pid":1,"updated_at":2,"beat_interval_ms":{value}}}"#
+            );
+            let entry = Entry::parse(stored.as_bytes()).expect(&stored);
+            assert_eq!(entry.beat_interval_ms, None, "{value}");
+        }
     }
 
     #[test]

@@ -5,6 +5,10 @@ use crate::Entry;
 /// Missed beats after which an entry is [`Health::Stale`].
 pub const STALE_AFTER_MISSED_BEATS: u64 = 3;
 
+/// The longest beat interval that counts (a day): an entry recording a
+/// longer one is renewed on no schedule a reader can count on.
+pub const MAX_BEAT_INTERVAL_MS: u64 = 86_400_000;
+
 /// An entry's health, as any reader can grade it without configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Health {
@@ -17,8 +21,9 @@ pub enum Health {
     Stale,
     /// Its owning process is provably gone.
     Dead,
-    /// Neither: the entry records no beat interval (a plain write, or a
-    /// writer that predates the key) and its owner is not provably dead.
+    /// Neither: the entry records no beat interval (a plain write, a writer
+    /// that predates the key, or one over [`MAX_BEAT_INTERVAL_MS`]) and its
+    /// owner is not provably dead.
     Unknown,
 }
 
@@ -32,7 +37,7 @@ impl Health {
             return Health::Dead;
         }
         match entry.beat_interval_ms {
-            Some(interval) if interval > 0 => {
+            Some(interval) if (1..=MAX_BEAT_INTERVAL_MS).contains(&interval) => {
                 // A clock behind the writer's makes the age 0: fresh.
                 let age = now_ms.saturating_sub(entry.updated_at);
                 if age > interval.saturating_mul(STALE_AFTER_MISSED_BEATS) {
@@ -59,7 +64,9 @@ impl Health {
     /// [`Health::grade`] says [`Health::Stale`] (its owner alive), or `None`
     /// when it never will (no interval recorded).
     pub fn stale_at(entry: &Entry) -> Option<u64> {
-        let interval = entry.beat_interval_ms.filter(|&i| i > 0)?;
+        let interval = entry
+            .beat_interval_ms
+            .filter(|i| (1..=MAX_BEAT_INTERVAL_MS).contains(i))?;
         Some(
             entry
                 .updated_at
@@ -129,8 +136,13 @@ mod tests {
             assert_eq!(Health::grade(&entry, u64::MAX, false), Health::Unknown);
             assert_eq!(Health::stale_at(&entry), None);
         }
-        // An interval too long to count never overflows into staleness.
-        let entry = beating(Some(u64::MAX));
-        assert_eq!(Health::grade(&entry, u64::MAX, false), Health::Fresh);
+        // An interval too long to count is no schedule.
+        let entry = beating(Some(MAX_BEAT_INTERVAL_MS + 1));
+        assert_eq!(
+            Health::grade(&entry, entry.updated_at, false),
+            Health::Unknown
+        );
+        let entry = beating(Some(MAX_BEAT_INTERVAL_MS));
+        assert_eq!(Health::grade(&entry, u64::MAX, false), Health::Stale);
     }
 }

@@ -106,6 +106,11 @@ impl Registry {
     }
 
     #[doc(hidden)]
+    pub fn serve_lookups_from_notifications_now(&self) -> bool {
+        block_on(self.inner.serve_lookups_from_notifications_now())
+    }
+
+    #[doc(hidden)]
     pub fn lookups_served_from_notifications(&self) -> u64 {
         self.inner.lookups_served_from_notifications()
     }

@@ -139,16 +139,18 @@ fn has_one_name(agent_id: &str) -> bool {
 
 /// What a registry's lookups are served from.
 enum Served {
-    /// Not decided yet: the first lookup decides.
+    /// Not decided yet: the first lookup starts opening the feed.
     Unopened,
-    /// A caller is opening the feed or applying notifications: the others
-    /// wait for it (their answer must include what it applies).
+    /// The feed is being opened (in the background) or a caller is applying
+    /// notifications: lookups read the directory meanwhile, which is
+    /// always current.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     Busy,
     /// Entries kept current by notifications.
     #[cfg(target_os = "linux")]
     Feed(Box<Feed>),
-    /// The directory, read by every call.
+    /// The directory, read by every call (no exact notifications on this
+    /// file system).
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     ReadThrough,
     /// The directory, read by every call until then (the notifications
@@ -165,28 +167,30 @@ const FEED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// A registry's lookups answered from notifications.
 ///
 /// A lookup reads the notifications queued (one system call, under a plain
-/// mutex) and, when there are none to apply, answers from the view at once:
-/// concurrent lookups never wait on a component call. When there are, one
-/// caller takes the feed out, applies them (component calls, no lock held)
-/// and puts it back; the others wait for it, since their answers must
-/// include what it applies.
+/// mutex) and, when there are none to apply, answers from the view at once.
+/// When there are, it takes the feed out, applies them (component calls, no
+/// lock held) and puts it back; lookups meanwhile read the directory. The
+/// first lookup starts reading the whole directory in the background and
+/// reads the directory itself meanwhile, so no lookup waits for a full
+/// read, and none can be starved by it.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) struct Serving {
     served: std::sync::Mutex<Served>,
-    settled: tokio::sync::Notify,
+    /// The agents directory's path (it never changes; what it names may).
+    root: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Default for Serving {
     fn default() -> Self {
         Serving {
             served: std::sync::Mutex::new(Served::Unopened),
-            settled: tokio::sync::Notify::new(),
+            root: std::sync::OnceLock::new(),
         }
     }
 }
 
-/// Puts the feed back (or, if the work was abandoned, leaves it to be
-/// opened afresh) and wakes the callers waiting for it.
+/// Puts the feed back after it was applied to, or, if that work was
+/// abandoned (its caller's future dropped), leaves it to be opened afresh.
 #[cfg(target_os = "linux")]
 struct Settle<'a> {
     serving: &'a Serving,
@@ -196,11 +200,19 @@ struct Settle<'a> {
 #[cfg(target_os = "linux")]
 impl Drop for Settle<'_> {
     fn drop(&mut self) {
-        // A caller dropped mid-work (its future cancelled) leaves no feed
-        // behind: the next caller opens it afresh.
-        let outcome = self.outcome.take().unwrap_or(Served::Unopened);
-        *self.serving.lock() = outcome;
-        self.serving.settled.notify_waiters();
+        *self.serving.lock() = self.outcome.take().unwrap_or(Served::Unopened);
+    }
+}
+
+/// What notifications that cannot be followed now leave lookups to.
+#[cfg(target_os = "linux")]
+fn not_served(registry: &Registry, why: Inexact) -> Served {
+    match why {
+        Inexact::Here => Served::ReadThrough,
+        Inexact::Now(why) => {
+            warn_read_through(registry, &why);
+            Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY)
+        }
     }
 }
 
@@ -210,9 +222,50 @@ impl Serving {
         self.served.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Opens the feed in the background, if it is not open or opening.
+    #[cfg(target_os = "linux")]
+    fn open_in_background(&self, registry: &Registry) {
+        let opening = registry.clone();
+        let spawned = std::thread::Builder::new()
+            .name("agentmux-registry feed".into())
+            .spawn(move || {
+                let registry = opening;
+                let outcome = match crate::blocking::block_on(Feed::open(&registry)) {
+                    Ok(Ok(feed)) => Served::Feed(Box::new(feed)),
+                    Ok(Err(why)) => not_served(&registry, why),
+                    Err(e) => not_served(&registry, Inexact::Now(e.with_causes())),
+                };
+                *registry.inner.served.lock() = outcome;
+            });
+        if let Err(e) = spawned {
+            *self.lock() = not_served(registry, Inexact::Now(e.to_string()));
+        }
+    }
+
+    /// Opens the feed now (for tests and callers that want their next
+    /// lookups served at once); true when lookups are served from it.
+    #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
+    pub(crate) async fn open_now(&self, registry: &Registry) -> bool {
+        #[cfg(target_os = "linux")]
+        let outcome = match Feed::open(registry).await {
+            Ok(Ok(feed)) => Served::Feed(Box::new(feed)),
+            Ok(Err(why)) => not_served(registry, why),
+            Err(e) => not_served(registry, Inexact::Now(e.with_causes())),
+        };
+        #[cfg(not(target_os = "linux"))]
+        let outcome = Served::ReadThrough;
+        let mut served = self.lock();
+        *served = outcome;
+        #[cfg(target_os = "linux")]
+        let serving = matches!(*served, Served::Feed(_));
+        #[cfg(not(target_os = "linux"))]
+        let serving = false;
+        serving
+    }
+
     /// `f` of the entries known from notifications, once every notification
-    /// queued when the call began is applied; `None` where lookups read the
-    /// directory instead.
+    /// queued when the call began is applied; `None` where (or while)
+    /// lookups read the directory instead.
     #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
     pub(crate) async fn answer<T>(
         &self,
@@ -220,15 +273,10 @@ impl Serving {
         f: impl FnOnce(&View) -> T,
     ) -> Option<T> {
         #[cfg(target_os = "linux")]
-        loop {
-            enum Next {
-                Open,
-                Apply(Box<Feed>),
-                Wait,
-            }
-            let settled = self.settled.notified();
-            let mut settled = std::pin::pin!(settled);
-            let next = {
+        {
+            // Looked at before the lock: a system call outside it.
+            let identity = identity(self.root.get_or_init(|| registry.agents_dir()));
+            let mut feed = {
                 let mut served = self.lock();
                 if let Served::ReadThroughUntil(until) = *served {
                     if std::time::Instant::now() >= until {
@@ -236,66 +284,44 @@ impl Serving {
                     }
                 }
                 match &mut *served {
-                    Served::ReadThrough | Served::ReadThroughUntil(_) => return None,
-                    Served::Feed(feed) => match feed.poll(&registry.agents_dir()) {
+                    Served::ReadThrough | Served::ReadThroughUntil(_) | Served::Busy => {
+                        return None
+                    }
+                    Served::Unopened => {
+                        *served = Served::Busy;
+                        drop(served);
+                        self.open_in_background(registry);
+                        return None;
+                    }
+                    Served::Feed(feed) => match feed.poll(identity) {
                         Ok(false) => return Some(f(feed.view())),
                         Ok(true) => match std::mem::replace(&mut *served, Served::Busy) {
-                            Served::Feed(feed) => Next::Apply(feed),
+                            Served::Feed(feed) => feed,
                             _ => unreachable!("matched a feed"),
                         },
-                        Err(e) => {
-                            warn_read_through(registry, &e);
-                            *served =
-                                Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY);
+                        Err(why) => {
+                            *served = not_served(registry, Inexact::Now(why.with_causes()));
                             return None;
                         }
                     },
-                    Served::Unopened => {
-                        *served = Served::Busy;
-                        Next::Open
-                    }
-                    Served::Busy => {
-                        // Registered before the lock is released: the wake
-                        // that settles it cannot be missed.
-                        settled.as_mut().enable();
-                        Next::Wait
-                    }
                 }
             };
-            if let Next::Wait = next {
-                settled.await;
-                continue;
-            }
             let mut settle = Settle {
                 serving: self,
                 outcome: None,
             };
-            let outcome = match next {
-                Next::Wait => unreachable!("waited above"),
-                Next::Open => match Feed::open(registry).await {
-                    Ok(Some(feed)) => Served::Feed(Box::new(feed)),
-                    Ok(None) => Served::ReadThrough,
-                    // No notifications to be had here (for example, the
-                    // user's inotify instances are all in use), or the
-                    // directory could not be read whole: this call reads
-                    // the directory, as calls did before; the feed is tried
-                    // again later.
-                    Err(e) => {
-                        warn_read_through(registry, &e);
-                        Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY)
-                    }
-                },
-                Next::Apply(mut feed) => match feed.catch_up(registry).await {
-                    Ok(_) => Served::Feed(feed),
-                    // What was read may be half applied: start afresh later.
-                    Err(e) => {
-                        warn_read_through(registry, &e);
-                        Served::ReadThroughUntil(std::time::Instant::now() + FEED_RETRY)
-                    }
-                },
-            };
-            settle.outcome = Some(outcome);
-            drop(settle);
+            match feed.catch_up(registry).await {
+                Ok(_) => {
+                    let answer = f(feed.view());
+                    settle.outcome = Some(Served::Feed(feed));
+                    Some(answer)
+                }
+                // What was read may be half applied: start afresh later.
+                Err(e) => {
+                    settle.outcome = Some(not_served(registry, Inexact::Now(e.with_causes())));
+                    None
+                }
+            }
         }
         #[cfg(not(target_os = "linux"))]
         None
@@ -303,12 +329,24 @@ impl Serving {
 }
 
 #[cfg(target_os = "linux")]
-fn warn_read_through(registry: &Registry, e: &Error) {
+fn warn_read_through(registry: &Registry, why: &str) {
     tracing::warn!(
-        "agentmux-registry: lookups in {} read the directory for now: {}",
-        registry.agents_dir().display(),
-        e.with_causes()
+        "agentmux-registry: lookups in {} read the directory for now: {why}",
+        registry.agents_dir().display()
     );
+}
+
+#[cfg(target_os = "linux")]
+use inotify::identity;
+
+/// Why notifications are not exact.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub(crate) enum Inexact {
+    /// Not on this file system.
+    Here,
+    /// Not now, for this reason; they may be later.
+    Now(String),
 }
 
 /// The registry as its notifications show it (Linux, local file systems).
@@ -319,25 +357,47 @@ pub(crate) struct Feed {
     view: View,
     /// Notifications read but not applied yet.
     pending: inotify::Batch,
+    /// Why the view cannot be kept exact any more, if it cannot.
+    inexact: Option<String>,
 }
 
 #[cfg(target_os = "linux")]
 impl Feed {
-    /// Starts following `registry`'s directory; `None` where its file
-    /// system gives no exact notifications.
-    pub(crate) async fn open(registry: &Registry) -> Result<Option<Feed>, Error> {
+    /// Starts following `registry`'s directory: `Ok(Err(why))` where
+    /// notifications cannot be exact (`Inexact::Here`: not a local file
+    /// system; `Inexact::Now`: no inotify instance or watch to be had, or no
+    /// directory to watch, which may change).
+    pub(crate) async fn open(registry: &Registry) -> Result<Result<Feed, Inexact>, Error> {
         let dir = registry.agents_dir();
-        if !inotify::is_exact(&dir) {
-            return Ok(None);
+        match inotify::is_exact(&dir) {
+            Some(true) => {}
+            Some(false) => return Ok(Err(Inexact::Here)),
+            None => {
+                return Ok(Err(Inexact::Now(format!(
+                    "cannot look at {}",
+                    dir.display()
+                ))))
+            }
         }
-        let mut notifier = inotify::Notifier::new(&dir, registry.is_shared())
-            .map_err(|e| Error::directory(&dir, e))?;
+        let mut notifier = match inotify::Notifier::new(&dir, registry.is_shared()) {
+            Ok(notifier) => notifier,
+            Err(e) => {
+                return Ok(Err(Inexact::Now(format!(
+                    "cannot watch {}: {e} (see /proc/sys/fs/inotify/)",
+                    dir.display()
+                ))))
+            }
+        };
         let (names, view) = read_all(registry, || notifier.watch_subdirs()).await?;
-        Ok(Some(Feed {
+        if let Some(why) = notifier.lost() {
+            return Ok(Err(Inexact::Now(why.to_owned())));
+        }
+        Ok(Ok(Feed {
             notifier,
             names,
             view,
             pending: inotify::Batch::default(),
+            inexact: None,
         }))
     }
 
@@ -349,11 +409,16 @@ impl Feed {
     /// Reads the notifications queued now, without applying them: true
     /// when some are waiting to be applied ([`Feed::catch_up`]), false when
     /// the view is current. No waiting, no component call.
-    pub(crate) fn poll(&mut self, dir: &Path) -> Result<bool, Error> {
+    /// `identity` is what the agents directory's path names now (see
+    /// [`identity`]), read before any lock is taken.
+    pub(crate) fn poll(&mut self, identity: Option<(u64, u64)>) -> Result<bool, Error> {
+        if let Some(why) = self.notifier.lost().or(self.inexact.as_deref()) {
+            return Err(Error::Io(format!("notifications are not exact: {why}")));
+        }
         let batch = self
             .notifier
-            .drain(&self.names)
-            .map_err(|e| Error::directory(dir, e))?;
+            .drain(&self.names, identity)
+            .map_err(|e| Error::directory(self.notifier.root(), e))?;
         self.pending.resync |= batch.resync;
         self.pending.names.extend(batch.names);
         Ok(self.pending.resync || !self.pending.names.is_empty())
@@ -371,7 +436,7 @@ impl Feed {
     /// completed before the call.
     pub(crate) async fn catch_up(&mut self, registry: &Registry) -> Result<Vec<Change>, Error> {
         let dir = registry.agents_dir();
-        self.poll(&dir)?;
+        self.poll(identity(&dir))?;
         let batch = std::mem::take(&mut self.pending);
         if batch.resync {
             self.notifier
@@ -429,7 +494,18 @@ impl Feed {
             let now: Vec<AgentEntry> = if let Some(only) = only_name.remove(&key) {
                 only.into_iter().collect()
             } else if registry.is_shared() {
-                registry.read_lookup_all(&agent_id).await?
+                let all = registry.read_lookup_all(&agent_id).await?;
+                if all.len() >= crate::registry::MAX_LOOKUP_ALL {
+                    // More channels than one lookup returns: the view
+                    // could not tell a channel left out from one removed.
+                    let why = format!(
+                        "agent {agent_id:?} has more than {} channels",
+                        crate::registry::MAX_LOOKUP_ALL - 1
+                    );
+                    self.inexact = Some(why.clone());
+                    return Err(Error::Io(format!("notifications are not exact: {why}")));
+                }
+                all
             } else {
                 registry.read_lookup(&agent_id).await?.into_iter().collect()
             };
@@ -461,26 +537,69 @@ mod inotify {
 
     use crate::watch::Stop;
 
-    /// File systems whose changes can be made where this host's kernel does
-    /// not see them (network and FUSE file systems), by `statfs` magic.
-    const REMOTE_MAGICS: [i64; 10] = [
-        0x6969,      // NFS
-        0x517b,      // SMB
-        0xff53_4d42, // CIFS
-        0xfe53_4d42, // SMB2
-        0x6573_5546, // FUSE
-        0x0102_1997, // 9P (VM and WSL shares)
-        0x00c3_6400, // Ceph
-        0x5346_414f, // AFS
-        0x7375_7245, // Coda
-        0x564c,      // NCP
+    /// Local file systems, by `statfs` magic: only this host's kernel
+    /// changes them, so inotify sees every change. Every other kind
+    /// (network, cluster and FUSE file systems, VM shares) may be changed
+    /// where this kernel does not see it.
+    const LOCAL_MAGICS: [i64; 16] = [
+        0xef53,      // ext2, ext3, ext4
+        0x5846_5342, // XFS
+        0x9123_683e, // Btrfs
+        0x0102_1994, // tmpfs
+        0x8584_58f6, // ramfs
+        0x2fc1_2fc1, // ZFS
+        0xf2f5_2010, // F2FS
+        0x794c_7630, // overlayfs
+        0x5265_4973, // ReiserFS
+        0x3153_464a, // JFS
+        0xca45_1a4e, // bcachefs
+        0x3434,      // NILFS2
+        0x4d44,      // FAT
+        0x2011_bab0, // exFAT
+        0x7366_746e, // NTFS (ntfs3)
+        0x482b,      // HFS+
     ];
 
+    /// Whether `magic` (a `statfs` file system type) is a local file system.
+    pub(super) fn is_local(magic: i64) -> bool {
+        LOCAL_MAGICS.contains(&magic)
+    }
+
     /// Whether inotify sees every change of `dir`: a local file system.
-    pub(super) fn is_exact(dir: &Path) -> bool {
+    /// `None` when `dir` cannot be looked at.
+    pub(super) fn is_exact(dir: &Path) -> Option<bool> {
         // `f_type`'s width differs between architectures.
         #[allow(clippy::unnecessary_cast)]
-        rustix::fs::statfs(dir).is_ok_and(|fs| !REMOTE_MAGICS.contains(&(fs.f_type as i64)))
+        rustix::fs::statfs(dir)
+            .ok()
+            .map(|fs| is_local(fs.f_type as i64))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn only_local_file_systems_are_exact() {
+            for local in [0xef53, 0x0102_1994, 0x5846_5342, 0x9123_683e, 0x794c_7630] {
+                assert!(super::is_local(local), "{local:#x}");
+            }
+            // NFS, CIFS, FUSE, 9P, Lustre, GPFS, BeeGFS, OCFS2, GFS2,
+            // kAFS, vboxsf: each may change where this kernel cannot see.
+            for remote in [
+                0x6969,
+                0xff53_4d42,
+                0x6573_5546,
+                0x0102_1997,
+                0x0bd0_0bd0,
+                0x4750_4653,
+                0x1983_0326,
+                0x7461_636f,
+                0x0116_1970,
+                0x6b41_4653,
+                0x786f_4256,
+            ] {
+                assert!(!super::is_local(remote), "{remote:#x}");
+            }
+        }
     }
 
     /// What a wait found.
@@ -490,6 +609,16 @@ mod inotify {
         pub(super) names: HashSet<String>,
         /// Notifications were lost, or the directory was replaced.
         pub(super) resync: bool,
+    }
+
+    /// The (device, inode) of the directory at `path`, never following a
+    /// link; `None` when there is none.
+    pub(crate) fn identity(path: &Path) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path)
+            .ok()
+            .filter(|m| m.is_dir())
+            .map(|m| (m.dev(), m.ino()))
     }
 
     pub(super) struct Notifier {
@@ -503,6 +632,14 @@ mod inotify {
         base: Option<std::ffi::OsString>,
         /// Agent directories (shared registry) by watch.
         subdirs: HashMap<i32, String>,
+        /// The agents directory watched (device, inode); `None` while it
+        /// is missing. A lookup compares it with what the path names now,
+        /// so a replaced data dir above it is noticed too.
+        watched: Option<(u64, u64)>,
+        /// Why a directory that should be watched is not (the user's
+        /// inotify watches are all in use, say): notifications are not
+        /// exact while it lasts.
+        lost: Option<String>,
         buf: Vec<MaybeUninit<u8>>,
     }
 
@@ -531,6 +668,8 @@ mod inotify {
                 fd,
                 shared,
                 root: dir.to_path_buf(),
+                watched: None,
+                lost: None,
                 dir_wd: -1,
                 parent_wd: None,
                 base: None,
@@ -552,6 +691,7 @@ mod inotify {
                 let _ = inotify::remove_watch(&self.fd, wd);
             }
             self.subdirs.clear();
+            self.lost = None;
             let parent: Option<PathBuf> = dir.parent().map(Path::to_path_buf);
             self.parent_wd = parent
                 .filter(|p| !p.as_os_str().is_empty())
@@ -565,8 +705,27 @@ mod inotify {
                 Err(Errno::NOENT) if self.parent_wd.is_some() => -1,
                 Err(e) => return Err(e.into()),
             };
+            // Read after the watch is placed: a replacement after this is
+            // either seen by the watch or by the comparison.
+            self.watched = identity(dir);
             self.watch_subdirs();
             Ok(())
+        }
+
+        /// The agents directory watched (the shared root).
+        pub(super) fn root(&self) -> &Path {
+            &self.root
+        }
+
+        /// Whether the agents directory's path still names the directory
+        /// watched.
+        pub(super) fn is_current(&self) -> bool {
+            identity(&self.root) == self.watched
+        }
+
+        /// Why notifications are not exact now, if they are not.
+        pub(super) fn lost(&self) -> Option<&str> {
+            self.lost.as_deref()
         }
 
         /// Watches every agent directory (shared registry).
@@ -589,8 +748,18 @@ mod inotify {
         /// Watches agent directory `name`; a directory that cannot be
         /// watched (gone already, or a link) is one no entry is read from.
         fn watch_subdir(&mut self, name: &str) {
-            if let Ok(wd) = inotify::add_watch(&self.fd, self.root.join(name), DIR_EVENTS) {
-                self.subdirs.insert(wd, name.to_owned());
+            match inotify::add_watch(&self.fd, self.root.join(name), DIR_EVENTS) {
+                Ok(wd) => {
+                    self.subdirs.insert(wd, name.to_owned());
+                }
+                // Gone already, or a link: no entry is read from it.
+                Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {}
+                Err(e) => {
+                    self.lost = Some(format!(
+                        "cannot watch {}: {e} (see /proc/sys/fs/inotify/max_user_watches)",
+                        self.root.join(name).display()
+                    ));
+                }
             }
         }
 
@@ -600,18 +769,22 @@ mod inotify {
                 if stop.is_stopped() {
                     return Ok(false);
                 }
-                // Without a stop pipe, the stop flag is looked at every
-                // 200 ms.
+                // Once a second, whether a directory above the agents
+                // directory was replaced (no watch here sees that); without
+                // a stop pipe, the stop flag is looked at then too.
                 let woken = stop.woken_fd();
                 let timeout = rustix::event::Timespec {
-                    tv_sec: 0,
-                    tv_nsec: 200_000_000,
+                    tv_sec: 1,
+                    tv_nsec: 0,
                 };
                 let mut fds = vec![PollFd::new(&self.fd, PollFlags::IN)];
                 fds.extend(woken.as_ref().map(|fd| PollFd::new(fd, PollFlags::IN)));
-                match poll(&mut fds, woken.is_none().then_some(&timeout)) {
+                match poll(&mut fds, Some(&timeout)) {
                     Ok(_) | Err(Errno::INTR) => {}
                     Err(e) => return Err(e.into()),
+                }
+                if !self.is_current() {
+                    return Ok(true);
                 }
                 if fds.get(1).is_some_and(|fd| !fd.revents().is_empty()) {
                     return Ok(false);
@@ -625,10 +798,14 @@ mod inotify {
         /// Every notification queued now, without waiting: the names they
         /// concern (`known` says which names an agent directory that moved
         /// away held).
-        pub(super) fn drain(&mut self, known: &HashMap<String, String>) -> std::io::Result<Batch> {
+        pub(super) fn drain(
+            &mut self,
+            known: &HashMap<String, String>,
+            identity: Option<(u64, u64)>,
+        ) -> std::io::Result<Batch> {
             let mut batch = Batch {
                 names: HashSet::new(),
-                resync: false,
+                resync: identity != self.watched,
             };
             let (mut new_dirs, mut gone_dirs) = (Vec::new(), Vec::new());
             let mut reader = inotify::Reader::new(&self.fd, &mut self.buf);

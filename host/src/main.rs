@@ -186,10 +186,13 @@ fn default_data_dir(data_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn Error>
 /// Opens the registry of `dir` (the data dir's, or a shared root's), and
 /// says on stderr when other users could change the directory holding it.
 fn open(dir: &Path, shared: bool) -> Result<Registry, Box<dyn Error>> {
+    // One command, a few calls: reading the directory for each beats
+    // reading it whole to serve lookups from notifications.
+    let options = agentmux_registry::Options::new().lookups_from_notifications(false);
     let registry = if shared {
-        Registry::open_shared(dir)?
+        Registry::open_shared_with(dir, options)?
     } else {
-        Registry::open(dir)?
+        Registry::open_with(dir, options)?
     };
     // Said on every run: other users can make the registry unavailable.
     let parent = if shared { dir.parent() } else { Some(dir) };
@@ -252,25 +255,74 @@ fn watch(place: Place, now: bool, json: bool) -> Result<Outcome, Box<dyn Error>>
     };
     let start = if now { Start::Now } else { Start::Current };
     let graded = |entry: AgentEntry| agentmux_registry::liveness::graded(entry);
+    // `--channel` names the one channel to follow (shared registry).
+    let channel = place
+        .shared_root
+        .is_some()
+        .then_some(place.channel)
+        .flatten();
+    let of_channel = |c: &str| {
+        channel
+            .as_deref()
+            .is_none_or(|wanted| agentmux_registry_core::name::same_id(c, wanted))
+    };
+    end_when_output_closes();
     let mut stdout = std::io::stdout().lock();
     for change in registry.watch(start)? {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let line = match change? {
-            Change::Put(entry) => cli::watched_put(&graded(entry), json, now_ms),
-            Change::Removed { agent_id, channel } => {
+            Change::Put(entry) if of_channel(&entry.channel) => {
+                cli::watched_put(&graded(entry), json, now_ms)
+            }
+            Change::Removed { agent_id, channel } if of_channel(&channel) => {
                 cli::watched_removed(&agent_id, &channel, json)
             }
             Change::Resync(entries) => {
-                let entries: Vec<Graded> = entries.into_iter().map(graded).collect();
+                let entries: Vec<Graded> = entries
+                    .into_iter()
+                    .filter(|e| of_channel(&e.channel))
+                    .map(graded)
+                    .collect();
                 cli::watched_resync(&entries, json)
             }
+            _ => continue,
         };
         writeln!(stdout, "{line}")?;
         stdout.flush()?;
     }
     Ok(Outcome::Done)
+}
+
+/// Ends the process (exit 0, as for `| head`) once nobody reads its
+/// output, without waiting for the next line to fail to write: a thread
+/// waits for the output to report an error or a hang-up (Linux; elsewhere
+/// the next write finds it).
+fn end_when_output_closes() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::event::{poll, PollFd, PollFlags};
+        let _ = std::thread::Builder::new()
+            .name("output watch".into())
+            .spawn(|| {
+                let stdout = std::io::stdout();
+                loop {
+                    let mut fds = [PollFd::new(&stdout, PollFlags::empty())];
+                    match poll(&mut fds, None) {
+                        Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                        Err(_) => return,
+                    }
+                    let revents = fds[0].revents();
+                    if revents.intersects(PollFlags::ERR | PollFlags::HUP) {
+                        std::process::exit(0);
+                    }
+                    if revents.intersects(PollFlags::NVAL) {
+                        return;
+                    }
+                }
+            });
+    }
 }
 
 /// The registry as the commands' backend.

@@ -82,10 +82,11 @@ impl Registration {
         let fields = EntryFields {
             pid: std::process::id(),
             registration_nonce: new_nonce(),
-            // Rounded up: a reader never counts a beat missed too early.
-            beat_interval_ms: Some(
-                u64::try_from(heartbeat.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX),
-            ),
+            // Rounded up: a reader never counts a beat missed too early. A
+            // beat longer than readers count is no schedule to record.
+            beat_interval_ms: u64::try_from(heartbeat.as_nanos().div_ceil(1_000_000))
+                .ok()
+                .filter(|ms| *ms <= agentmux_registry_core::health::MAX_BEAT_INTERVAL_MS),
             ..fields
         };
         let entry = registry.write(fields).await?;

@@ -17,7 +17,7 @@ use crate::{AgentEntry, EntryFields, Error, Graded, Owner, Renewal, SweepProgres
 
 /// The most entries a shared registry's `lookup_all` returns (the
 /// component's limit).
-const MAX_LOOKUP_ALL: usize = 256;
+pub(crate) const MAX_LOOKUP_ALL: usize = 256;
 
 /// Calls a function of the per-channel interface, or in a shared registry
 /// its twin of the shared interface: `by_layout!(shared, api, f(args) |
@@ -415,6 +415,15 @@ impl Registry {
             return Ok(None);
         }
         Ok(self.inner.served.answer(self, f).await)
+    }
+
+    /// Reads the whole directory now and serves the next lookups from
+    /// notifications where they are exact (the first lookup otherwise
+    /// starts that in the background, reading the directory meanwhile);
+    /// true when they are. For tests and benchmarks.
+    #[doc(hidden)]
+    pub async fn serve_lookups_from_notifications_now(&self) -> bool {
+        self.inner.lookups_from_notifications && self.inner.served.open_now(self).await
     }
 
     async fn lookup_own(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {

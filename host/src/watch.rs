@@ -124,7 +124,7 @@ impl Stop {
 
 enum Source {
     #[cfg(target_os = "linux")]
-    Feed(crate::feed::Feed),
+    Feed(Box<crate::feed::Feed>),
     Rescans {
         every: Duration,
         names: Names,
@@ -155,22 +155,26 @@ impl std::fmt::Debug for Watch {
 impl Watch {
     pub(crate) fn open(registry: &Registry, start: Start, stop: Arc<Stop>) -> Result<Watch, Error> {
         #[cfg(target_os = "linux")]
-        let feed = block_on(crate::feed::Feed::open(registry))?;
+        let feed = match block_on(crate::feed::Feed::open(registry))? {
+            Ok(feed) => Some(feed),
+            Err(why) => {
+                if let crate::feed::Inexact::Now(why) = why {
+                    tracing::warn!(
+                        "agentmux-registry: watching {} by rescans: {why}",
+                        registry.agents_dir().display()
+                    );
+                }
+                None
+            }
+        };
         #[cfg(not(target_os = "linux"))]
         let feed: Option<std::convert::Infallible> = None;
         let source = match feed {
             #[cfg(target_os = "linux")]
-            Some(feed) => Source::Feed(feed),
+            Some(feed) => Source::Feed(Box::new(feed)),
             #[cfg(not(target_os = "linux"))]
             Some(never) => match never {},
-            None => {
-                let (names, view) = block_on(read_all(registry, || {}))?;
-                Source::Rescans {
-                    every: RESCAN_INTERVAL,
-                    names,
-                    view,
-                }
-            }
+            None => Self::rescans(registry)?,
         };
         let mut watch = Watch {
             registry: registry.clone(),
@@ -184,6 +188,16 @@ impl Watch {
             watch.pending.extend(entries.into_iter().map(Change::Put));
         }
         Ok(watch)
+    }
+
+    /// Rescans from now on, starting from the directory as it is.
+    fn rescans(registry: &Registry) -> Result<Source, Error> {
+        let (names, view) = block_on(read_all(registry, || {}))?;
+        Ok(Source::Rescans {
+            every: RESCAN_INTERVAL,
+            names,
+            view,
+        })
     }
 
     fn view(&self) -> &View {
@@ -209,14 +223,33 @@ impl Watch {
         match &mut self.source {
             #[cfg(target_os = "linux")]
             Source::Feed(feed) => {
-                if !feed.wait(&self.stop)? {
-                    return Ok(false);
+                let caught_up = match feed.wait(&self.stop) {
+                    Ok(false) => return Ok(false),
+                    Ok(true) => block_on(feed.catch_up(&self.registry)),
+                    Err(e) => Err(e),
+                };
+                match caught_up {
+                    Ok(changes) => {
+                        if changes.iter().any(|c| matches!(c, Change::Resync(_))) {
+                            self.pending.clear();
+                        }
+                        self.pending.extend(changes);
+                    }
+                    // Notifications cannot be followed any more (the data
+                    // dir is gone, the user's inotify watches ran out):
+                    // rescans from here, starting with the full set.
+                    Err(e) => {
+                        tracing::warn!(
+                            "agentmux-registry: watching {} by rescans from now: {}",
+                            self.registry.agents_dir().display(),
+                            e.with_causes()
+                        );
+                        self.source = Self::rescans(&self.registry)?;
+                        self.pending.clear();
+                        let entries = entries_of(self.view(), self.registry.is_shared());
+                        self.pending.push_back(Change::Resync(entries));
+                    }
                 }
-                let changes = block_on(feed.catch_up(&self.registry))?;
-                if changes.iter().any(|c| matches!(c, Change::Resync(_))) {
-                    self.pending.clear();
-                }
-                self.pending.extend(changes);
                 Ok(true)
             }
             Source::Rescans { every, names, view } => {

@@ -997,7 +997,20 @@ fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(15), "{status:?}");
 
-    // A reader that goes away: the next change ends the watch, quietly.
+    // A reader that goes away ends the watch at once, quietly, with no
+    // change to write.
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))
+        .args(["--data-dir", d, "watch", "--now"])
+        .env("HOME", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(watcher.stdout.take());
+    let out = watcher.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}: {}", out.status, stderr(&out));
+
+    // And one that goes away after a line: the same.
     let mut watcher = spawn();
     let mut out = std::io::BufReader::new(watcher.stdout.take().unwrap());
     let mut line = String::new();

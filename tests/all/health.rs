@@ -48,9 +48,12 @@ async fn a_registration_records_its_beat_in_whole_milliseconds_rounded_up() {
     let fixture = Fixture::new();
     let registry = agentmux_registry::Registry::open(fixture.data_dir()).unwrap();
     for (beat, recorded) in [
-        (Duration::from_micros(1_500), 2),
-        (Duration::from_secs(3_600), 3_600_000),
-        (Duration::MAX, u64::MAX),
+        (Duration::from_micros(1_500), Some(2)),
+        (Duration::from_secs(3_600), Some(3_600_000)),
+        (Duration::from_secs(86_400), Some(86_400_000)),
+        // Longer than any reader counts: no schedule recorded.
+        (Duration::from_secs(86_401), None),
+        (Duration::MAX, None),
     ] {
         let guard = Registration::register(
             &registry,
@@ -59,7 +62,7 @@ async fn a_registration_records_its_beat_in_whole_milliseconds_rounded_up() {
         )
         .await
         .unwrap();
-        assert_eq!(guard.entry().beat_interval_ms, Some(recorded), "{beat:?}");
+        assert_eq!(guard.entry().beat_interval_ms, recorded, "{beat:?}");
         drop(guard);
     }
 }
@@ -124,15 +127,41 @@ fn old_readers_ignore_the_beat_interval() {
 }
 
 #[test]
-fn a_zero_beat_interval_is_refused() {
+fn a_beat_interval_out_of_range_is_refused_on_write() {
     let fixture = Fixture::new();
     let registry = Registry::open(fixture.data_dir()).unwrap();
-    let refused = registry.write(agentmux_registry::EntryFields {
-        beat_interval_ms: Some(0),
-        ..fields("zero", "http://127.0.0.1:1", "b", 0, "k")
-    });
-    assert!(
-        matches!(&refused, Err(agentmux_registry::Error::InvalidField(m)) if m.contains("beat_interval_ms")),
-        "{refused:?}"
+    for ms in [0, agentmux_registry_core::health::MAX_BEAT_INTERVAL_MS + 1] {
+        let refused = registry.write(agentmux_registry::EntryFields {
+            beat_interval_ms: Some(ms),
+            ..fields("zero", "http://127.0.0.1:1", "b", 0, "k")
+        });
+        assert!(
+            matches!(&refused, Err(agentmux_registry::Error::InvalidField(m)) if m.contains("beat_interval_ms")),
+            "{ms}: {refused:?}"
+        );
+    }
+}
+
+/// Another writer's beat interval that is not a whole number of
+/// milliseconds is ignored: the entry stays readable, and no sweep removes
+/// it as malformed.
+#[test]
+fn a_malformed_beat_interval_from_another_writer_keeps_the_entry() {
+    let fixture = Fixture::new();
+    for (i, value) in ["20000.0", "\"20000\"", "-1"].iter().enumerate() {
+        let mut raw: serde_json::Value = serde_json::from_str(
+            &SeedEntry::new(&format!("odd-{i}"), agentmux_registry_tests::now_ms()).to_json(),
+        )
+        .unwrap();
+        raw["beat_interval_ms"] = serde_json::from_str(value).unwrap();
+        fixture.write_raw(&format!("odd-{i}.json"), raw.to_string());
+    }
+    let registry = Registry::open(fixture.data_dir()).unwrap();
+    assert_eq!(registry.list().unwrap().len(), 3);
+    assert_eq!(
+        registry.cleanup_stale(Duration::from_secs(3600)).unwrap(),
+        0
     );
+    let graded = registry.lookup_graded("odd-0").unwrap().expect("kept");
+    assert_eq!(graded.entry.beat_interval_ms, None);
 }

@@ -268,6 +268,7 @@ fn lookups_served_from_notifications_are_never_stale_across_processes() {
     let _alone = agentmux_registry_tests::one_heavy_test_at_a_time();
     let fixture = Fixture::new();
     let registry = Registry::open(fixture.data_dir()).unwrap();
+    assert!(registry.serve_lookups_from_notifications_now());
     assert_eq!(registry.lookup("probe").unwrap(), None);
     let dir = fixture.data_dir();
     let mut writer = std::process::Command::new(env!("CARGO_BIN_EXE_registry-watch-worker"))
@@ -315,6 +316,7 @@ async fn concurrent_and_abandoned_lookups_stay_current() {
     use std::sync::Arc;
     let fixture = Fixture::new();
     let registry = agentmux_registry::Registry::open(fixture.data_dir()).unwrap();
+    assert!(registry.serve_lookups_from_notifications_now().await);
     let write = |registry: &agentmux_registry::Registry, k: u64| {
         let registry = registry.clone();
         async move {
@@ -366,4 +368,141 @@ async fn concurrent_and_abandoned_lookups_stay_current() {
         registry.lookups_served_from_notifications()
     );
     assert!(registry.lookups_served_from_notifications() > 1_000);
+}
+
+/// A data dir replaced above the agents directory (no watch of the agents
+/// directory or its parent sees that) is noticed by the next lookup.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_replaced_data_dir_is_noticed_by_the_next_lookup() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let registry = Registry::open(&data).unwrap();
+    assert!(registry.serve_lookups_from_notifications_now());
+    registry
+        .write(fields("x", "http://127.0.0.1:1", "first", 0, "k"))
+        .unwrap();
+    assert_eq!(registry.lookup("x").unwrap().unwrap().block_id, "first");
+    let served = registry.lookups_served_from_notifications();
+    assert_eq!(served, 1, "answered from notifications");
+    // Another instance moves the whole data dir aside and makes a new one.
+    std::fs::rename(&data, tmp.path().join("data-aside")).unwrap();
+    let agents = data.join("agents");
+    std::fs::create_dir_all(&agents).unwrap();
+    for dir in [&data, &agents] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let mut entry: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("data-aside/agents/x.json")).unwrap(),
+    )
+    .unwrap();
+    entry["block_id"] = "second".into();
+    std::fs::write(agents.join("x.json"), entry.to_string()).unwrap();
+    std::fs::set_permissions(
+        agents.join("x.json"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    assert_eq!(registry.lookup("x").unwrap().unwrap().block_id, "second");
+}
+
+/// Moves the data dir at `data` aside and puts a new one in its place,
+/// holding one entry, `id`, written as another instance would.
+#[cfg(target_os = "linux")]
+fn replace_data_dir(data: &std::path::Path, aside: &str, id: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::rename(data, data.with_file_name(aside)).unwrap();
+    let agents = data.join("agents");
+    std::fs::create_dir_all(&agents).unwrap();
+    for dir in [data, &agents] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    }
+    let entry = agentmux_registry_tests::SeedEntry::new(id, agentmux_registry_tests::now_ms());
+    let path = agents.join(format!("{id}.json"));
+    std::fs::write(&path, entry.to_json()).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A watch follows its data dir when another instance replaces it, and
+/// goes on (by rescans) when it is removed and made again.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_watch_follows_a_replaced_or_removed_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let registry = Registry::open(&data).unwrap();
+    registry
+        .write(fields("old", "http://127.0.0.1:1", "b", 0, "k"))
+        .unwrap();
+    let mut watch = registry.watch(Start::Current).unwrap();
+    let mut view = View::new();
+    follow(&mut watch, &mut view, "old");
+    replace_data_dir(&data, "data-aside", "new");
+    // No sentinel can be written before the watch has noticed (it might
+    // land in the old directory): the new entry itself ends the following.
+    follow(&mut watch, &mut view, "new");
+    let ids: Vec<&str> = view.values().map(|e| e.agent_id.as_str()).collect();
+    assert_eq!(ids, ["new"], "{view:?}");
+    // Removed whole, then made again.
+    std::fs::remove_dir_all(&data).unwrap();
+    replace_data_dir_after_removal(&data, "again");
+    follow(&mut watch, &mut view, "again");
+    let ids: Vec<&str> = view.values().map(|e| e.agent_id.as_str()).collect();
+    assert_eq!(ids, ["again"], "{view:?}");
+}
+
+/// Makes the data dir at `data` (gone) again, holding one entry, `id`.
+#[cfg(target_os = "linux")]
+fn replace_data_dir_after_removal(data: &std::path::Path, id: &str) {
+    std::fs::create_dir_all(data.with_file_name("scratch")).unwrap();
+    let staged = data.with_file_name("staged");
+    std::fs::create_dir_all(&staged).unwrap();
+    replace_data_dir(&staged, "staged-aside", id);
+    std::fs::rename(&staged, data).unwrap();
+}
+
+/// An agent with more channels than one lookup returns (256): no channel
+/// is reported removed that is not, and lookups and listings stay whole.
+#[test]
+fn an_agent_with_more_channels_than_a_lookup_returns_is_followed_whole() {
+    let fixture = Fixture::new();
+    let root = fixture.data_dir().join("shared");
+    let registry = Registry::open_shared(&root).unwrap();
+    let write = |channel: &str, block: &str| {
+        let mut f = fields("big", "http://127.0.0.1:1", block, 0, "k");
+        f.channel = channel.into();
+        registry.write(f).unwrap();
+    };
+    for c in 0..300 {
+        write(&format!("c{c}"), "first");
+    }
+    let _ = registry.serve_lookups_from_notifications_now();
+    let mut watch = registry.watch(Start::Now).unwrap();
+    write("c5", "second");
+    write("zz", "sentinel");
+    let mut removed = 0;
+    let mut c5 = String::new();
+    for change in &mut watch {
+        match change.unwrap() {
+            Change::Removed { .. } => removed += 1,
+            Change::Put(e) if e.channel == "c5" => c5 = e.block_id,
+            Change::Put(e) if e.channel == "zz" => break,
+            // The watch may fall back to rescans here: the full set.
+            Change::Resync(all) => {
+                assert_eq!(all.len(), 301, "the full set");
+                if let Some(e) = all.iter().find(|e| e.channel == "c5") {
+                    c5 = e.block_id.clone();
+                }
+                if all.iter().any(|e| e.channel == "zz") {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(removed, 0, "no channel was removed");
+    assert_eq!(c5, "second");
+    assert_eq!(registry.list().unwrap().len(), 301);
+    assert_eq!(registry.lookup_all("big").unwrap().len(), 256);
 }

@@ -59,8 +59,8 @@ impl Discovery {
             events,
         });
         for (name, registry) in [("per-channel", per_channel), ("shared", shared)] {
-            let stream = registry
-                .watch(Start::Current)
+            let stream = discovery
+                .watch(name, &registry)
                 .await
                 .map_err(|e| format!("cannot watch the {name} registry: {}", e.with_causes()))?;
             let discovery = discovery.clone();
@@ -73,9 +73,22 @@ impl Discovery {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Starts watching `registry`, then takes its full set as a resync:
+    /// what changes after the watch started comes as changes, so nothing
+    /// falls in between.
+    async fn watch(
+        &self,
+        name: &'static str,
+        registry: &Registry,
+    ) -> Result<agentmux_registry::watch::WatchStream, agentmux_registry::Error> {
+        let stream = registry.watch(Start::Now).await?;
+        let all = registry.list().await?;
+        self.apply(name, Change::Resync(all));
+        Ok(stream)
+    }
+
     /// Applies `registry`'s changes for as long as the server runs; a watch
-    /// that fails is started again (its first changes, the current entries,
-    /// bring everything up to date).
+    /// that fails is started again, with the full set as a resync.
     async fn follow(
         self: Arc<Self>,
         name: &'static str,
@@ -93,12 +106,8 @@ impl Discovery {
                 }
             }
             tokio::time::sleep(REWATCH_AFTER).await;
-            match registry.watch(Start::Current).await {
-                Ok(again) => {
-                    stream = again;
-                    // Anything missed in between: start from the full set.
-                    self.apply(name, Change::Resync(Vec::new()));
-                }
+            match self.watch(name, &registry).await {
+                Ok(again) => stream = again,
                 Err(e) => eprintln!(
                     "agentmux-mini: watching the {name} registry: {}",
                     e.with_causes()
