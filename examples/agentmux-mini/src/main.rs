@@ -16,7 +16,8 @@
 //! - `GET  /agentmux/reactive/inbox/{agent_id}`: messages delivered to a local agent.
 //! - `GET  /agentmux/registry/discovery`: every agent of both registries,
 //!   `{"agents": [{"registry", "health", "entry"}]}` (auth keys left out),
-//!   kept current by watching the registries, never by polling them.
+//!   kept current by watching the registries (see the registry's `watch`
+//!   module for where that rescans).
 //! - `GET  /agentmux/registry/events`: the same as server-sent events: a
 //!   `snapshot` first, then a `put`, `removed` or `resync` event per change.
 //!   The stream ends at the connection limit (below); a client reconnects
