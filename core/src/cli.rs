@@ -918,14 +918,10 @@ pub fn watched_put(graded: &Graded, json: bool, now_ms: u64) -> String {
             entry_json(entry)
         );
     }
-    let channel = if entry.channel.is_empty() {
-        String::new()
-    } else {
-        format!(" channel {}", cell(&entry.channel))
-    };
     format!(
-        "put {}{channel} -> {} block {} pid {} ({}, {})",
+        "put {}{} -> {} block {} pid {} ({}, {})",
         cell(&entry.agent_id),
+        channel_suffix(&entry.channel),
         cell(&entry.local_url),
         cell(&entry.block_id),
         entry.pid,
@@ -939,12 +935,16 @@ pub fn watched_removed(agent_id: &str, channel: &str, json: bool) -> String {
     if json {
         return json!({ "event": "removed", "agent_id": agent_id, "channel": channel }).to_string();
     }
-    let channel = if channel.is_empty() {
+    format!("removed {}{}", cell(agent_id), channel_suffix(channel))
+}
+
+/// ` channel NAME` for a `watch` line, nothing in a per-channel registry.
+fn channel_suffix(channel: &str) -> String {
+    if channel.is_empty() {
         String::new()
     } else {
         format!(" channel {}", cell(channel))
-    };
-    format!("removed {}{channel}", cell(agent_id))
+    }
 }
 
 /// A `watch` line: notifications were lost, and `entries` is the full

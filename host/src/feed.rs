@@ -80,18 +80,23 @@ fn entry_names(dir: &Path, shared: bool) -> std::io::Result<Vec<String>> {
         if name.starts_with('.') || !item.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let Ok(files) = std::fs::read_dir(item.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            if let Ok(file) = file.file_name().into_string() {
-                if may_name_an_entry(&file) {
-                    names.push(format!("{name}/{file}"));
-                }
-            }
-        }
+        names.extend(entry_files(&item.path(), &name));
     }
     Ok(names)
+}
+
+/// The names in the agent directory `dir` that may hold entries, each as
+/// `<agent_dir>/<file>`; none when it cannot be read.
+fn entry_files(dir: &Path, agent_dir: &str) -> Vec<String> {
+    let Ok(files) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    files
+        .flatten()
+        .filter_map(|file| file.file_name().into_string().ok())
+        .filter(|file| may_name_an_entry(file))
+        .map(|file| format!("{agent_dir}/{file}"))
+        .collect()
 }
 
 /// The names holding entries and the entries a lookup of each id returns,
@@ -861,15 +866,9 @@ mod inotify {
             }
             for dir in new_dirs {
                 self.watch_subdir(&dir);
-                if let Ok(files) = std::fs::read_dir(self.root.join(&dir)) {
-                    for file in files.flatten() {
-                        if let Ok(file) = file.file_name().into_string() {
-                            if may_name_an_entry(&file) {
-                                batch.names.insert(format!("{dir}/{file}"));
-                            }
-                        }
-                    }
-                }
+                batch
+                    .names
+                    .extend(super::entry_files(&self.root.join(&dir), &dir));
             }
             for dir in gone_dirs {
                 let prefix = format!("{dir}/");

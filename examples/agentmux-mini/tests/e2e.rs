@@ -293,14 +293,7 @@ fn discovery_follows_another_instance_s_register_renew_and_exit() {
     );
     // The shared registry's entry too, and the snapshot endpoint agrees.
     events.until(put_in("shared"));
-    let (status, body) = request(
-        &a.url,
-        "GET",
-        "/agentmux/registry/discovery",
-        Some(&a.key),
-        "",
-        &[],
-    );
+    let (status, body) = a.discovery();
     assert_eq!(status, 200, "{body}");
     let agents = body["agents"].as_array().unwrap();
     let registries: Vec<&str> = agents
@@ -325,14 +318,7 @@ fn discovery_follows_another_instance_s_register_renew_and_exit() {
             removed.insert(event["registry"].as_str().unwrap().to_owned());
         }
     }
-    let (_, body) = request(
-        &a.url,
-        "GET",
-        "/agentmux/registry/discovery",
-        Some(&a.key),
-        "",
-        &[],
-    );
+    let (_, body) = a.discovery();
     let left: Vec<_> = body["agents"]
         .as_array()
         .unwrap()

@@ -10,8 +10,7 @@ use wasi::filesystem::types::{
     Descriptor, DescriptorFlags, DirectoryEntryStream, OpenFlags, PathFlags,
 };
 
-use super::entries::is_freshest_at;
-use super::slot::{inspect, Slot};
+use super::entries::{entry_at, is_freshest_at};
 use super::{io, with_dir};
 
 /// The names of the agents directory, read one at a time. A name the host
@@ -117,21 +116,12 @@ pub(crate) fn is_entry_name(name: &str) -> bool {
     agentmux_registry_core::name::may_name_an_entry(name)
 }
 
-/// The valid entry at `name`, with its id's own file name, if `name` is one
-/// of its id's names (its own, or one another writer used: see
-/// `other_writers_names`) and holds the entry a lookup of the id returns
-/// (the freshest of its names). One unreadable file must not hide every
+/// The valid entry at `name` ([`entry_at`]: `name` is one of its id's names,
+/// its own or one another writer used), with its id's own file name, if it
+/// is the entry a lookup of the id returns (the freshest of its names). One unreadable file must not hide every
 /// other agent, so errors read as none.
 fn listed_entry(dir: &Descriptor, name: &str) -> Option<(Entry, String)> {
-    if !is_entry_name(name) {
-        return None;
-    }
-    let Ok(Slot::File {
-        entry: Some(entry), ..
-    }) = inspect(dir, name)
-    else {
-        return None;
-    };
+    let entry = entry_at(dir, name)?;
     let own = file_name_of(&entry.agent_id).ok()?;
     is_freshest_at(dir, name, &entry).then_some((entry, own))
 }

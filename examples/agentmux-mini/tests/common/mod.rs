@@ -124,6 +124,18 @@ impl Server {
         serde_json::from_value(body["messages"].clone()).unwrap()
     }
 
+    /// `GET /agentmux/registry/discovery`: the status and JSON body.
+    pub fn discovery(&self) -> (u16, Value) {
+        request(
+            &self.url,
+            "GET",
+            "/agentmux/registry/discovery",
+            Some(&self.key),
+            "",
+            &[],
+        )
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
