@@ -144,9 +144,9 @@ fn has_one_name(agent_id: &str) -> bool {
 
 /// What a registry's lookups are served from.
 enum Served {
-    /// Not decided yet: the first lookup starts opening the feed.
+    /// Not decided yet: the first lookup opens the feed.
     Unopened,
-    /// The feed is being opened (in the background) or a caller is applying
+    /// A caller is opening the feed or applying
     /// notifications: lookups read the directory meanwhile, which is
     /// always current.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
@@ -175,9 +175,8 @@ const FEED_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 /// mutex) and, when there are none to apply, answers from the view at once.
 /// When there are, it takes the feed out, applies them (component calls, no
 /// lock held) and puts it back; lookups meanwhile read the directory. The
-/// first lookup starts reading the whole directory in the background and
-/// reads the directory itself meanwhile, so no lookup waits for a full
-/// read, and none can be starved by it.
+/// first lookup reads the whole directory (and answers from the directory);
+/// lookups meanwhile read the directory, so none waits for another.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 pub(crate) struct Serving {
     served: std::sync::Mutex<Served>,
@@ -209,6 +208,17 @@ impl Drop for Settle<'_> {
     }
 }
 
+/// The feed of `registry`, opened (reading the whole directory), or what
+/// lookups are left to when it cannot be.
+#[cfg(target_os = "linux")]
+async fn opened(registry: &Registry) -> Served {
+    match Feed::open(registry).await {
+        Ok(Ok(feed)) => Served::Feed(Box::new(feed)),
+        Ok(Err(why)) => not_served(registry, why),
+        Err(e) => not_served(registry, Inexact::Now(e.with_causes())),
+    }
+}
+
 /// What notifications that cannot be followed now leave lookups to.
 #[cfg(target_os = "linux")]
 fn not_served(registry: &Registry, why: Inexact) -> Served {
@@ -227,36 +237,12 @@ impl Serving {
         self.served.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Opens the feed in the background, if it is not open or opening.
-    #[cfg(target_os = "linux")]
-    fn open_in_background(&self, registry: &Registry) {
-        let opening = registry.clone();
-        let spawned = std::thread::Builder::new()
-            .name("agentmux-registry feed".into())
-            .spawn(move || {
-                let registry = opening;
-                let outcome = match crate::blocking::block_on(Feed::open(&registry)) {
-                    Ok(Ok(feed)) => Served::Feed(Box::new(feed)),
-                    Ok(Err(why)) => not_served(&registry, why),
-                    Err(e) => not_served(&registry, Inexact::Now(e.with_causes())),
-                };
-                *registry.inner.served.lock() = outcome;
-            });
-        if let Err(e) = spawned {
-            *self.lock() = not_served(registry, Inexact::Now(e.to_string()));
-        }
-    }
-
     /// Opens the feed now (for tests and callers that want their next
     /// lookups served at once); true when lookups are served from it.
     #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
     pub(crate) async fn open_now(&self, registry: &Registry) -> bool {
         #[cfg(target_os = "linux")]
-        let outcome = match Feed::open(registry).await {
-            Ok(Ok(feed)) => Served::Feed(Box::new(feed)),
-            Ok(Err(why)) => not_served(registry, why),
-            Err(e) => not_served(registry, Inexact::Now(e.with_causes())),
-        };
+        let outcome = opened(registry).await;
         #[cfg(not(target_os = "linux"))]
         let outcome = Served::ReadThrough;
         let mut served = self.lock();
@@ -281,7 +267,7 @@ impl Serving {
         {
             // Looked at before the lock: a system call outside it.
             let identity = identity(self.root.get_or_init(|| registry.agents_dir()));
-            let mut feed = {
+            let feed = {
                 let mut served = self.lock();
                 if let Served::ReadThroughUntil(until) = *served {
                     if std::time::Instant::now() >= until {
@@ -294,14 +280,12 @@ impl Serving {
                     }
                     Served::Unopened => {
                         *served = Served::Busy;
-                        drop(served);
-                        self.open_in_background(registry);
-                        return None;
+                        None
                     }
                     Served::Feed(feed) => match feed.poll(identity) {
                         Ok(false) => return Some(f(feed.view())),
                         Ok(true) => match std::mem::replace(&mut *served, Served::Busy) {
-                            Served::Feed(feed) => feed,
+                            Served::Feed(feed) => Some(feed),
                             _ => unreachable!("matched a feed"),
                         },
                         Err(why) => {
@@ -310,6 +294,16 @@ impl Serving {
                         }
                     },
                 }
+            };
+            let Some(mut feed) = feed else {
+                // This call reads the whole directory; the others read it
+                // meanwhile. If this call is abandoned, the next one opens.
+                let mut settle = Settle {
+                    serving: self,
+                    outcome: None,
+                };
+                settle.outcome = Some(opened(registry).await);
+                return None;
             };
             let mut settle = Settle {
                 serving: self,

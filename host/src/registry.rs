@@ -419,7 +419,7 @@ impl Registry {
 
     /// Reads the whole directory now and serves the next lookups from
     /// notifications where they are exact (the first lookup otherwise
-    /// starts that in the background, reading the directory meanwhile);
+    /// does that, answering from the directory);
     /// true when they are. For tests and benchmarks.
     #[doc(hidden)]
     pub async fn serve_lookups_from_notifications_now(&self) -> bool {
