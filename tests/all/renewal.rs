@@ -27,41 +27,65 @@ fn registration(agent_id: &str, nonce: u64) -> EntryFields {
     }
 }
 
+/// Renewals the tests wait for before they judge: enough beats that a
+/// lookup or a takeback racing one of them would have been seen.
 #[cfg(unix)]
-/// Renews `fields` in a loop on another thread until `stop`; counts renewals
-/// and how many reported anything but `Refreshed`.
-fn renew_until(
-    registry: &Registry,
-    fields: EntryFields,
-    stop: &Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(u64, u64)> {
-    let (registry, stop) = (registry.clone(), stop.clone());
-    std::thread::spawn(move || {
-        let (mut renewals, mut other) = (0, 0);
-        while !stop.load(Ordering::Relaxed) {
-            match registry.renew(fields.clone()) {
-                Ok(Renewal::Refreshed) => {}
-                outcome => {
-                    eprintln!("renewal: {outcome:?}");
-                    other += 1
-                }
-            }
-            renewals += 1;
-            // Beats 0.2 ms apart: far faster than any real heartbeat, but
-            // not a loop that never lets another call take the claim.
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        (renewals, other)
-    })
+const RENEWALS_TO_JUDGE: u64 = 500;
+
+#[cfg(unix)]
+/// A renewal loop on another thread: `renewals` counts them as they
+/// happen, so a test can keep going until enough have raced it.
+struct Renewer {
+    stop: Arc<AtomicBool>,
+    renewals: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<u64>,
 }
 
 #[cfg(unix)]
-/// Lookups of `agent_id` on this thread while `renewals` run; returns how
-/// many found nothing.
-fn misses_during(registry: &Registry, agent_id: &str, lookups: u64) -> u64 {
-    (0..lookups)
-        .filter(|_| registry.lookup(agent_id).unwrap().is_none())
-        .count() as u64
+impl Renewer {
+    /// Renews `fields` in a loop until stopped.
+    fn start(registry: &Registry, fields: EntryFields) -> Renewer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let renewals = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (registry, stop, renewals) = (registry.clone(), stop.clone(), renewals.clone());
+            std::thread::spawn(move || {
+                let mut other = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    match registry.renew(fields.clone()) {
+                        Ok(Renewal::Refreshed) => {}
+                        outcome => {
+                            eprintln!("renewal: {outcome:?}");
+                            other += 1
+                        }
+                    }
+                    renewals.fetch_add(1, Ordering::Relaxed);
+                    // Beats 0.2 ms apart: far faster than any real heartbeat,
+                    // but not a loop that never lets another call take the
+                    // claim.
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                other
+            })
+        };
+        Renewer {
+            stop,
+            renewals,
+            thread,
+        }
+    }
+
+    fn renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
+    }
+
+    /// Stops the loop; returns the renewals made and how many reported
+    /// anything but `Refreshed`.
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let other = self.thread.join().unwrap();
+        (self.renewals.load(Ordering::Relaxed), other)
+    }
 }
 
 // Threads replacing a file others are reading: see `stress` in main.rs for
@@ -72,26 +96,32 @@ fn lookups_never_miss_an_entry_while_it_is_renewed() {
     let fx = Fixture::new();
     let fields = registration("steady", 1);
     fx.registry.write(fields.clone()).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let renewer = renew_until(&fx.registry, fields, &stop);
+    let renewer = Renewer::start(&fx.registry, fields);
 
-    let misses = misses_during(&fx.registry, "steady", 20_000);
-    let listed_without = (0..200)
-        .filter(|_| !agentmux_registry_tests::listed_ids(&fx.registry).contains(&"steady".into()))
-        .count();
-    stop.store(true, Ordering::Relaxed);
-    let (renewals, not_refreshed) = renewer.join().unwrap();
+    // At least 20,000 lookups and 200 listings, and on until enough
+    // renewals raced them however fast the lookups are.
+    let (mut lookups, mut misses, mut listings, mut listed_without) = (0u64, 0u64, 0u64, 0u64);
+    while lookups < 20_000 || listings < 200 || renewer.renewals() < RENEWALS_TO_JUDGE {
+        for _ in 0..100 {
+            lookups += 1;
+            misses += fx.registry.lookup("steady").unwrap().is_none() as u64;
+        }
+        listings += 1;
+        listed_without +=
+            !agentmux_registry_tests::listed_ids(&fx.registry).contains(&"steady".into()) as u64;
+    }
+    let (renewals, not_refreshed) = renewer.stop();
 
-    assert!(
-        renewals > 100,
-        "too few renewals to mean anything: {renewals}"
-    );
+    assert!(renewals >= RENEWALS_TO_JUDGE);
     assert_eq!(not_refreshed, 0, "a lone registration is always refreshed");
     assert_eq!(
         misses, 0,
-        "lookups that missed a live entry during {renewals} renewals"
+        "of {lookups} lookups, some missed a live entry during {renewals} renewals"
     );
-    assert_eq!(listed_without, 0, "listings without the live entry");
+    assert_eq!(
+        listed_without, 0,
+        "of {listings} listings, some lacked the live entry"
+    );
 }
 
 // Threads replacing a file others are reading: see `stress` in main.rs for
@@ -108,7 +138,7 @@ fn a_predecessor_never_takes_the_id_back_from_a_renewing_successor() {
     fx.registry.write(old.clone()).unwrap();
     fx.registry.write(new.clone()).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let successor = renew_until(&fx.registry, new, &stop);
+    let successor = Renewer::start(&fx.registry, new);
 
     let older_answers = Arc::new(AtomicU64::new(0));
     let reader = {
@@ -123,8 +153,11 @@ fn a_predecessor_never_takes_the_id_back_from_a_renewing_successor() {
             }
         })
     };
-    let mut takebacks = 0;
-    for i in 0..3_000 {
+    // At least 3,000 renewals by the predecessor, and on until the
+    // successor renewed often enough to have raced them.
+    let (mut takebacks, mut i) = (0, 0);
+    while i < 3_000 || successor.renewals() < RENEWALS_TO_JUDGE {
+        i += 1;
         match fx
             .registry
             .renew(old.clone())
@@ -138,13 +171,10 @@ fn a_predecessor_never_takes_the_id_back_from_a_renewing_successor() {
         }
     }
     stop.store(true, Ordering::Relaxed);
-    let (renewals, false_supersedes) = successor.join().unwrap();
+    let (renewals, false_supersedes) = successor.stop();
     reader.join().unwrap();
 
-    assert!(
-        renewals > 100,
-        "too few renewals to mean anything: {renewals}"
-    );
+    assert!(renewals >= RENEWALS_TO_JUDGE);
     assert_eq!(takebacks, 0, "the predecessor's entry was put back");
     assert_eq!(
         false_supersedes, 0,
