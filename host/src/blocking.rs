@@ -105,6 +105,19 @@ impl Registry {
         crate::watch::Watch::open(&self.inner, start, stop)
     }
 
+    /// [`Registry::watch`], with rescans `every` instead of every
+    /// [`RESCAN_INTERVAL`](crate::watch::RESCAN_INTERVAL) where it rescans:
+    /// tests make it long to see that OS notifications alone deliver.
+    #[doc(hidden)]
+    pub fn watch_rescanning_every(
+        &self,
+        start: crate::watch::Start,
+        every: std::time::Duration,
+    ) -> Result<crate::watch::Watch, Error> {
+        let stop = std::sync::Arc::new(crate::watch::Stop::new());
+        crate::watch::Watch::open_rescanning_every(&self.inner, start, stop, every)
+    }
+
     #[doc(hidden)]
     pub fn serve_lookups_from_notifications_now(&self) -> bool {
         block_on(self.inner.serve_lookups_from_notifications_now())

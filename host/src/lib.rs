@@ -43,6 +43,7 @@ mod convert;
 mod feed;
 mod heartbeat;
 pub mod liveness;
+mod nudge;
 mod pool;
 mod registration;
 mod registry;

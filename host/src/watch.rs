@@ -14,11 +14,17 @@
 //!   queued inside the call that changed the name, so no change is missed;
 //!   a queue overflow (the kernel drops notifications when the watcher falls
 //!   behind) is answered with a [`Change::Resync`] carrying the full set.
-//! - **Everywhere else** (macOS, Windows, and network or FUSE file systems on
-//!   Linux, whose changes made by other machines raise no notification):
-//!   rescans every [`RESCAN_INTERVAL`], each compared with the last. Changes
-//!   between two rescans are coalesced; none is missed for longer than one
-//!   interval.
+//! - **macOS and Windows**: `kqueue` on the agents directory (and each agent
+//!   directory in a shared registry), `ReadDirectoryChangesW` on the agents
+//!   directory and below. A notification starts a rescan at once, compared
+//!   with the last; a rescan every [`RESCAN_INTERVAL`] catches what they do
+//!   not notify (an overflowed buffer, a replaced directory).
+//! - **Everywhere else** (network or FUSE file systems on Linux, whose changes
+//!   made by other machines raise no notification): rescans every
+//!   [`RESCAN_INTERVAL`], each compared with the last.
+//!
+//! Changes between two rescans are coalesced; none is missed for longer
+//! than one interval.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::{Arc, Condvar, Mutex};
@@ -68,21 +74,39 @@ pub enum Notifications {
     Exact,
     /// The directory is rescanned every interval.
     Rescans(Duration),
+    /// The OS says that something changed, which starts a rescan at once;
+    /// a rescan every interval remains for what it does not say (its
+    /// overflowed buffer, a replaced directory).
+    Prompted(Duration),
 }
 
-/// Tells a watch's waits to end.
+/// Tells a watch's waits to end, or that the OS notified a change.
 pub(crate) struct Stop {
-    stopped: Mutex<bool>,
+    state: Mutex<Waking>,
     woken: Condvar,
     /// A pipe whose write end [`Stop::stop`] closes, to wake a poll.
     #[cfg(target_os = "linux")]
     pipe: Option<(std::os::fd::OwnedFd, Mutex<Option<std::os::fd::OwnedFd>>)>,
 }
 
+#[derive(Default)]
+struct Waking {
+    stopped: bool,
+    nudged: bool,
+}
+
+/// Why [`Stop::wait`] returned.
+#[derive(Debug, PartialEq, Eq)]
+enum Woken {
+    Stopped,
+    Nudged,
+    TimedOut,
+}
+
 impl Stop {
     pub(crate) fn new() -> Stop {
         Stop {
-            stopped: Mutex::new(false),
+            state: Mutex::default(),
             woken: Condvar::new(),
             #[cfg(target_os = "linux")]
             pipe: rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
@@ -91,17 +115,28 @@ impl Stop {
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, Waking> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub(crate) fn is_stopped(&self) -> bool {
-        *self.stopped.lock().unwrap_or_else(|e| e.into_inner())
+        self.state().stopped
     }
 
     pub(crate) fn stop(&self) {
-        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.state().stopped = true;
         self.woken.notify_all();
         #[cfg(target_os = "linux")]
         if let Some((_, write)) = &self.pipe {
             drop(write.lock().unwrap_or_else(|e| e.into_inner()).take());
         }
+    }
+
+    /// The OS notified a change: the waiting rescan starts now.
+    #[cfg_attr(not(any(windows, target_os = "macos")), allow(dead_code))]
+    pub(crate) fn nudge(&self) {
+        self.state().nudged = true;
+        self.woken.notify_all();
     }
 
     /// The read end of the pipe [`Stop::stop`] closes.
@@ -111,14 +146,20 @@ impl Stop {
         self.pipe.as_ref().map(|(read, _)| read.as_fd())
     }
 
-    /// Waits `timeout` or until stopped; true when stopped.
-    fn wait(&self, timeout: Duration) -> bool {
-        let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
-        let (stopped, _) = self
+    /// Waits `timeout`, or until stopped or nudged (which it takes back).
+    fn wait(&self, timeout: Duration) -> Woken {
+        let state = self.state();
+        let (mut state, _) = self
             .woken
-            .wait_timeout_while(stopped, timeout, |s| !*s)
+            .wait_timeout_while(state, timeout, |s| !s.stopped && !s.nudged)
             .unwrap_or_else(|e| e.into_inner());
-        *stopped
+        if state.stopped {
+            Woken::Stopped
+        } else if std::mem::take(&mut state.nudged) {
+            Woken::Nudged
+        } else {
+            Woken::TimedOut
+        }
     }
 }
 
@@ -129,6 +170,8 @@ enum Source {
         every: Duration,
         names: Names,
         view: View,
+        /// OS notifications that start a rescan early, where there are any.
+        notifier: Option<crate::nudge::Notifier>,
     },
 }
 
@@ -154,6 +197,16 @@ impl std::fmt::Debug for Watch {
 
 impl Watch {
     pub(crate) fn open(registry: &Registry, start: Start, stop: Arc<Stop>) -> Result<Watch, Error> {
+        Self::open_rescanning_every(registry, start, stop, RESCAN_INTERVAL)
+    }
+
+    /// [`Watch::open`], with rescans `every` where there are rescans.
+    pub(crate) fn open_rescanning_every(
+        registry: &Registry,
+        start: Start,
+        stop: Arc<Stop>,
+        every: Duration,
+    ) -> Result<Watch, Error> {
         #[cfg(target_os = "linux")]
         let feed = match block_on(crate::feed::Feed::open(registry))? {
             Ok(feed) => Some(feed),
@@ -174,7 +227,7 @@ impl Watch {
             Some(feed) => Source::Feed(Box::new(feed)),
             #[cfg(not(target_os = "linux"))]
             Some(never) => match never {},
-            None => Self::rescans(registry)?,
+            None => Self::rescans(registry, &stop, every)?,
         };
         let mut watch = Watch {
             registry: registry.clone(),
@@ -190,13 +243,18 @@ impl Watch {
         Ok(watch)
     }
 
-    /// Rescans from now on, starting from the directory as it is.
-    fn rescans(registry: &Registry) -> Result<Source, Error> {
+    /// Rescans from now on, starting from the directory as it is, each
+    /// started by an OS notification where there are any, or `every`.
+    fn rescans(registry: &Registry, stop: &Arc<Stop>, every: Duration) -> Result<Source, Error> {
+        // Armed before the first read: every change after it is notified.
+        let notifier =
+            crate::nudge::Notifier::start(&registry.agents_dir(), registry.is_shared(), stop);
         let (names, view) = block_on(read_all(registry, || {}))?;
         Ok(Source::Rescans {
-            every: RESCAN_INTERVAL,
+            every,
             names,
             view,
+            notifier,
         })
     }
 
@@ -213,7 +271,12 @@ impl Watch {
         match &self.source {
             #[cfg(target_os = "linux")]
             Source::Feed(_) => Notifications::Exact,
-            Source::Rescans { every, .. } => Notifications::Rescans(*every),
+            Source::Rescans {
+                every, notifier, ..
+            } => match notifier {
+                Some(notifier) if notifier.is_active() => Notifications::Prompted(*every),
+                _ => Notifications::Rescans(*every),
+            },
         }
     }
 
@@ -244,7 +307,7 @@ impl Watch {
                             self.registry.agents_dir().display(),
                             e.with_causes()
                         );
-                        self.source = Self::rescans(&self.registry)?;
+                        self.source = Self::rescans(&self.registry, &self.stop, RESCAN_INTERVAL)?;
                         self.pending.clear();
                         let entries = entries_of(self.view(), self.registry.is_shared());
                         self.pending.push_back(Change::Resync(entries));
@@ -252,8 +315,10 @@ impl Watch {
                 }
                 Ok(true)
             }
-            Source::Rescans { every, names, view } => {
-                if self.stop.wait(*every) {
+            Source::Rescans {
+                every, names, view, ..
+            } => {
+                if self.stop.wait(*every) == Woken::Stopped {
                     return Ok(false);
                 }
                 let (new_names, new_view) = block_on(read_all(&self.registry, || {}))?;

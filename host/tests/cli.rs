@@ -997,6 +997,23 @@ fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(15), "{status:?}");
 
+    // Ctrl-C (SIGINT) ends it the same way, after the lines it printed.
+    let mut watcher = spawn();
+    let mut out = std::io::BufReader::new(watcher.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("\"during\""), "{line}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(watcher.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = watcher.wait().unwrap();
+    assert_eq!(status.signal(), Some(2), "{status:?}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert_eq!(rest, "", "nothing after the interrupt");
+
     // A reader that goes away ends the watch at once, quietly, with no
     // change to write.
     let mut watcher = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))

@@ -3,13 +3,10 @@
 //! are answered with a resync; a replaced directory is followed.
 
 use std::collections::BTreeMap;
-#[cfg(target_os = "linux")]
 use std::time::Duration;
 
 use agentmux_registry::blocking::Registry;
-#[cfg(target_os = "linux")]
-use agentmux_registry::watch::Notifications;
-use agentmux_registry::watch::{Change, Start, Watch};
+use agentmux_registry::watch::{Change, Notifications, Start, Watch};
 use agentmux_registry::AgentEntry;
 use agentmux_registry_tests::{fields, Fixture};
 
@@ -34,34 +31,40 @@ fn follow(watch: &mut Watch, view: &mut View, until: &str) -> u64 {
     let mut changes = 0;
     for change in watch {
         changes += 1;
-        match change.unwrap() {
-            Change::Put(entry) => {
-                let done = entry.agent_id == until;
-                view.insert(key(&entry.agent_id, &entry.channel), entry);
-                if done {
-                    return changes;
-                }
-            }
-            Change::Removed { agent_id, channel } => {
-                assert!(
-                    view.remove(&key(&agent_id, &channel)).is_some(),
-                    "removed {agent_id:?} {channel:?}, which was never put"
-                );
-            }
-            Change::Resync(entries) => {
-                view.clear();
-                let mut sentinel = false;
-                for entry in entries {
-                    sentinel |= entry.agent_id == until;
-                    view.insert(key(&entry.agent_id, &entry.channel), entry);
-                }
-                if sentinel {
-                    return changes;
-                }
-            }
+        let sentinel = match &change {
+            Ok(Change::Put(entry)) => entry.agent_id == until,
+            Ok(Change::Resync(entries)) => entries.iter().any(|e| e.agent_id == until),
+            _ => false,
+        };
+        apply(view, change.unwrap());
+        if sentinel {
+            return changes;
         }
     }
     panic!("the watch ended");
+}
+
+/// Applies one change to `view`.
+fn apply(view: &mut View, change: Change) {
+    match change {
+        Change::Put(entry) => {
+            view.insert(key(&entry.agent_id, &entry.channel), entry);
+        }
+        Change::Removed { agent_id, channel } => {
+            assert!(
+                view.remove(&key(&agent_id, &channel)).is_some(),
+                "removed {agent_id:?} {channel:?}, which was never put"
+            );
+        }
+        Change::Resync(entries) => {
+            view.clear();
+            view.extend(
+                entries
+                    .into_iter()
+                    .map(|entry| (key(&entry.agent_id, &entry.channel), entry)),
+            );
+        }
+    }
 }
 
 #[cfg_attr(not(unix), allow(dead_code))]
@@ -252,6 +255,67 @@ fn the_shared_registry_is_watched_per_agent_and_channel() {
         "{view:?}"
     );
     assert_eq!(view, listed(&registry));
+}
+
+/// Where the OS notifies changes (inotify on Linux, kqueue on macOS,
+/// ReadDirectoryChangesW on Windows), they are delivered without waiting for
+/// a rescan: with rescans an hour apart, every change still arrives, in a
+/// per-channel registry and in the agent directories of a shared one.
+#[test]
+fn os_notifications_deliver_changes_without_waiting_for_a_rescan() {
+    let fixture = Fixture::new();
+    let shared = Registry::open_shared(fixture.data_dir().join("shared")).unwrap();
+    for registry in [&fixture.registry, &shared] {
+        let mut watch = registry
+            .watch_rescanning_every(Start::Now, Duration::from_secs(3600))
+            .unwrap();
+        let notifications = watch.notifications();
+        assert!(
+            matches!(
+                notifications,
+                Notifications::Exact | Notifications::Prompted(_)
+            ),
+            "a local temporary directory is watched by {notifications:?}"
+        );
+        // The follower hands over its view after every change. (It stays
+        // blocked in the watch after the test; the process ends it.)
+        let (views, delivered) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut view = View::new();
+            for change in &mut watch {
+                apply(&mut view, change.unwrap());
+                if views.send(view.clone()).is_err() {
+                    return;
+                }
+            }
+        });
+        let write = |id: &str, channel: &str| {
+            let mut f = fields(id, "http://127.0.0.1:1", "b", 0, "k");
+            f.channel = channel.into();
+            registry.write(f).unwrap();
+        };
+        write("a1", "stable");
+        write("b1", "dev");
+        write("a1", "stable");
+        assert!(registry.remove("b1").unwrap());
+        write("c1", "stable");
+        let expected = listed(registry);
+        assert_eq!(expected.len(), 2);
+        // Where a rescan can see a name mid-rename (Wine), a view may be
+        // wrong for a moment; the rescan the last change prompts sets it
+        // right.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut view = View::new();
+        while view != expected {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            view = delivered.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "after 60 s with rescans an hour apart ({notifications:?}) the watch \
+                     shows {view:?}, the registry {expected:?}"
+                )
+            });
+        }
+    }
 }
 
 /// The guarantee of lookups served from notifications: a lookup never

@@ -90,9 +90,11 @@ pub(super) fn remove_judged(
     unlink(dir, name)
 }
 
-/// Unlinks `name`; false when it was already gone.
+/// Unlinks `name`; false when it was already gone. Windows refuses to
+/// unlink a file another reader has open for a moment: tried again while the
+/// call's budget lasts.
 pub(super) fn unlink(dir: &Descriptor, name: &str) -> Result<bool, Error> {
-    match dir.unlink_file_at(name) {
+    match patiently(|| dir.unlink_file_at(name)) {
         Ok(()) => Ok(true),
         Err(ErrorCode::NoEntry) => Ok(false),
         Err(code) => Err(io("unlink", name, code)),
