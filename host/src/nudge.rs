@@ -20,10 +20,28 @@ use crate::watch::Stop;
 const STOP_CHECK: Duration = Duration::from_millis(200);
 
 /// A thread nudging a watch's [`Stop`] whenever the OS notifies a change
-/// under the agents directory. It ends when the watch is stopped.
+/// under the agents directory. It ends when the watch is stopped or the
+/// notifier dropped.
 pub(crate) struct Notifier {
-    /// False once the thread ended on an error: rescans alone from then.
-    active: Arc<AtomicBool>,
+    state: Arc<Shared>,
+}
+
+/// What the notifier's thread and its owner share.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Set when the owner drops the notifier: the thread ends.
+    quit: AtomicBool,
+    /// True until the thread ends, on an error or when told to.
+    running: AtomicBool,
+    /// Whether the OS still notifies: false once the thread ended.
+    active: AtomicBool,
+}
+
+impl Shared {
+    #[cfg_attr(not(any(windows, target_os = "macos")), allow(dead_code))]
+    fn ends(&self, stop: &Stop) -> bool {
+        self.quit.load(Ordering::Relaxed) || stop.is_stopped()
+    }
 }
 
 impl Notifier {
@@ -32,9 +50,13 @@ impl Notifier {
     /// made after this returns is notified. `None` where the OS gives none
     /// or they cannot be had here (the reason is logged).
     pub(crate) fn start(dir: &Path, subdirectories: bool, stop: &Arc<Stop>) -> Option<Notifier> {
-        let active = Arc::new(AtomicBool::new(true));
-        match os::start(dir, subdirectories, stop.clone(), active.clone()) {
-            Ok(()) => Some(Notifier { active }),
+        let state = Arc::new(Shared {
+            running: AtomicBool::new(true),
+            active: AtomicBool::new(true),
+            ..Shared::default()
+        });
+        match os::start(dir, subdirectories, stop.clone(), state.clone()) {
+            Ok(()) => Some(Notifier { state }),
             Err(why) if why.kind() == std::io::ErrorKind::Unsupported => None,
             Err(why) => {
                 tracing::warn!(
@@ -48,30 +70,79 @@ impl Notifier {
 
     /// Whether the OS still notifies.
     pub(crate) fn is_active(&self) -> bool {
-        self.active.load(Ordering::Relaxed)
+        self.state.active.load(Ordering::Relaxed)
+    }
+
+    /// The shared state, to see when the thread has ended.
+    pub(crate) fn shared(&self) -> Arc<Shared> {
+        self.state.clone()
     }
 }
 
-/// The thread's end: logged, and the notifier marked inactive.
+impl Shared {
+    /// Whether the notifier's thread still runs.
+    pub(crate) fn is_running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        self.state.quit.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs the notifier's thread: `arm` opens and arms what the OS notifies
+/// through (on the thread, since Windows cancels a thread's requests when it
+/// exits), `follow` waits for notifications and nudges. Returns once armed.
 #[cfg(any(windows, target_os = "macos"))]
-fn ended(dir: &Path, active: &AtomicBool, why: std::io::Error) {
-    active.store(false, Ordering::Relaxed);
-    tracing::warn!(
-        "agentmux-registry: OS notifications for {} ended, rescans only from now: {why}",
-        dir.display()
-    );
+fn spawn<W: 'static>(
+    dir: &Path,
+    stop: Arc<Stop>,
+    state: Arc<Shared>,
+    arm: impl FnOnce() -> std::io::Result<W> + Send + 'static,
+    follow: impl FnOnce(W, &Stop, &Shared) -> std::io::Result<()> + Send + 'static,
+) -> std::io::Result<()> {
+    let (armed_tx, armed) = std::sync::mpsc::sync_channel(1);
+    let dir = dir.to_path_buf();
+    let thread_state = state.clone();
+    std::thread::Builder::new()
+        .name("agentmux-registry notifications".into())
+        .spawn(move || {
+            let state = thread_state;
+            let ended = match arm() {
+                Ok(watched) => {
+                    let _ = armed_tx.send(Ok(()));
+                    follow(watched, &stop, &state)
+                }
+                Err(why) => {
+                    let _ = armed_tx.send(Err(why));
+                    Ok(())
+                }
+            };
+            state.active.store(false, Ordering::Relaxed);
+            if let Err(why) = ended {
+                // Whatever ended it may have been a change: rescan.
+                stop.nudge();
+                tracing::warn!(
+                    "agentmux-registry: OS notifications for {} ended, rescans only: {why}",
+                    dir.display()
+                );
+            }
+            state.running.store(false, Ordering::Relaxed);
+        })?;
+    armed.recv().unwrap_or_else(|_| {
+        Err(std::io::Error::other(
+            "the notification thread ended before it armed",
+        ))
+    })
 }
 
 #[cfg(not(any(windows, target_os = "macos")))]
 mod os {
     use super::*;
 
-    pub(super) fn start(
-        _: &Path,
-        _: bool,
-        _: Arc<Stop>,
-        _: Arc<AtomicBool>,
-    ) -> std::io::Result<()> {
+    pub(super) fn start(_: &Path, _: bool, _: Arc<Stop>, _: Arc<Shared>) -> std::io::Result<()> {
         Err(std::io::Error::new(
             std::io::ErrorKind::Unsupported,
             "no directory notifications on this OS",
@@ -235,28 +306,26 @@ mod os {
         dir: &Path,
         subdirectories: bool,
         stop: Arc<Stop>,
-        active: Arc<AtomicBool>,
+        state: Arc<Shared>,
     ) -> std::io::Result<()> {
-        let mut reader = Reader::open(dir, subdirectories)?;
-        reader.request()?;
-        let dir = dir.to_path_buf();
-        std::thread::Builder::new()
-            .name("agentmux-registry notifications".into())
-            .spawn(move || {
-                while !stop.is_stopped() {
-                    let notified = reader.wait(STOP_CHECK).and_then(|notified| {
-                        if notified {
-                            reader.request()?;
-                            stop.nudge();
-                        }
-                        Ok(())
-                    });
-                    if let Err(why) = notified {
-                        return ended(&dir, &active, why);
-                    }
+        let opened = dir.to_path_buf();
+        let arm = move || {
+            let mut reader = Reader::open(&opened, subdirectories)?;
+            reader.request()?;
+            Ok(reader)
+        };
+        spawn(dir, stop, state, arm, |mut reader, stop, state| {
+            while !state.ends(stop) {
+                if reader.wait(STOP_CHECK)? {
+                    // Asked again before the rescan starts: nothing after
+                    // this notification goes unrecorded.
+                    let requested = reader.request();
+                    stop.nudge();
+                    requested?;
                 }
-            })?;
-        Ok(())
+            }
+            Ok(())
+        })
     }
 }
 
@@ -268,6 +337,11 @@ mod os {
     use std::ffi::OsString;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::DirEntryExt;
+
+    /// Agent directories followed at most: each costs a descriptor, and
+    /// macOS gives a process 256 by default. Past this, rescans only.
+    const MAX_SUBDIRECTORIES: usize = 128;
 
     /// A directory opened only to be notified of its changes.
     fn open_for_events(dir: &Path) -> std::io::Result<OwnedFd> {
@@ -304,12 +378,13 @@ mod os {
     }
 
     /// The kqueue and the directories registered with it: the agents
-    /// directory, and in a shared registry each agent directory in it.
+    /// directory, and in a shared registry each agent directory in it (by
+    /// name, with the inode it had when opened).
     struct Watched {
         queue: OwnedFd,
         dir: std::path::PathBuf,
-        _top: OwnedFd,
-        subdirectories: Option<BTreeMap<OsString, OwnedFd>>,
+        top: OwnedFd,
+        subdirectories: Option<BTreeMap<OsString, (u64, OwnedFd)>>,
     }
 
     impl Watched {
@@ -328,32 +403,42 @@ mod os {
             Ok(())
         }
 
-        /// Registers the agent directories now in the agents directory,
-        /// and forgets those that are gone.
+        /// Registers the agent directories now in the agents directory
+        /// (again, where one was replaced), and forgets those that are gone.
         fn follow_subdirectories(&mut self) -> std::io::Result<()> {
-            let Some(known) = self.subdirectories.take() else {
+            let Some(mut known) = self.subdirectories.take() else {
                 return Ok(());
             };
             let mut now = BTreeMap::new();
-            let mut known = known;
             for dirent in std::fs::read_dir(&self.dir)? {
                 let dirent = dirent?;
                 if !dirent.file_type()?.is_dir() {
                     continue;
                 }
-                let name = dirent.file_name();
-                let fd = match known.remove(&name) {
-                    Some(fd) => fd,
+                let (name, inode) = (dirent.file_name(), dirent.ino());
+                let kept = known.remove(&name).filter(|(was, _)| *was == inode);
+                let fd = match kept {
+                    Some((_, fd)) => fd,
                     None => match open_for_events(&dirent.path()) {
                         Ok(fd) => {
                             self.register(&fd)?;
                             fd
                         }
                         // Removed meanwhile: nothing to follow.
-                        Err(_) => continue,
+                        Err(e)
+                            if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) =>
+                        {
+                            continue
+                        }
+                        Err(e) => return Err(e),
                     },
                 };
-                now.insert(name, fd);
+                now.insert(name, (inode, fd));
+                if now.len() > MAX_SUBDIRECTORIES {
+                    return Err(std::io::Error::other(format!(
+                        "more than {MAX_SUBDIRECTORIES} agent directories"
+                    )));
+                }
             }
             self.subdirectories = Some(now);
             Ok(())
@@ -364,47 +449,60 @@ mod os {
         dir: &Path,
         subdirectories: bool,
         stop: Arc<Stop>,
-        active: Arc<AtomicBool>,
+        state: Arc<Shared>,
     ) -> std::io::Result<()> {
-        let top = open_for_events(dir)?;
-        let mut watched = Watched {
-            queue: kqueue()?,
-            dir: dir.to_path_buf(),
-            _top: top,
-            subdirectories: subdirectories.then(BTreeMap::new),
+        let opened = dir.to_path_buf();
+        let arm = move || {
+            let mut watched = Watched {
+                queue: kqueue()?,
+                top: open_for_events(&opened)?,
+                dir: opened,
+                subdirectories: subdirectories.then(BTreeMap::new),
+            };
+            watched.register(&watched.top)?;
+            watched.follow_subdirectories()?;
+            Ok(watched)
         };
-        watched.register(&watched._top)?;
-        watched.follow_subdirectories()?;
-        std::thread::Builder::new()
-            .name("agentmux-registry notifications".into())
-            .spawn(move || {
-                let mut events: Vec<Event> = Vec::with_capacity(64);
-                while !stop.is_stopped() {
-                    events.clear();
-                    // SAFETY: every registered descriptor is owned by
-                    // `watched`, which outlives the queue's use here.
-                    let waited = unsafe {
-                        kevent(
-                            &watched.queue,
-                            &[],
-                            rustix::buffer::spare_capacity(&mut events),
-                            Some(STOP_CHECK),
-                        )
-                    };
-                    let followed = match waited {
-                        Ok(0) => Ok(()),
-                        // New agent directories are registered before the
-                        // rescan starts, so that none of their changes goes
-                        // unnoticed.
-                        Ok(_) => watched.follow_subdirectories().map(|()| stop.nudge()),
-                        Err(rustix::io::Errno::INTR) => Ok(()),
-                        Err(e) => Err(e.into()),
-                    };
-                    if let Err(why) = followed {
-                        return ended(&watched.dir, &active, why);
+        spawn(dir, stop, state, arm, |mut watched, stop, state| {
+            let mut events: Vec<Event> = Vec::with_capacity(64);
+            while !state.ends(stop) {
+                events.clear();
+                // SAFETY: every registered descriptor is owned by `watched`,
+                // which outlives the queue's use here.
+                let waited = unsafe {
+                    kevent(
+                        &watched.queue,
+                        &[],
+                        rustix::buffer::spare_capacity(&mut events),
+                        Some(STOP_CHECK),
+                    )
+                };
+                match waited {
+                    Ok(0) | Err(rustix::io::Errno::INTR) => {}
+                    // New agent directories are registered before the rescan
+                    // starts, so that none of their changes goes unnoticed.
+                    Ok(_) => {
+                        let top = watched.top.as_raw_fd();
+                        let gone = VnodeEvents::DELETE | VnodeEvents::RENAME | VnodeEvents::REVOKE;
+                        let replaced = events.iter().any(|event| {
+                            matches!(event.filter(), EventFilter::Vnode { vnode, flags }
+                                if vnode == top && flags.intersects(gone))
+                        });
+                        let followed = watched.follow_subdirectories();
+                        stop.nudge();
+                        followed?;
+                        // The watch starts a new notifier on the directory
+                        // its path names now.
+                        if replaced {
+                            return Err(std::io::Error::other(
+                                "the agents directory was moved or removed",
+                            ));
+                        }
                     }
+                    Err(e) => return Err(e.into()),
                 }
-            })?;
-        Ok(())
+            }
+            Ok(())
+        })
     }
 }

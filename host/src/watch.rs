@@ -34,8 +34,12 @@ use crate::blocking::block_on;
 use crate::feed::{differences, entries_of, read_all, Names, View};
 use crate::{AgentEntry, Error, Registry};
 
-/// How often a watch without OS notifications rescans the directory.
+/// How often a watch without exact OS notifications rescans the directory.
 pub const RESCAN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a notified rescan waits for the rest of a burst (a write is a
+/// temporary file, its rename and a claim: several notifications).
+const NOTIFIED_SETTLE: Duration = Duration::from_millis(5);
 
 /// One change of the registry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +150,17 @@ impl Stop {
         self.pipe.as_ref().map(|(read, _)| read.as_fd())
     }
 
+    /// Waits `timeout` or until stopped, whatever nudges come; true when
+    /// stopped.
+    fn pause(&self, timeout: Duration) -> bool {
+        let state = self.state();
+        let (state, _) = self
+            .woken
+            .wait_timeout_while(state, timeout, |s| !s.stopped)
+            .unwrap_or_else(|e| e.into_inner());
+        state.stopped
+    }
+
     /// Waits `timeout`, or until stopped or nudged (which it takes back).
     fn wait(&self, timeout: Duration) -> Woken {
         let state = self.state();
@@ -172,6 +187,10 @@ enum Source {
         view: View,
         /// OS notifications that start a rescan early, where there are any.
         notifier: Option<crate::nudge::Notifier>,
+        /// How long the last rescan took: notified rescans are at least
+        /// this far apart, so that a busy directory costs at most half of
+        /// the watch's thread.
+        took: Duration,
     },
 }
 
@@ -184,6 +203,19 @@ pub struct Watch {
     pending: VecDeque<Change>,
     stop: Arc<Stop>,
     failed: bool,
+    /// How often it rescans, where it rescans (read when the Linux feed
+    /// falls back to rescans).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    every: Duration,
+    /// Rescans made, for tests.
+    rescans: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        // Ends the OS notifications' thread with it.
+        self.stop.stop();
+    }
 }
 
 impl std::fmt::Debug for Watch {
@@ -235,6 +267,8 @@ impl Watch {
             pending: VecDeque::new(),
             stop,
             failed: false,
+            every,
+            rescans: Arc::default(),
         };
         if start == Start::Current {
             let entries = entries_of(watch.view(), registry.is_shared());
@@ -255,6 +289,7 @@ impl Watch {
             names,
             view,
             notifier,
+            took: Duration::ZERO,
         })
     }
 
@@ -263,6 +298,28 @@ impl Watch {
             #[cfg(target_os = "linux")]
             Source::Feed(feed) => feed.view(),
             Source::Rescans { view, .. } => view,
+        }
+    }
+
+    /// Rescans this watch made, counted as they end (for tests).
+    #[doc(hidden)]
+    pub fn rescan_counter(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.rescans.clone()
+    }
+
+    /// Whether its OS notifications' thread still runs, while the returned
+    /// function is kept (for tests); `None` without one.
+    #[doc(hidden)]
+    pub fn notifier_running(&self) -> Option<impl Fn() -> bool + Send + 'static> {
+        match &self.source {
+            Source::Rescans {
+                notifier: Some(notifier),
+                ..
+            } => {
+                let shared = notifier.shared();
+                Some(move || shared.is_running())
+            }
+            _ => None,
         }
     }
 
@@ -307,7 +364,7 @@ impl Watch {
                             self.registry.agents_dir().display(),
                             e.with_causes()
                         );
-                        self.source = Self::rescans(&self.registry, &self.stop, RESCAN_INTERVAL)?;
+                        self.source = Self::rescans(&self.registry, &self.stop, self.every)?;
                         self.pending.clear();
                         let entries = entries_of(self.view(), self.registry.is_shared());
                         self.pending.push_back(Change::Resync(entries));
@@ -316,12 +373,23 @@ impl Watch {
                 Ok(true)
             }
             Source::Rescans {
-                every, names, view, ..
+                every,
+                names,
+                view,
+                notifier,
+                took,
             } => {
-                if self.stop.wait(*every) == Woken::Stopped {
+                let woken = self.stop.wait(*every);
+                if woken == Woken::Stopped
+                    || (woken == Woken::Nudged && self.stop.pause((*took).max(NOTIFIED_SETTLE)))
+                {
                     return Ok(false);
                 }
+                let started = std::time::Instant::now();
                 let (new_names, new_view) = block_on(read_all(&self.registry, || {}))?;
+                *took = started.elapsed();
+                self.rescans
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 *names = new_names;
                 let old = std::mem::replace(view, new_view);
                 let ids: HashSet<&String> = old.keys().chain(view.keys()).collect();
@@ -338,6 +406,18 @@ impl Watch {
                     Change::Put(entry) => (1, entry.updated_at),
                     _ => (0, 0),
                 });
+                // Notifications that ended, or that missed a change (the
+                // directory was replaced, their buffer overflowed): new ones
+                // on the directory the path names now.
+                let missed = woken == Woken::TimedOut && !changes.is_empty();
+                if let Some(stale) = notifier.take_if(|n| !n.is_active() || missed) {
+                    drop(stale);
+                    *notifier = crate::nudge::Notifier::start(
+                        &self.registry.agents_dir(),
+                        self.registry.is_shared(),
+                        &self.stop,
+                    );
+                }
                 self.pending.extend(changes);
                 Ok(true)
             }
@@ -435,7 +515,8 @@ impl WatchStream {
         })
     }
 
-    /// How this watch learns of changes.
+    /// How this watch learned of changes when it opened (it may fall back
+    /// to rescans later: see [`Notifications`]).
     pub fn notifications(&self) -> Notifications {
         self.notifications
     }

@@ -279,6 +279,7 @@ fn os_notifications_deliver_changes_without_waiting_for_a_rescan() {
         );
         // The follower hands over its view after every change. (It stays
         // blocked in the watch after the test; the process ends it.)
+        let rescans = watch.rescan_counter();
         let (views, delivered) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut view = View::new();
@@ -315,6 +316,46 @@ fn os_notifications_deliver_changes_without_waiting_for_a_rescan() {
                 )
             });
         }
+        // Rescans come from notifications, not from a timer of their own:
+        // with nothing changing, at most one for a second (a notification
+        // of the last write's claim file may still be on its way); a
+        // notifier that woke the watch at every one of its own timeouts
+        // would make about five.
+        if let Notifications::Prompted(_) = notifications {
+            let before = rescans.load(std::sync::atomic::Ordering::Relaxed);
+            std::thread::sleep(Duration::from_secs(1));
+            let after = rescans.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(
+                after - before <= 1,
+                "{} rescans with nothing changing",
+                after - before
+            );
+        }
+    }
+}
+
+/// Dropping a watch ends the thread that follows its OS notifications (with
+/// its directory handle or descriptors).
+#[cfg(any(windows, target_os = "macos"))]
+#[test]
+fn a_dropped_watch_ends_its_os_notifications() {
+    let fixture = Fixture::new();
+    let watch = fixture
+        .registry
+        .watch_rescanning_every(Start::Now, Duration::from_secs(3600))
+        .unwrap();
+    let running = watch
+        .notifier_running()
+        .expect("a watch here follows OS notifications");
+    assert!(running());
+    drop(watch);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while running() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the notifications' thread still runs 10 s after the watch was dropped"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

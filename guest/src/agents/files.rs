@@ -84,18 +84,28 @@ pub(super) fn remove_judged(
     // Closed before the removal: Windows refuses to remove an open file.
     drop(judged);
     claim.check(name)?;
-    if !is_identity(dir, name, identity) {
-        return Ok(false);
-    }
-    unlink(dir, name)
+    // Checked again before every try: a writer that takes no claim may put
+    // a new file at the name while a reader holds the old one open.
+    unlink_while(dir, name, || is_identity(dir, name, identity))
 }
 
-/// Unlinks `name`; false when it was already gone. Windows refuses to
-/// unlink a file another reader has open for a moment: tried again while the
-/// call's budget lasts.
+/// Unlinks `name`; false when it was already gone.
 pub(super) fn unlink(dir: &Descriptor, name: &str) -> Result<bool, Error> {
-    match patiently(|| dir.unlink_file_at(name)) {
-        Ok(()) => Ok(true),
+    unlink_while(dir, name, || true)
+}
+
+/// Unlinks `name` if `still` holds just before; false when it was already
+/// gone or `still` failed. Windows refuses to unlink a file another reader
+/// has open for a moment: tried again while the call's budget lasts.
+fn unlink_while(dir: &Descriptor, name: &str, still: impl Fn() -> bool) -> Result<bool, Error> {
+    let unlinked = patiently(|| {
+        if !still() {
+            return Ok(false);
+        }
+        dir.unlink_file_at(name).map(|()| true)
+    });
+    match unlinked {
+        Ok(unlinked) => Ok(unlinked),
         Err(ErrorCode::NoEntry) => Ok(false),
         Err(code) => Err(io("unlink", name, code)),
     }
