@@ -934,6 +934,13 @@ fn list_and_lookup_show_each_entry_s_health() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 }
 
+/// Sends `signal` to the child `process`.
+#[cfg(unix)]
+fn signal(process: &std::process::Child, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(process.id() as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
 /// `watch --json`: one JSON object per line, flushed as each change comes,
 /// the current entries first; SIGTERM ends it, and so does a closed output
 /// (exit 0, as for `| head`).
@@ -988,11 +995,7 @@ fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
         removed,
         serde_json::json!({"event": "removed", "agent_id": "before", "channel": ""})
     );
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(watcher.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
+    signal(&watcher, rustix::process::Signal::TERM);
     let status = watcher.wait().unwrap();
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(15), "{status:?}");
@@ -1003,11 +1006,7 @@ fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert!(line.contains("\"during\""), "{line}");
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(watcher.id() as i32).unwrap(),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
+    signal(&watcher, rustix::process::Signal::INT);
     let status = watcher.wait().unwrap();
     assert_eq!(status.signal(), Some(2), "{status:?}");
     let mut rest = String::new();

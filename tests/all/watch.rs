@@ -67,6 +67,13 @@ fn apply(view: &mut View, change: Change) {
     }
 }
 
+/// Writes an entry for `id` on `channel`.
+fn write_on_channel(registry: &Registry, id: &str, channel: &str) {
+    let mut f = fields(id, "http://127.0.0.1:1", "b", 0, "k");
+    f.channel = channel.into();
+    registry.write(f).unwrap();
+}
+
 #[cfg_attr(not(unix), allow(dead_code))]
 /// Writes `id`, after which every earlier change is delivered before its
 /// put (notifications are delivered in order).
@@ -234,11 +241,7 @@ fn the_shared_registry_is_watched_per_agent_and_channel() {
     let root = fixture.data_dir().join("shared");
     let registry = Registry::open_shared(&root).unwrap();
     let mut watch = registry.watch(Start::Now).unwrap();
-    let write = |id: &str, channel: &str| {
-        let mut f = fields(id, "http://127.0.0.1:1", "b", 0, "k");
-        f.channel = channel.into();
-        registry.write(f).unwrap();
-    };
+    let write = |id: &str, channel: &str| write_on_channel(&registry, id, channel);
     write("a1", "stable");
     write("A1", "dev-a");
     write("b1", "stable");
@@ -290,11 +293,7 @@ fn os_notifications_deliver_changes_without_waiting_for_a_rescan() {
                 }
             }
         });
-        let write = |id: &str, channel: &str| {
-            let mut f = fields(id, "http://127.0.0.1:1", "b", 0, "k");
-            f.channel = channel.into();
-            registry.write(f).unwrap();
-        };
+        let write = |id: &str, channel: &str| write_on_channel(registry, id, channel);
         write("a1", "stable");
         write("b1", "dev");
         write("a1", "stable");
