@@ -8,6 +8,7 @@
 //! - [`ops`]: what operations report (renewals, sweep progress), their batch
 //!   sizes, and [`same_shape!`], which each side of the contract uses to map
 //!   its generated types to these;
+//! - [`kv`]: the same registry on a key-value store with revisions (etcd);
 //! - [`cli`]: the command-line grammar, the one dispatcher of its commands
 //!   (against a [`cli::Backend`]), and every line of output, shared by the
 //!   component's command mode and the host's CLI.
@@ -18,6 +19,7 @@
 pub mod cli;
 pub mod entry;
 pub mod health;
+pub mod kv;
 pub mod name;
 pub mod ops;
 

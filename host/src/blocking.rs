@@ -43,6 +43,36 @@ impl Registry {
         crate::Registry::open_shared_with(root, options).map(Registry::from)
     }
 
+    /// Opens the registry on etcd; see [`crate::Registry::open_etcd`].
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd(etcd: &crate::Etcd) -> Result<Registry, Error> {
+        crate::Registry::open_etcd(etcd).map(Registry::from)
+    }
+
+    /// Opens the registry on etcd with `options`.
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd_with(etcd: &crate::Etcd, options: Options) -> Result<Registry, Error> {
+        crate::Registry::open_etcd_with(etcd, options).map(Registry::from)
+    }
+
+    /// Opens the shared registry on etcd; see
+    /// [`crate::Registry::open_etcd_shared`].
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd_shared(etcd: &crate::Etcd) -> Result<Registry, Error> {
+        crate::Registry::open_etcd_shared(etcd).map(Registry::from)
+    }
+
+    /// Opens the shared registry on etcd with `options`.
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd_shared_with(etcd: &crate::Etcd, options: Options) -> Result<Registry, Error> {
+        crate::Registry::open_etcd_shared_with(etcd, options).map(Registry::from)
+    }
+
+    /// See [`crate::Registry::is_etcd`].
+    pub fn is_etcd(&self) -> bool {
+        self.inner.is_etcd()
+    }
+
     /// See [`crate::Registry::is_shared`].
     pub fn is_shared(&self) -> bool {
         self.inner.is_shared()

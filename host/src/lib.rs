@@ -42,6 +42,8 @@ pub mod compat;
 mod convert;
 mod feed;
 mod heartbeat;
+#[cfg(feature = "etcd")]
+mod kv;
 pub mod liveness;
 mod nudge;
 mod pool;
@@ -68,6 +70,8 @@ use agentmux_registry_core::entry::ErrorKind;
 pub use agentmux_registry_core::{EntryFields, Graded, Health, Owner};
 pub use agentmux_registry_core::{Renewal, SweepProgress};
 pub use agents_dir::data_dir_warning;
+#[cfg(feature = "etcd")]
+pub use kv::Etcd;
 pub use registration::Registration;
 pub use registry::{Listing, Options, Registry};
 
@@ -116,6 +120,11 @@ pub enum Error {
         /// Why it was refused, and what to do.
         reason: String,
     },
+    /// The registry's store (etcd) could not be reached within the call's
+    /// deadline, or refused a request: the message names the endpoints, the
+    /// request and why.
+    #[error("{0}")]
+    Unavailable(String),
     /// A call ran longer than [`Options::call_timeout`] and was stopped.
     #[error("registry call exceeded its time limit of {0:?}")]
     Timeout(Duration),

@@ -41,10 +41,16 @@ pub(crate) struct Inner {
     /// Lookups answered from notifications (see
     /// `Registry::lookups_served_from_notifications`).
     pub(crate) served_from_notifications: std::sync::atomic::AtomicU64,
+    /// The etcd backend of a registry opened on etcd, which serves every
+    /// call instead of the directory (there is none: no call leases an
+    /// instance of the file component).
+    #[cfg(feature = "etcd")]
+    pub(crate) kv: Option<Arc<crate::kv::Backend>>,
 }
 
 struct State {
-    dir: Arc<AgentsDir>,
+    /// `None` on etcd.
+    dir: Option<Arc<AgentsDir>>,
     idle: Vec<Instance>,
     /// When `dir` was last checked against the data dir's path.
     checked: Instant,
@@ -63,7 +69,7 @@ const READ_RECHECK: Duration = Duration::from_millis(100);
 impl Inner {
     pub(crate) fn new(
         data_dir: PathBuf,
-        dir: AgentsDir,
+        dir: Option<AgentsDir>,
         runtime: Arc<Runtime>,
         call_timeout: Duration,
         memory_limit: usize,
@@ -77,7 +83,7 @@ impl Inner {
             call_timeout,
             memory_limit,
             state: Mutex::new(State {
-                dir: Arc::new(dir),
+                dir: dir.map(Arc::new),
                 idle: Vec::new(),
                 checked: Instant::now(),
             }),
@@ -85,12 +91,18 @@ impl Inner {
             lookups_from_notifications,
             served: crate::feed::Serving::default(),
             served_from_notifications: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(feature = "etcd")]
+            kv: None,
         }
     }
 
-    /// The agents directory as last opened.
+    /// The agents directory as last opened (empty on etcd).
     pub(crate) fn agents_dir(&self) -> PathBuf {
-        self.lock().dir.path().to_path_buf()
+        self.lock()
+            .dir
+            .as_ref()
+            .map(|dir| dir.path().to_path_buf())
+            .unwrap_or_default()
     }
 
     /// How many idle instances are pooled.
@@ -125,15 +137,21 @@ impl Inner {
     pub(crate) async fn lease(self: &Arc<Self>, access: Access) -> Result<Lease, Error> {
         let (dir, idle) = {
             let mut state = self.lock();
+            let Some(mut dir) = state.dir.clone() else {
+                return Err(Error::Io(
+                    "this registry has no directory (it is on etcd)".into(),
+                ));
+            };
             let due = access == Access::Write || state.checked.elapsed() >= READ_RECHECK;
             if due {
-                if !state.dir.is_current() {
-                    state.dir = Arc::new(state.dir.reopen()?);
+                if !dir.is_current() {
+                    dir = Arc::new(dir.reopen()?);
+                    state.dir = Some(dir.clone());
                     state.idle.clear();
                 }
                 state.checked = Instant::now();
             }
-            (state.dir.clone(), state.idle.pop())
+            (dir, state.idle.pop())
         };
         let instance = match idle {
             Some(instance) => instance,
@@ -250,7 +268,11 @@ impl Drop for Lease {
         }
         if let Some(instance) = self.instance.take() {
             let mut state = self.inner.lock();
-            if Arc::ptr_eq(&state.dir, &self.dir) && state.idle.len() < MAX_IDLE_INSTANCES {
+            let current = state
+                .dir
+                .as_ref()
+                .is_some_and(|dir| Arc::ptr_eq(dir, &self.dir));
+            if current && state.idle.len() < MAX_IDLE_INSTANCES {
                 state.idle.push(instance);
             }
         }

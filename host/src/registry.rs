@@ -40,6 +40,17 @@ macro_rules! by_layout {
     };
 }
 
+/// On a registry opened on etcd, returns what `$body` (given the backend as
+/// `$kv`) returns; elsewhere does nothing.
+macro_rules! on_etcd {
+    ($self:ident, $kv:ident => $body:expr) => {
+        #[cfg(feature = "etcd")]
+        if let Some($kv) = $self.inner.kv.as_ref() {
+            return $body;
+        }
+    };
+}
+
 /// Settings for [`Registry::open_with`].
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -122,8 +133,12 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry")
-            .field("data_dir", &self.inner.data_dir)
+        let mut f = f.debug_struct("Registry");
+        #[cfg(feature = "etcd")]
+        if let Some(kv) = &self.inner.kv {
+            f.field("store", &kv.describe());
+        }
+        f.field("data_dir", &self.inner.data_dir)
             .finish_non_exhaustive()
     }
 }
@@ -196,7 +211,7 @@ impl Registry {
         Ok(Registry {
             inner: Arc::new(Inner::new(
                 data_dir,
-                dir,
+                Some(dir),
                 runtime,
                 options.call_timeout,
                 options.memory_limit,
@@ -206,14 +221,79 @@ impl Registry {
         })
     }
 
+    /// Opens the registry on the etcd cluster `etcd` names, under its key
+    /// prefix (see [`crate::Etcd`]). Needs the `etcd` feature.
+    ///
+    /// Every operation works as on a data dir, with the same rules, and
+    /// [`Registry::watch`] follows etcd's own watch. Entries of a
+    /// [`Registration`](crate::Registration) live on a lease: when their
+    /// owner dies, they vanish within three beats. Nothing is asked of the
+    /// cluster until the first call, whose error says if it cannot be
+    /// reached.
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd(etcd: &crate::Etcd) -> Result<Registry, Error> {
+        Self::open_etcd_layout(etcd, Options::default(), false)
+    }
+
+    /// [`Registry::open_etcd`] with `options` (the call deadline bounds
+    /// every request to the cluster too).
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd_with(etcd: &crate::Etcd, options: Options) -> Result<Registry, Error> {
+        Self::open_etcd_layout(etcd, options, false)
+    }
+
+    /// The shared registry (one entry per agent and channel, as
+    /// [`Registry::open_shared`]) on etcd.
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd_shared(etcd: &crate::Etcd) -> Result<Registry, Error> {
+        Self::open_etcd_layout(etcd, Options::default(), true)
+    }
+
+    /// [`Registry::open_etcd_shared`] with `options`.
+    #[cfg(feature = "etcd")]
+    pub fn open_etcd_shared_with(etcd: &crate::Etcd, options: Options) -> Result<Registry, Error> {
+        Self::open_etcd_layout(etcd, options, true)
+    }
+
+    #[cfg(feature = "etcd")]
+    fn open_etcd_layout(
+        etcd: &crate::Etcd,
+        options: Options,
+        shared: bool,
+    ) -> Result<Registry, Error> {
+        let backend =
+            crate::kv::Backend::open(etcd, shared, options.call_timeout, options.memory_limit)?;
+        let mut inner = Inner::new(
+            PathBuf::new(),
+            None,
+            Runtime::embedded()?,
+            options.call_timeout,
+            options.memory_limit,
+            false,
+            shared,
+        );
+        inner.kv = Some(Arc::new(backend));
+        Ok(Registry {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Whether this registry is on etcd ([`Registry::open_etcd`]).
+    pub fn is_etcd(&self) -> bool {
+        #[cfg(feature = "etcd")]
+        return self.inner.kv.is_some();
+        #[cfg(not(feature = "etcd"))]
+        false
+    }
+
     /// The data dir this registry was opened on (the root, for a shared
-    /// registry).
+    /// registry; empty on etcd).
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir
     }
 
     /// `{data_dir}/agents` (the root, for a shared registry): the only
-    /// directory the component can reach.
+    /// directory the component can reach. Empty on etcd.
     pub fn agents_dir(&self) -> PathBuf {
         self.inner.agents_dir()
     }
@@ -229,6 +309,7 @@ impl Registry {
     /// the pid is not mistaken for the owner). The entry file is made
     /// readable by its owner only.
     pub async fn write(&self, fields: EntryFields) -> Result<AgentEntry, Error> {
+        on_etcd!(self, kv => kv.write(with_owner_facts(fields)).await);
         let fields = wit::EntryFields::from(with_owner_facts(fields));
         waiting_out_claims(|| self.write_once(&fields)).await
     }
@@ -256,6 +337,7 @@ impl Registry {
     /// id (see the WIT contract's `renew`). [`crate::Registration`] calls this
     /// for you.
     pub async fn renew(&self, fields: EntryFields) -> Result<Renewal, Error> {
+        on_etcd!(self, kv => kv.renew(with_owner_facts(fields)).await);
         let fields = wit::EntryFields::from(with_owner_facts(fields));
         waiting_out_claims(|| self.renew_once(&fields)).await
     }
@@ -282,6 +364,7 @@ impl Registry {
     /// Removes the entry of `agent_id` (in a shared registry, every
     /// channel's); true when there was one.
     pub async fn remove(&self, agent_id: &str) -> Result<bool, Error> {
+        on_etcd!(self, kv => kv.remove(agent_id, None).await);
         if !self.inner.shared {
             return waiting_out_claims(|| self.remove_once(agent_id, None)).await;
         }
@@ -300,6 +383,7 @@ impl Registry {
                 "channels are the shared registry's: open it with Registry::open_shared".into(),
             ));
         }
+        on_etcd!(self, kv => kv.remove(agent_id, Some(channel)).await);
         waiting_out_claims(|| self.remove_once(agent_id, Some(channel))).await
     }
 
@@ -328,6 +412,7 @@ impl Registry {
     /// pass [`Owner::of`]`(&entry)`; an entry of a plain write (nonce 0) is
     /// never removed this way.
     pub async fn remove_owned(&self, agent_id: &str, owner: &Owner) -> Result<bool, Error> {
+        on_etcd!(self, kv => kv.remove_owned(agent_id, owner).await);
         let owner = wit::Owner::from(owner.clone());
         waiting_out_claims(|| self.remove_owned_once(agent_id, &owner)).await
     }
@@ -339,6 +424,7 @@ impl Registry {
     /// live owner, or a successor's) stays. Unlike [`Registry::remove_owned`],
     /// it removes plain writes (nonce 0) too.
     pub async fn evict(&self, judged: &AgentEntry) -> Result<bool, Error> {
+        on_etcd!(self, kv => kv.evict(judged).await);
         let wire = wit::AgentEntry::from(judged.clone());
         waiting_out_claims(|| self.evict_once(&judged.agent_id, &wire)).await
     }
@@ -375,6 +461,7 @@ impl Registry {
     /// The entry of `agent_id`, or `None` when there is no valid one. In a
     /// shared registry, the freshest of its channels' entries.
     pub async fn lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
+        on_etcd!(self, kv => kv.lookup(agent_id).await);
         let key = crate::feed::id_key(agent_id);
         let served = self
             .answer_from_notifications(|view| {
@@ -398,6 +485,7 @@ impl Registry {
 
     /// [`Registry::lookup`], reading the directory.
     pub(crate) async fn read_lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
+        on_etcd!(self, kv => kv.lookup(agent_id).await);
         if self.inner.shared {
             return Ok(self.lookup_shared(agent_id).await?.into_iter().next());
         }
@@ -443,6 +531,7 @@ impl Registry {
     /// its entries under every name `lookup` reads (one, unless agentmux-srv
     /// and this registry both wrote the id, under different names).
     pub async fn lookup_all(&self, agent_id: &str) -> Result<Vec<AgentEntry>, Error> {
+        on_etcd!(self, kv => kv.lookup_all(agent_id).await);
         if self.inner.shared {
             let key = crate::feed::id_key(agent_id);
             let served = self
@@ -465,6 +554,7 @@ impl Registry {
 
     /// [`Registry::lookup_all`], reading the directory.
     pub(crate) async fn read_lookup_all(&self, agent_id: &str) -> Result<Vec<AgentEntry>, Error> {
+        on_etcd!(self, kv => kv.lookup_all(agent_id).await);
         if !self.inner.shared {
             let mut lease = self.inner.lease(Access::Read).await?;
             let found = lease
@@ -498,6 +588,7 @@ impl Registry {
     /// time); the result itself is held here. Use [`Registry::listing`] to go
     /// through a large registry without holding it.
     pub async fn list(&self) -> Result<Vec<AgentEntry>, Error> {
+        on_etcd!(self, kv => kv.list_at(None).await);
         let shared = self.inner.shared;
         let served = self
             .answer_from_notifications(|view| crate::feed::entries_of(view, shared))
@@ -510,6 +601,7 @@ impl Registry {
 
     /// [`Registry::list`], reading the directory.
     pub(crate) async fn read_list(&self) -> Result<Vec<AgentEntry>, Error> {
+        on_etcd!(self, kv => kv.list_at(None).await);
         let mut listing = self.listing();
         let mut entries = Vec::new();
         while let Some(batch) = listing.next_batch().await? {
@@ -547,6 +639,7 @@ impl Registry {
         &self,
         start: crate::watch::Start,
     ) -> Result<crate::watch::WatchStream, Error> {
+        on_etcd!(self, kv => kv.watch(start).await);
         crate::watch::WatchStream::open(self, start).await
     }
 
@@ -580,6 +673,7 @@ impl Registry {
             inner: self.inner.clone(),
             lease: None,
             cursor: None,
+            after: None,
             done: false,
         }
     }
@@ -622,6 +716,7 @@ impl Registry {
         max_age: Duration,
         mut progress: impl FnMut(SweepProgress),
     ) -> Result<u64, Error> {
+        on_etcd!(self, _kv => self.sweep_by_age(max_age, progress).await);
         let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
         let mut lease = self.inner.lease(Access::Write).await?;
         let shared = self.inner.shared;
@@ -651,6 +746,44 @@ impl Registry {
                 return Ok(removed);
             }
         }
+    }
+
+    /// [`Registry::cleanup_stale_with_progress`] where there are no files:
+    /// evicts every entry last written more than `max_age` ago (or more than
+    /// an hour ahead, which no writer stamped), each only while it is still
+    /// the entry judged.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    async fn sweep_by_age(
+        &self,
+        max_age: Duration,
+        mut progress: impl FnMut(SweepProgress),
+    ) -> Result<u64, Error> {
+        let now = crate::liveness::now_ms();
+        let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
+        let mut totals = SweepProgress::default();
+        let mut listing = self.listing();
+        while let Some(batch) = listing.next_batch().await? {
+            for entry in batch {
+                totals.examined += 1;
+                let stale = now.saturating_sub(entry.updated_at) > max_age_ms
+                    || entry.updated_at > now.saturating_add(3_600_000);
+                if !stale {
+                    continue;
+                }
+                match self.evict(&entry).await {
+                    Ok(removed) => totals.removed += u64::from(removed),
+                    Err(e) => {
+                        totals.failed += 1;
+                        totals.first_failure.get_or_insert_with(|| e.with_causes());
+                    }
+                }
+            }
+            progress(totals.clone());
+        }
+        totals.done = true;
+        let removed = totals.removed;
+        progress(totals);
+        Ok(removed)
     }
 
     /// Like [`Registry::lookup`], but `None` when the entry's owning process
@@ -712,6 +845,7 @@ impl Registry {
     /// The name of `agent_id`'s entry file inside [`Registry::agents_dir`]
     /// (in a shared registry, of its directory).
     pub async fn entry_file_name(&self, agent_id: &str) -> Result<String, Error> {
+        on_etcd!(self, kv => kv.entry_key(agent_id).await);
         let mut lease = self.inner.lease(Access::Read).await?;
         let shared = self.inner.shared;
         Ok(lease
@@ -734,6 +868,9 @@ pub struct Listing {
     inner: Arc<Inner>,
     lease: Option<Lease>,
     cursor: Option<ResourceAny>,
+    /// On etcd: the key the next page starts after.
+    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+    after: Option<String>,
     done: bool,
 }
 
@@ -767,6 +904,16 @@ impl Listing {
     }
 
     async fn step(&mut self) -> Result<Option<Vec<AgentEntry>>, Error> {
+        #[cfg(feature = "etcd")]
+        if let Some(kv) = self.inner.kv.clone() {
+            if self.after.as_deref() == Some("") {
+                return Ok(None);
+            }
+            let (page, next) = kv.list_page(self.after.take(), None).await?;
+            // An empty key marks the end: no key is empty.
+            self.after = Some(next.unwrap_or_default());
+            return Ok(Some(page));
+        }
         let lease = match &mut self.lease {
             Some(lease) => lease,
             None => self.lease.insert(self.inner.lease(Access::Read).await?),

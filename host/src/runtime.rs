@@ -33,9 +33,27 @@ pub struct HostState {
 
 /// Refuses linear-memory growth past `limit` and remembers that it did, so a
 /// guest that then aborts is reported as out of memory.
-struct MemoryCap {
+pub(crate) struct MemoryCap {
     limit: usize,
     exceeded: bool,
+}
+
+impl MemoryCap {
+    pub(crate) fn new(limit: usize) -> MemoryCap {
+        MemoryCap {
+            limit,
+            exceeded: false,
+        }
+    }
+
+    /// Turns a failed call into the error a caller can act on.
+    pub(crate) fn call_error(&self, err: wasmtime::Error, timeout: Duration) -> Error {
+        match err.downcast_ref::<wasmtime::Trap>() {
+            Some(wasmtime::Trap::Interrupt) => Error::Timeout(timeout),
+            _ if self.exceeded => Error::MemoryLimit(self.limit),
+            _ => Error::Trap(err.into()),
+        }
+    }
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -106,7 +124,7 @@ fn setup(step: &'static str) -> impl FnOnce(wasmtime::Error) -> Error {
 }
 
 /// The process-wide engine. Its epoch is advanced by one background thread.
-fn engine() -> Result<&'static Engine, Error> {
+pub(crate) fn engine() -> Result<&'static Engine, Error> {
     static ENGINE: OnceLock<Result<Engine, SetupFailure>> = OnceLock::new();
     ENGINE
         .get_or_init(|| {
@@ -201,10 +219,7 @@ impl Runtime {
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            memory: MemoryCap {
-                limit: memory_limit,
-                exceeded: false,
-            },
+            memory: MemoryCap::new(memory_limit),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.memory);
@@ -229,7 +244,7 @@ impl Instance {
 
 /// Epoch ticks for `timeout`, rounded up, saturating: a duration too long to
 /// count means "no practical limit" (about 700 million years of ticks).
-fn ticks(timeout: Duration) -> u64 {
+pub(crate) fn ticks(timeout: Duration) -> u64 {
     const MAX_TICKS: u64 = u64::MAX / 4;
     let ticks = timeout.as_nanos().div_ceil(EPOCH_TICK.as_nanos()).max(1);
     u64::try_from(ticks).unwrap_or(MAX_TICKS).min(MAX_TICKS) + 1
@@ -238,12 +253,7 @@ fn ticks(timeout: Duration) -> u64 {
 impl Instance {
     /// Turns a failed call into the error a caller can act on.
     pub(crate) fn call_error(&self, err: wasmtime::Error, timeout: Duration) -> Error {
-        let memory = &self.store.data().memory;
-        match err.downcast_ref::<wasmtime::Trap>() {
-            Some(wasmtime::Trap::Interrupt) => Error::Timeout(timeout),
-            _ if memory.exceeded => Error::MemoryLimit(memory.limit),
-            _ => Error::Trap(err.into()),
-        }
+        self.store.data().memory.call_error(err, timeout)
     }
 }
 

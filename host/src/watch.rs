@@ -74,7 +74,8 @@ pub enum Start {
 /// How a watch learns of changes (see the [module](self) documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notifications {
-    /// The OS notifies every change as it is made.
+    /// The OS (or, on etcd, the cluster's watch) notifies every change as it
+    /// is made.
     Exact,
     /// The directory is rescanned every interval.
     Rescans(Duration),
@@ -181,6 +182,9 @@ impl Stop {
 enum Source {
     #[cfg(target_os = "linux")]
     Feed(Box<crate::feed::Feed>),
+    /// etcd's watch, as the async stream delivers it.
+    #[cfg(feature = "etcd")]
+    Store(WatchStream),
     Rescans {
         every: Duration,
         names: Names,
@@ -239,6 +243,18 @@ impl Watch {
         stop: Arc<Stop>,
         every: Duration,
     ) -> Result<Watch, Error> {
+        #[cfg(feature = "etcd")]
+        if registry.is_etcd() {
+            return Ok(Watch {
+                registry: registry.clone(),
+                source: Source::Store(block_on(registry.watch(start))?),
+                pending: VecDeque::new(),
+                stop,
+                failed: false,
+                every,
+                rescans: Arc::default(),
+            });
+        }
         #[cfg(target_os = "linux")]
         let feed = match block_on(crate::feed::Feed::open(registry))? {
             Ok(feed) => Some(feed),
@@ -298,6 +314,12 @@ impl Watch {
             #[cfg(target_os = "linux")]
             Source::Feed(feed) => feed.view(),
             Source::Rescans { view, .. } => view,
+            // etcd's watch keeps no view: its consumer does.
+            #[cfg(feature = "etcd")]
+            Source::Store(_) => {
+                static NONE: std::sync::LazyLock<View> = std::sync::LazyLock::new(View::new);
+                &NONE
+            }
         }
     }
 
@@ -328,6 +350,8 @@ impl Watch {
         match &self.source {
             #[cfg(target_os = "linux")]
             Source::Feed(_) => Notifications::Exact,
+            #[cfg(feature = "etcd")]
+            Source::Store(_) => Notifications::Exact,
             Source::Rescans {
                 every, notifier, ..
             } => match notifier {
@@ -341,6 +365,9 @@ impl Watch {
     /// once stopped.
     fn advance(&mut self) -> Result<bool, Error> {
         match &mut self.source {
+            // Served by `next_change` directly.
+            #[cfg(feature = "etcd")]
+            Source::Store(_) => Ok(false),
             #[cfg(target_os = "linux")]
             Source::Feed(feed) => {
                 let caught_up = match feed.wait(&self.stop) {
@@ -426,6 +453,10 @@ impl Watch {
 
     /// The next change, waiting for it; `None` once stopped.
     fn next_change(&mut self) -> Option<Result<Change, Error>> {
+        #[cfg(feature = "etcd")]
+        if let Source::Store(stream) = &mut self.source {
+            return crate::blocking::block_on(stream.next());
+        }
         loop {
             if let Some(change) = self.pending.pop_front() {
                 return Some(Ok(change));
@@ -476,6 +507,19 @@ impl std::fmt::Debug for WatchStream {
 const STREAM_BUFFER: usize = 1024;
 
 impl WatchStream {
+    /// A stream of the changes `changes` hands over (etcd's watch).
+    #[cfg(feature = "etcd")]
+    pub(crate) fn from_changes(
+        changes: tokio::sync::mpsc::Receiver<Result<Change, Error>>,
+        notifications: Notifications,
+    ) -> WatchStream {
+        WatchStream {
+            changes,
+            stop: Arc::new(Stop::new()),
+            notifications,
+        }
+    }
+
     pub(crate) async fn open(registry: &Registry, start: Start) -> Result<WatchStream, Error> {
         let stop = Arc::new(Stop::new());
         let (opened_tx, opened) = tokio::sync::oneshot::channel();

@@ -2,6 +2,7 @@
 //! (each module was once a binary of its own; one binary links wasmtime once).
 
 mod agentmux_today;
+mod backends;
 // Symlink escapes: creating symlinks on Windows needs a privilege.
 #[cfg(unix)]
 mod containment;

@@ -1,5 +1,8 @@
 //! Shared fixtures for the tests that drive the registry component.
 
+#[cfg(target_os = "linux")]
+pub mod etcd;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

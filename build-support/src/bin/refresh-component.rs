@@ -1,5 +1,6 @@
-//! Rebuilds the registry component from `guest/` and refreshes the copies
-//! the `agentmux-registry` package ships: `host/component/registry.wasm` and
+//! Rebuilds the registry components from `guest/` and `guest-kv/` and
+//! refreshes the copies the `agentmux-registry` package ships:
+//! `host/component/registry.wasm`, `host/component/registry-kv.wasm` and
 //! `host/wit/` (a copy of the contract the component implements,
 //! `wit/<CONTRACT>/`; each released contract keeps its own frozen folder under
 //! `wit/`). With `--check`, changes nothing and fails if either differs from
@@ -26,15 +27,21 @@ fn main() -> ExitCode {
         }
     };
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let built = agentmux_registry_build_support::build(
-        workspace,
-        "agentmux-registry-guest",
-        &workspace.join("target/guest"),
-    );
-    let mut shipped: Vec<(PathBuf, Vec<u8>)> = vec![(
-        workspace.join("host/component/registry.wasm"),
-        std::fs::read(&built).expect("reading the built component"),
-    )];
+    let mut shipped: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    for (package, file) in [
+        ("agentmux-registry-guest", "registry.wasm"),
+        ("agentmux-registry-guest-kv", "registry-kv.wasm"),
+    ] {
+        let built = agentmux_registry_build_support::build(
+            workspace,
+            package,
+            &workspace.join("target/guest"),
+        );
+        shipped.push((
+            workspace.join("host/component").join(file),
+            std::fs::read(&built).expect("reading the built component"),
+        ));
+    }
     for wit in ["registry.wit", "deps/cli/run.wit"] {
         let source = workspace.join("wit").join(CONTRACT).join(wit);
         let bytes =
@@ -64,7 +71,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     if check {
-        println!("host/component/registry.wasm and host/wit/ match the sources");
+        println!("host/component/*.wasm and host/wit/ match the sources");
     }
     ExitCode::SUCCESS
 }

@@ -1,0 +1,644 @@
+//! The registry on etcd (feature `etcd`): [`Etcd`] says where and how to
+//! reach the cluster, [`Registry::open_etcd`](crate::Registry::open_etcd)
+//! opens it.
+//!
+//! Every registry rule runs in its own component (`component/registry-kv.wasm`,
+//! from `guest-kv/`), which imports a small `store` interface instead of a
+//! file system: get, put, put and delete if a key's revision is unchanged,
+//! range over a prefix. This module implements that interface on etcd,
+//! below one key prefix that the component never sees and cannot leave (it
+//! has no open-ended range and no from-key request). What outlives a call
+//! lives here: leases, their keep-alives, and watches.
+//!
+//! Leases: an entry written with a registration nonce and a beat interval
+//! (every [`Registration`](crate::Registration)'s) lives on a lease of three
+//! beats (at least two seconds), one per registration, kept alive by each of
+//! its renewals. When its owner dies, etcd deletes the entry once the lease
+//! lapses; a lease that lapsed while the cluster was out of reach is granted
+//! anew by the next renewal, which writes the entry back only while no other
+//! registration took the id.
+
+mod component;
+mod store;
+mod watch;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agentmux_registry_core::kv::Layout;
+use agentmux_registry_core::ops::LIST_BATCH;
+use tokio::time::Instant;
+use wasmtime::Store;
+
+use component::{AgentRegistryKv, KvState, WitError};
+use store::EtcdStore;
+
+use crate::{AgentEntry, EntryFields, Error, Owner, Renewal};
+
+/// Where and how to reach an etcd cluster, and the key prefix the registry
+/// lives under. Needs the `etcd` feature.
+///
+/// Entries hold auth keys: on any network but loopback, use TLS
+/// ([`Etcd::ca_certificate`], with [`Etcd::client_identity`] where the
+/// cluster checks client certificates) and give every host that shares the
+/// registry its own etcd user ([`Etcd::user`]). etcd stores values as
+/// they are: protect its data directory as the entries' home.
+#[derive(Clone)]
+pub struct Etcd {
+    endpoints: Vec<String>,
+    prefix: Option<String>,
+    ca: Option<Vec<u8>>,
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+    user: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Etcd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No secrets: the key and password are left out.
+        f.debug_struct("Etcd")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.key_prefix())
+            .field("tls", &self.ca.is_some())
+            .field("client_identity", &self.identity.is_some())
+            .field("user", &self.user.as_ref().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl Etcd {
+    /// The cluster at `endpoints` (URLs such as `http://127.0.0.1:2379`, or
+    /// `https://...` with TLS), under the default prefix.
+    pub fn new<S: Into<String>>(endpoints: impl IntoIterator<Item = S>) -> Etcd {
+        Etcd {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            prefix: None,
+            ca: None,
+            identity: None,
+            user: None,
+        }
+    }
+
+    /// The endpoints of a comma-separated list, as the CLI's `--etcd` takes
+    /// them.
+    pub fn from_list(endpoints: &str) -> Etcd {
+        Etcd::new(
+            endpoints
+                .split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty()),
+        )
+    }
+
+    /// Keeps the registry under `prefix` instead of the default,
+    /// `/agentmux/<user>/` (the user from `USER`, or `USERNAME` on
+    /// Windows). Every instance that shares a registry uses the same
+    /// prefix; registries under prefixes that nest (`/a/` and `/a/b/`) are
+    /// not told apart.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Etcd {
+        self.prefix = Some(prefix.into());
+        self
+    }
+
+    /// Trusts the cluster's certificates issued by this CA (PEM), and
+    /// speaks TLS.
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Etcd {
+        self.ca = Some(pem.into());
+        self
+    }
+
+    /// Presents this client certificate and key (PEM), for clusters that
+    /// check them (`--client-cert-auth`).
+    pub fn client_identity(
+        mut self,
+        cert_pem: impl Into<Vec<u8>>,
+        key_pem: impl Into<Vec<u8>>,
+    ) -> Etcd {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// Authenticates as etcd user `name`.
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Etcd {
+        self.user = Some((name.into(), password.into()));
+        self
+    }
+
+    /// The key prefix the registry lives under.
+    pub fn key_prefix(&self) -> String {
+        self.prefix.clone().unwrap_or_else(default_prefix)
+    }
+
+    fn checked_prefix(&self) -> Result<String, Error> {
+        let prefix = self.key_prefix();
+        if prefix.is_empty() || !prefix.ends_with('/') {
+            return Err(Error::InvalidField(format!(
+                "etcd prefix {prefix:?}: must end with '/' (e.g. /agentmux/me/)"
+            )));
+        }
+        Ok(prefix)
+    }
+
+    fn connect_options(&self, timeout: Duration) -> etcd_client::ConnectOptions {
+        let mut options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(timeout.min(Duration::from_secs(5)))
+            // A member that stops answering (stopped, partitioned) is left
+            // within seconds, not at the OS's TCP timeout.
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+            .with_keep_alive_while_idle(true);
+        if self.ca.is_some() || self.identity.is_some() {
+            let mut tls = etcd_client::TlsOptions::new();
+            if let Some(ca) = &self.ca {
+                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(ca));
+            }
+            if let Some((cert, key)) = &self.identity {
+                tls = tls.identity(etcd_client::Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(tls);
+        }
+        if let Some((name, password)) = &self.user {
+            options = options.with_user(name, password);
+        }
+        options
+    }
+}
+
+fn default_prefix() -> String {
+    let user = std::env::var("USER")
+        .or_else(|_| std::env::var("USERNAME"))
+        .ok()
+        .filter(|u| !u.is_empty() && !u.contains('/'))
+        .unwrap_or_else(|| "default".into());
+    format!("/agentmux/{user}/")
+}
+
+/// A tokio runtime of the backend's own (the etcd client needs one),
+/// shut down without waiting when the last registry handle goes.
+struct Background(Option<tokio::runtime::Runtime>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Background {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until drop").handle()
+    }
+}
+
+/// A guest call: gets the bindings and the store, returns the call's result.
+type Call<T> = Box<
+    dyn for<'a> FnOnce(
+            &'a AgentRegistryKv,
+            &'a mut Store<KvState>,
+        ) -> Pin<
+            Box<dyn Future<Output = wasmtime::Result<Result<T, WitError>>> + Send + 'a>,
+        > + Send,
+>;
+
+/// An open etcd registry: what every clone of its [`crate::Registry`] shares.
+pub(crate) struct Backend {
+    runtime: Background,
+    store: Arc<EtcdStore>,
+    layout: Layout,
+    call_timeout: Duration,
+    memory_limit: usize,
+    /// The lease of each registration (by nonce) this process wrote.
+    leases: Mutex<HashMap<u64, i64>>,
+}
+
+/// The longest deadline counted: longer ones mean "no practical limit".
+const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+impl Backend {
+    pub(crate) fn open(
+        etcd: &Etcd,
+        shared: bool,
+        call_timeout: Duration,
+        memory_limit: usize,
+    ) -> Result<Backend, Error> {
+        let prefix = etcd.checked_prefix()?;
+        if etcd.endpoints.is_empty() {
+            return Err(Error::InvalidField("etcd: no endpoints given".into()));
+        }
+        component::pre()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("agentmux-registry etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Thread {
+                thread: "etcd client",
+                source: Arc::new(e),
+            })?;
+        let runtime = Background(Some(runtime));
+        let options = etcd.connect_options(call_timeout);
+        let endpoints = etcd.endpoints.clone();
+        // Connecting is lazy (no request is made), so this does not wait
+        // for the cluster; it runs on the backend's runtime, which the
+        // client needs, and is waited for without one.
+        let (tx, rx) = std::sync::mpsc::channel();
+        runtime.handle().spawn(async move {
+            let _ = tx.send(EtcdStore::connect(&endpoints, prefix, options).await);
+        });
+        let store = rx
+            .recv()
+            .map_err(|_| Error::Io("etcd: the client's runtime stopped".into()))?
+            .map_err(Error::Unavailable)?;
+        Ok(Backend {
+            runtime,
+            store: Arc::new(store),
+            layout: if shared {
+                Layout::Shared
+            } else {
+                Layout::PerChannel
+            },
+            call_timeout,
+            memory_limit,
+            leases: Mutex::default(),
+        })
+    }
+
+    pub(crate) fn is_shared(&self) -> bool {
+        self.layout == Layout::Shared
+    }
+
+    /// Where the registry is, for messages: endpoints and prefix.
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "etcd {} under {}",
+            self.store.endpoints(),
+            self.store.prefix()
+        )
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.call_timeout.min(MAX_DEADLINE)
+    }
+
+    /// Runs `work` on the backend's runtime and waits for it from any
+    /// executor (or none).
+    async fn spawn<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        self.runtime
+            .handle()
+            .spawn(work)
+            .await
+            .map_err(|e| Error::Io(format!("etcd call ended abnormally: {e}")))?
+    }
+
+    /// One guest call on a fresh instance, with the call's deadline on the
+    /// guest (epochs) and on every store request it makes.
+    async fn call<T: Send + 'static>(
+        &self,
+        at_revision: Option<i64>,
+        call: Call<T>,
+    ) -> Result<T, Error> {
+        let store = self.store.clone();
+        let (timeout, memory_limit) = (self.call_timeout, self.memory_limit);
+        let deadline = self.deadline();
+        self.spawn(async move {
+            let mut s = component::new_store(store, deadline, at_revision, memory_limit)?;
+            s.set_epoch_deadline(crate::runtime::ticks(timeout));
+            let api = component::pre()?
+                .instantiate_async(&mut s)
+                .await
+                .map_err(|e| Error::Setup {
+                    step: "instantiating the registry-kv component",
+                    source: e.into(),
+                })?;
+            // Every store request ends by the deadline; this bounds the rest.
+            let out = tokio::time::timeout_at(deadline, call(&api, &mut s)).await;
+            match out {
+                Err(_) => Err(Error::Timeout(timeout)),
+                Ok(Err(trap)) => Err(s.data().memory.call_error(trap, timeout)),
+                Ok(Ok(Ok(value))) => Ok(value),
+                Ok(Ok(Err(e))) => Err(match (e, s.data_mut().failure.take()) {
+                    (WitError::Io(_), Some(failure)) => Error::Unavailable(failure),
+                    (e, _) => e.into(),
+                }),
+            }
+        })
+        .await
+    }
+
+    /// The lease a registration's entry lives on: its own, kept alive, or a
+    /// new one when it has none or its lease lapsed. `None` for entries of
+    /// no registration or no beat interval: they stay until removed.
+    async fn lease_for(&self, fields: &EntryFields) -> Result<Option<u64>, Error> {
+        let (nonce, Some(beat_ms)) = (fields.registration_nonce, fields.beat_interval_ms) else {
+            return Ok(None);
+        };
+        if nonce == 0 {
+            return Ok(None);
+        }
+        let known = self.lock_leases().get(&nonce).copied();
+        let ttl = lease_ttl(beat_ms);
+        let store = self.store.clone();
+        let deadline = self.deadline();
+        let id = self
+            .spawn(async move {
+                if let Some(id) = known {
+                    if store
+                        .keep_alive(id, deadline)
+                        .await
+                        .map_err(Error::Unavailable)?
+                    {
+                        return Ok(id);
+                    }
+                }
+                store.grant(ttl, deadline).await.map_err(Error::Unavailable)
+            })
+            .await?;
+        self.lock_leases().insert(nonce, id);
+        Ok(Some(id as u64))
+    }
+
+    fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, i64>> {
+        self.leases.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Revokes the lease of registration `nonce`, if this process holds
+    /// one: it has no entry left to keep (removed, or superseded).
+    async fn release(&self, nonce: u64) {
+        let Some(id) = self.lock_leases().remove(&nonce) else {
+            return;
+        };
+        let store = self.store.clone();
+        let deadline = self.deadline();
+        // A lease not revoked lapses by itself within its TTL.
+        let _ = self
+            .spawn(async move { store.revoke(id, deadline).await.map_err(Error::Unavailable) })
+            .await;
+    }
+
+    pub(crate) async fn write(&self, fields: EntryFields) -> Result<AgentEntry, Error> {
+        let lease = self.lease_for(&fields).await?;
+        let layout = self.layout.into();
+        let fields = component::WitFields::from(fields);
+        let entry = self
+            .call(
+                None,
+                Box::new(move |api, s| {
+                    Box::pin(async move {
+                        api.agentmux_registry_kv_registry()
+                            .call_kv_write(s, layout, &fields, lease)
+                            .await
+                    })
+                }),
+            )
+            .await?;
+        Ok(entry.into())
+    }
+
+    pub(crate) async fn renew(&self, fields: EntryFields) -> Result<Renewal, Error> {
+        let nonce = fields.registration_nonce;
+        let lease = if nonce == 0 {
+            None
+        } else {
+            self.lease_for(&fields).await?
+        };
+        let layout = self.layout.into();
+        let fields = component::WitFields::from(fields);
+        let renewal: Renewal = self
+            .call(
+                None,
+                Box::new(move |api, s| {
+                    Box::pin(async move {
+                        api.agentmux_registry_kv_registry()
+                            .call_kv_renew(s, layout, &fields, lease)
+                            .await
+                    })
+                }),
+            )
+            .await?
+            .into();
+        if renewal == Renewal::Superseded {
+            self.release(nonce).await;
+        }
+        Ok(renewal)
+    }
+
+    pub(crate) async fn remove(
+        &self,
+        agent_id: &str,
+        channel: Option<&str>,
+    ) -> Result<bool, Error> {
+        let layout = self.layout.into();
+        let (agent_id, channel) = (agent_id.to_owned(), channel.map(str::to_owned));
+        self.call(
+            None,
+            Box::new(move |api, s| {
+                Box::pin(async move {
+                    api.agentmux_registry_kv_registry()
+                        .call_kv_remove(s, layout, &agent_id, channel.as_deref())
+                        .await
+                })
+            }),
+        )
+        .await
+    }
+
+    pub(crate) async fn remove_owned(&self, agent_id: &str, owner: &Owner) -> Result<bool, Error> {
+        let layout = self.layout.into();
+        let nonce = owner.registration_nonce;
+        let (agent_id, owner) = (
+            agent_id.to_owned(),
+            component::WitOwner::from(owner.clone()),
+        );
+        let removed = self
+            .call(
+                None,
+                Box::new(move |api, s| {
+                    Box::pin(async move {
+                        api.agentmux_registry_kv_registry()
+                            .call_kv_remove_owned(s, layout, &agent_id, &owner)
+                            .await
+                    })
+                }),
+            )
+            .await?;
+        if removed {
+            self.release(nonce).await;
+        }
+        Ok(removed)
+    }
+
+    pub(crate) async fn evict(&self, judged: &AgentEntry) -> Result<bool, Error> {
+        let layout = self.layout.into();
+        let judged = component::WitEntry::from(judged.clone());
+        self.call(
+            None,
+            Box::new(move |api, s| {
+                Box::pin(async move {
+                    api.agentmux_registry_kv_registry()
+                        .call_kv_evict(s, layout, &judged)
+                        .await
+                })
+            }),
+        )
+        .await
+    }
+
+    pub(crate) async fn lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
+        let layout = self.layout.into();
+        let agent_id = agent_id.to_owned();
+        let found = self
+            .call(
+                None,
+                Box::new(move |api, s| {
+                    Box::pin(async move {
+                        api.agentmux_registry_kv_registry()
+                            .call_kv_lookup(s, layout, &agent_id)
+                            .await
+                    })
+                }),
+            )
+            .await?;
+        Ok(found.map(Into::into))
+    }
+
+    pub(crate) async fn lookup_all(&self, agent_id: &str) -> Result<Vec<AgentEntry>, Error> {
+        let layout = self.layout.into();
+        let agent_id = agent_id.to_owned();
+        let found = self
+            .call(
+                None,
+                Box::new(move |api, s| {
+                    Box::pin(async move {
+                        api.agentmux_registry_kv_registry()
+                            .call_kv_lookup_all(s, layout, &agent_id)
+                            .await
+                    })
+                }),
+            )
+            .await?;
+        Ok(found.into_iter().map(Into::into).collect())
+    }
+
+    /// One page of the listing after key `after`, read at `at_revision`
+    /// when given.
+    pub(crate) async fn list_page(
+        &self,
+        after: Option<String>,
+        at_revision: Option<i64>,
+    ) -> Result<(Vec<AgentEntry>, Option<String>), Error> {
+        let layout = self.layout.into();
+        let page = self
+            .call(
+                at_revision,
+                Box::new(move |api, s| {
+                    Box::pin(async move {
+                        api.agentmux_registry_kv_registry()
+                            .call_kv_list_page(s, layout, after.as_deref(), LIST_BATCH)
+                            .await
+                    })
+                }),
+            )
+            .await?;
+        Ok((
+            page.entries.into_iter().map(Into::into).collect(),
+            page.next,
+        ))
+    }
+
+    /// Every valid entry, read at `at_revision` when given, in listing order.
+    pub(crate) async fn list_at(&self, at_revision: Option<i64>) -> Result<Vec<AgentEntry>, Error> {
+        let mut entries = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, next) = self.list_page(after, at_revision).await?;
+            entries.extend(page);
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        agentmux_registry_core::ops::sort_listing(&mut entries, self.is_shared());
+        Ok(entries)
+    }
+
+    /// The valid entry `value` holds at `key`, by the component's rules.
+    async fn entry_at(&self, key: String, value: Vec<u8>) -> Result<Option<AgentEntry>, Error> {
+        let layout = self.layout.into();
+        self.call(
+            None,
+            Box::new(move |api, s| {
+                Box::pin(async move {
+                    let found = api
+                        .agentmux_registry_kv_registry()
+                        .call_kv_entry_at(s, layout, &key, &value)
+                        .await?;
+                    Ok(Ok(found))
+                })
+            }),
+        )
+        .await
+        .map(|found| found.map(Into::into))
+    }
+
+    /// The full key of `agent_id`'s entry (a shared registry's: the prefix
+    /// of its channels' keys).
+    pub(crate) async fn entry_key(&self, agent_id: &str) -> Result<String, Error> {
+        let layout = self.layout;
+        let channel = if layout == Layout::Shared { "-" } else { "" };
+        let key = agentmux_registry_core::kv::entry_key(layout, agent_id, channel)?;
+        let key = match layout {
+            Layout::Shared => key
+                .rsplit_once('/')
+                .map_or(key.clone(), |(dir, _)| format!("{dir}/")),
+            Layout::PerChannel => key,
+        };
+        Ok(format!("{}{key}", self.store.prefix()))
+    }
+}
+
+/// A registration's lease: three beats, at least two seconds (etcd counts
+/// whole seconds).
+fn lease_ttl(beat_ms: u64) -> Duration {
+    Duration::from_secs(beat_ms.saturating_mul(3).div_ceil(1000).max(2))
+}
+
+impl From<agentmux_registry_core::Error> for Error {
+    fn from(e: agentmux_registry_core::Error) -> Self {
+        use agentmux_registry_core::Error as E;
+        match e {
+            E::InvalidAgentId(m) => Error::InvalidAgentId(m),
+            E::InvalidField(m) => Error::InvalidField(m),
+            E::Conflict(m) => Error::Conflict(m),
+            E::Io(m) => Error::Io(m),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_lasts_three_beats_and_at_least_two_seconds() {
+        assert_eq!(lease_ttl(1), Duration::from_secs(2));
+        assert_eq!(lease_ttl(1000), Duration::from_secs(3));
+        assert_eq!(lease_ttl(1001), Duration::from_secs(4));
+        assert_eq!(
+            lease_ttl(u64::MAX),
+            Duration::from_secs(u64::MAX / 1000 + 1)
+        );
+    }
+
+    #[test]
+    fn endpoint_lists_split_on_commas() {
+        let etcd = Etcd::from_list(" http://a:1, http://b:2,,");
+        assert_eq!(etcd.endpoints, ["http://a:1", "http://b:2"]);
+        assert!(etcd.clone().prefix("/x").checked_prefix().is_err());
+        assert_eq!(etcd.prefix("/x/").checked_prefix().unwrap(), "/x/");
+    }
+}
