@@ -73,6 +73,16 @@ impl Registry {
         self.inner.is_etcd()
     }
 
+    /// See [`crate::Registry::owner_liveness`].
+    pub fn owner_liveness(&self, entry: &AgentEntry) -> crate::liveness::Liveness {
+        self.inner.owner_liveness(entry)
+    }
+
+    /// See [`crate::Registry::graded`].
+    pub fn graded(&self, entry: AgentEntry) -> Graded {
+        self.inner.graded(entry)
+    }
+
     /// See [`crate::Registry::is_shared`].
     pub fn is_shared(&self) -> bool {
         self.inner.is_shared()

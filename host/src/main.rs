@@ -41,7 +41,7 @@ struct Cli {
     /// Work on the host-wide shared registry rooted at DIR (one entry per
     /// agent and channel, DIR/<agent>/<channel>.json) instead of the data
     /// dir's.
-    #[arg(long, global = true, value_name = "DIR", conflicts_with = "shared")]
+    #[arg(long, global = true, value_name = "DIR", conflicts_with_all = ["shared", "etcd"])]
     shared_dir: Option<PathBuf>,
     /// Work on the shared registry at its default root,
     /// ~/.agentmux/shared/agents/reactive.
@@ -56,8 +56,43 @@ struct Cli {
         value_parser = clap::builder::NonEmptyStringValueParser::new()
     )]
     channel: Option<String>,
+    /// Work on the registry in etcd at ENDPOINTS (comma-separated URLs,
+    /// e.g. http://127.0.0.1:2379) instead of a data dir; with --shared, on
+    /// its shared registry. Needs a build with the `etcd` feature.
+    #[arg(
+        long,
+        global = true,
+        value_name = "ENDPOINTS",
+        conflicts_with = "data_dir"
+    )]
+    etcd: Option<String>,
+    /// The key prefix of the registry in etcd. Default: /agentmux/$USER/.
+    #[arg(long, global = true, value_name = "PREFIX", requires = "etcd")]
+    etcd_prefix: Option<String>,
+    /// Speak TLS to etcd, trusting the CA certificate in FILE (PEM).
+    #[arg(long, global = true, value_name = "FILE", requires = "etcd")]
+    etcd_ca: Option<PathBuf>,
+    /// The client certificate (PEM) to present to etcd; needs --etcd-key.
+    #[arg(long, global = true, value_name = "FILE", requires_all = ["etcd", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM); needs --etcd-cert.
+    #[arg(long, global = true, value_name = "FILE", requires_all = ["etcd", "etcd_cert"])]
+    etcd_key: Option<PathBuf>,
+    /// Authenticate to etcd as user NAME, with the password in
+    /// $AGENTMUX_ETCD_PASSWORD.
+    #[arg(long, global = true, value_name = "NAME", requires = "etcd")]
+    etcd_user: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Where an etcd registry is, as the command line says.
+struct EtcdPlace {
+    endpoints: String,
+    prefix: Option<String>,
+    ca: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+    user: Option<String>,
 }
 
 /// Which registries a command line names.
@@ -68,6 +103,11 @@ struct Place {
     /// `--shared-dir` as given, for `owners`.
     shared_dir: Option<PathBuf>,
     channel: Option<String>,
+    /// The etcd registry, when `--etcd` is given (`shared_root` is then
+    /// unused: `shared` says which layout).
+    etcd: Option<EtcdPlace>,
+    /// Whether the command works on a shared registry.
+    shared: bool,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +121,27 @@ enum Command {
         /// Only changes made from now on, not the current entries first.
         #[arg(long)]
         now: bool,
+    },
+    /// Register an agent and keep it registered, renewing its entry every
+    /// beat, until interrupted (Ctrl-C, SIGTERM); then remove it. On etcd
+    /// the entry lives on a lease of three beats: if this process dies
+    /// without removing it, it vanishes within that time.
+    Register {
+        /// The agent id.
+        agent_id: String,
+        /// Loopback URL of the owning instance, e.g. http://127.0.0.1:8123.
+        #[arg(long, value_name = "URL")]
+        url: String,
+        /// The block the agent runs in.
+        #[arg(long, value_name = "BLOCK_ID")]
+        block: String,
+        /// The owning instance's auth key.
+        #[arg(long, value_name = "KEY", default_value = "")]
+        auth_key: String,
+        /// How often the entry is renewed, in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = 1000,
+              value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
+        beat_ms: u64,
     },
     /// Write the registry component (registry.wasm) and its WIT package
     /// (wit/) into DIR, for use with other component hosts.
@@ -99,21 +160,56 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let outcome = match cli.command {
-        Command::Registry(command) => place(cli.data_dir, cli.shared_dir, cli.shared, cli.channel)
-            .and_then(|place| {
-                let format = cli::Format {
-                    json: cli.json,
-                    health: cli.health,
-                };
-                run_registry(place, command, format)
-            }),
-        Command::Watch { now } => place(cli.data_dir, cli.shared_dir, cli.shared, cli.channel)
-            .and_then(|place| watch(place, now, cli.json)),
-        Command::ExportWasm { dir } => export_wasm(&dir),
+    let etcd = cli.etcd.clone().map(|endpoints| EtcdPlace {
+        endpoints,
+        prefix: cli.etcd_prefix.clone(),
+        ca: cli.etcd_ca.clone(),
+        identity: cli.etcd_cert.clone().zip(cli.etcd_key.clone()),
+        user: cli.etcd_user.clone(),
+    });
+    let place = |cli: &Cli, etcd| {
+        place(
+            cli.data_dir.clone(),
+            cli.shared_dir.clone(),
+            cli.shared,
+            cli.channel.clone(),
+            etcd,
+        )
+    };
+    let outcome = match &cli.command {
+        Command::Registry(command) => place(&cli, etcd).and_then(|place| {
+            let format = cli::Format {
+                json: cli.json,
+                health: cli.health,
+            };
+            run_registry(place, command.clone(), format)
+        }),
+        Command::Watch { now } => place(&cli, etcd).and_then(|place| watch(place, *now, cli.json)),
+        Command::Register {
+            agent_id,
+            url,
+            block,
+            auth_key,
+            beat_ms,
+        } => place(&cli, etcd).and_then(|place| {
+            let fields = EntryFields {
+                agent_id: agent_id.clone(),
+                local_url: url.clone(),
+                block_id: block.clone(),
+                auth_key: auth_key.clone(),
+                ..EntryFields::default()
+            };
+            register(place, fields, Duration::from_millis(*beat_ms), cli.json)
+        }),
+        Command::ExportWasm { dir } => export_wasm(dir),
         Command::Completions { shell } => {
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "agentmux-registry", &mut script);
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "agentmux-registry",
+                &mut script,
+            );
             write_out(&script).map_err(Into::into)
         }
         Command::Man => man(),
@@ -151,16 +247,19 @@ fn place(
     shared_dir: Option<PathBuf>,
     shared: bool,
     channel: Option<String>,
+    etcd: Option<EtcdPlace>,
 ) -> Result<Place, Box<dyn Error>> {
     let shared_root = match (&shared_dir, shared) {
         (Some(dir), _) => Some(dir.clone()),
+        (None, true) if etcd.is_some() => None,
         (None, true) => Some(
             agentmux_registry::shared_root()
                 .ok_or("no shared root: pass --shared-dir, or set HOME")?,
         ),
         (None, false) => None,
     };
-    if channel.is_some() && shared_root.is_none() {
+    let shared = shared || shared_dir.is_some();
+    if channel.is_some() && !shared {
         // A usage error (exit status 2), as clap reports its own.
         Cli::command()
             .error(
@@ -174,7 +273,59 @@ fn place(
         shared_root,
         shared_dir,
         channel,
+        etcd,
+        shared,
     })
+}
+
+/// Opens the registry `place` names: on etcd, or the data dir's (or shared
+/// root's) when `shared` is false (true).
+fn open_place(place: &Place, shared: bool) -> Result<Registry, Box<dyn Error>> {
+    if let Some(etcd) = &place.etcd {
+        return open_etcd(etcd, shared);
+    }
+    match (&place.shared_root, shared) {
+        (Some(root), true) => open(root, true),
+        _ => open(&default_data_dir(place.data_dir.clone())?, false),
+    }
+}
+
+#[cfg(feature = "etcd")]
+fn open_etcd(place: &EtcdPlace, shared: bool) -> Result<Registry, Box<dyn Error>> {
+    let read =
+        |path: &Path| std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()));
+    let mut etcd = agentmux_registry::Etcd::from_list(&place.endpoints);
+    if let Some(prefix) = &place.prefix {
+        etcd = etcd.prefix(prefix);
+    }
+    if let Some(ca) = &place.ca {
+        etcd = etcd.ca_certificate(read(ca)?);
+    }
+    if let Some((cert, key)) = &place.identity {
+        etcd = etcd.client_identity(read(cert)?, read(key)?);
+    }
+    if let Some(user) = &place.user {
+        let password = std::env::var("AGENTMUX_ETCD_PASSWORD")
+            .map_err(|_| "--etcd-user needs the password in $AGENTMUX_ETCD_PASSWORD")?;
+        etcd = etcd.user(user, password);
+    }
+    // A few seconds per call: a command line must not hang on a cluster
+    // that is out of reach.
+    let options = agentmux_registry::Options::new().call_timeout(Duration::from_secs(10));
+    Ok(if shared {
+        Registry::open_etcd_shared_with(&etcd, options)?
+    } else {
+        Registry::open_etcd_with(&etcd, options)?
+    })
+}
+
+#[cfg(not(feature = "etcd"))]
+fn open_etcd(_: &EtcdPlace, _shared: bool) -> Result<Registry, Box<dyn Error>> {
+    Err(
+        "--etcd: this agentmux-registry was built without etcd support; \
+         build it with `--features etcd`"
+            .into(),
+    )
 }
 
 fn default_data_dir(data_dir: Option<PathBuf>) -> Result<PathBuf, Box<dyn Error>> {
@@ -208,7 +359,14 @@ fn run_registry(
     command: cli::Command,
     format: cli::Format,
 ) -> Result<Outcome, Box<dyn Error>> {
-    let mut host = if let cli::Command::Owners { .. } = command {
+    let mut host = if let (cli::Command::Owners { .. }, Some(_)) = (&command, &place.etcd) {
+        // Both layouts of the etcd registry.
+        Host {
+            registry: open_place(&place, false)?,
+            channel: None,
+            shared: Some(open_place(&place, true)?),
+        }
+    } else if let cli::Command::Owners { .. } = command {
         // Both registries: the data dir's, and the shared one (the default
         // root only when it exists: looking must not create it).
         let per_channel = open(&default_data_dir(place.data_dir)?, false)?;
@@ -222,17 +380,18 @@ fn run_registry(
             channel: None,
             shared,
         }
-    } else if let Some(root) = &place.shared_root {
+    } else if place.shared {
+        let registry = open_place(&place, true)?;
         let channel =
             cli::channel_or_default(place.channel, std::env::var("AGENTMUX_CHANNEL").ok());
         Host {
-            registry: open(root, true)?,
+            registry,
             channel: Some(channel),
             shared: None,
         }
     } else {
         Host {
-            registry: open(&default_data_dir(place.data_dir)?, false)?,
+            registry: open_place(&place, false)?,
             channel: None,
             shared: None,
         }
@@ -249,18 +408,11 @@ fn run_registry(
 fn watch(place: Place, now: bool, json: bool) -> Result<Outcome, Box<dyn Error>> {
     use agentmux_registry::watch::{Change, Start};
     use agentmux_registry::Graded;
-    let registry = match &place.shared_root {
-        Some(root) => open(root, true)?,
-        None => open(&default_data_dir(place.data_dir)?, false)?,
-    };
+    let registry = open_place(&place, place.shared)?;
     let start = if now { Start::Now } else { Start::Current };
-    let graded = |entry: AgentEntry| agentmux_registry::liveness::graded(entry);
+    let graded = |entry: AgentEntry| registry.graded(entry);
     // `--channel` names the one channel to follow (shared registry).
-    let channel = place
-        .shared_root
-        .is_some()
-        .then_some(place.channel)
-        .flatten();
+    let channel = place.shared.then_some(place.channel).flatten();
     let of_channel = |c: &str| {
         channel
             .as_deref()
@@ -293,6 +445,57 @@ fn watch(place: Place, now: bool, json: bool) -> Result<Outcome, Box<dyn Error>>
         stdout.flush()?;
     }
     Ok(Outcome::Done)
+}
+
+/// Registers `fields` where `place` says, prints the entry, renews it every
+/// `beat` until SIGINT or SIGTERM, then removes it.
+fn register(
+    place: Place,
+    mut fields: EntryFields,
+    beat: Duration,
+    json: bool,
+) -> Result<Outcome, Box<dyn Error>> {
+    let registry = open_place(&place, place.shared)?;
+    if place.shared {
+        fields.channel =
+            cli::channel_or_default(place.channel, std::env::var("AGENTMUX_CHANNEL").ok());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let registration =
+            agentmux_registry::Registration::register(registry.as_async(), fields, beat).await?;
+        write_out(format!("{}\n", cli::written(registration.entry(), json)).as_bytes())?;
+        let signal = interrupted().await?;
+        let removed = registration.unregister().await?;
+        let line = if removed {
+            format!("stopped by {signal}: removed the entry")
+        } else {
+            format!("stopped by {signal}: the entry was no longer this registration's")
+        };
+        eprintln!("agentmux-registry: {line}");
+        Ok(Outcome::Done)
+    })
+}
+
+/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM; says which came.
+async fn interrupted() -> std::io::Result<&'static str> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate())?;
+        let mut interrupt = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = terminate.recv() => Ok("SIGTERM"),
+            _ = interrupt.recv() => Ok("SIGINT"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok("Ctrl-C")
+    }
 }
 
 /// Ends the process (exit 0, as for `| head`) once nobody reads its
@@ -362,13 +565,13 @@ impl cli::Backend for Host {
     }
 
     fn owners(&mut self, agent_id: &str) -> Result<Vec<cli::Holding>, Self::Error> {
-        use agentmux_registry::liveness::{owner_liveness, Liveness};
+        use agentmux_registry::liveness::Liveness;
         let mut holdings = Vec::new();
         let registries = std::iter::once(("per-channel", &self.registry))
             .chain(self.shared.iter().map(|r| ("shared", r)));
         for (registry_name, registry) in registries {
             for entry in registry.lookup_all(agent_id)? {
-                let liveness = match owner_liveness(&entry) {
+                let liveness = match registry.owner_liveness(&entry) {
                     Liveness::Alive => "alive",
                     Liveness::Dead => "dead",
                     Liveness::Unknown => "unknown",
@@ -418,8 +621,7 @@ impl cli::Backend for Host {
     }
 
     fn owner_dead(&self, entry: &AgentEntry) -> bool {
-        agentmux_registry::liveness::owner_liveness(entry)
-            == agentmux_registry::liveness::Liveness::Dead
+        self.registry.owner_liveness(entry) == agentmux_registry::liveness::Liveness::Dead
     }
 }
 

@@ -643,16 +643,38 @@ impl Registry {
         crate::watch::WatchStream::open(self, start).await
     }
 
+    /// Whether `entry`'s owning process lives, as this registry can tell
+    /// (see [`crate::liveness`]). On etcd, always [`Liveness::Unknown`]:
+    /// owners run on other hosts, whose pids mean nothing here (a dead
+    /// owner's registration goes with its lease instead).
+    pub fn owner_liveness(&self, entry: &AgentEntry) -> Liveness {
+        if self.is_etcd() {
+            return Liveness::Unknown;
+        }
+        owner_liveness(entry)
+    }
+
+    /// `entry` with its health, as this registry grades it (on etcd,
+    /// from its beats only: see [`Registry::owner_liveness`]).
+    pub fn graded(&self, entry: AgentEntry) -> Graded {
+        let now = crate::liveness::now_ms();
+        let dead = self.owner_liveness(&entry) == Liveness::Dead;
+        Graded {
+            health: agentmux_registry_core::Health::grade(&entry, now, dead),
+            entry,
+        }
+    }
+
     /// [`Registry::lookup`], with the entry's health (see
     /// [`liveness::health`](crate::liveness::health)).
     pub async fn lookup_graded(&self, agent_id: &str) -> Result<Option<Graded>, Error> {
-        Ok(self.lookup(agent_id).await?.map(crate::liveness::graded))
+        Ok(self.lookup(agent_id).await?.map(|e| self.graded(e)))
     }
 
     /// [`Registry::lookup_all`], each entry with its health.
     pub async fn lookup_all_graded(&self, agent_id: &str) -> Result<Vec<Graded>, Error> {
         let found = self.lookup_all(agent_id).await?;
-        Ok(found.into_iter().map(crate::liveness::graded).collect())
+        Ok(found.into_iter().map(|e| self.graded(e)).collect())
     }
 
     /// [`Registry::list`], each entry with its health.
@@ -661,7 +683,7 @@ impl Registry {
             .list()
             .await?
             .into_iter()
-            .map(crate::liveness::graded)
+            .map(|e| self.graded(e))
             .collect())
     }
 
@@ -793,7 +815,7 @@ impl Registry {
         Ok(self
             .lookup(agent_id)
             .await?
-            .filter(|e| owner_liveness(e) != Liveness::Dead))
+            .filter(|e| self.owner_liveness(e) != Liveness::Dead))
     }
 
     /// Removes every entry whose owning process is provably dead, each by
@@ -823,7 +845,7 @@ impl Registry {
         while let Some(batch) = listing.next_batch().await? {
             for entry in batch {
                 progress.examined += 1;
-                if owner_liveness(&entry) != Liveness::Dead {
+                if self.owner_liveness(&entry) != Liveness::Dead {
                     continue;
                 }
                 match self.evict(&entry).await {

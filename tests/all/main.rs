@@ -11,6 +11,9 @@ mod containment;
 #[cfg(unix)]
 mod churn;
 mod contract;
+// The etcd backend: clusters of Debian's etcd on loopback.
+#[cfg(target_os = "linux")]
+mod etcd;
 mod health;
 // Unix modes, FIFOs, devices and other users' files.
 #[cfg(unix)]

@@ -94,7 +94,7 @@ impl Etcd {
 
     /// Keeps the registry under `prefix` instead of the default,
     /// `/agentmux/<user>/` (the user from `USER`, or `USERNAME` on
-    /// Windows). Every instance that shares a registry uses the same
+    /// Windows; without either, `uid-<uid>` on Unix). Every instance that shares a registry uses the same
     /// prefix; registries under prefixes that nest (`/a/` and `/a/b/`) are
     /// not told apart.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Etcd {
@@ -165,12 +165,19 @@ impl Etcd {
     }
 }
 
+/// `/agentmux/<user>/`: the user from `USER` (`USERNAME` on Windows), or
+/// where neither is set, `uid-<uid>` on Unix and `default` elsewhere.
 fn default_prefix() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("USERNAME"))
         .ok()
         .filter(|u| !u.is_empty() && !u.contains('/'))
-        .unwrap_or_else(|| "default".into());
+        .unwrap_or_else(|| {
+            #[cfg(unix)]
+            return format!("uid-{}", rustix::process::getuid().as_raw());
+            #[cfg(not(unix))]
+            "default".into()
+        });
     format!("/agentmux/{user}/")
 }
 

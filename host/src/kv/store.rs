@@ -67,7 +67,18 @@ pub(crate) fn describe(e: &etcd_client::Error) -> String {
                 "Unauthenticated" | "PermissionDenied" => "refused access",
                 _ => "failed",
             };
-            format!("{what}: {}", status.message())
+            let mut text = format!("{what}: {}", status.message());
+            // What lies beneath ("keep-alive timed out", "connection refused").
+            let mut cause = std::error::Error::source(status);
+            while let Some(c) = cause {
+                let line = c.to_string();
+                if !text.contains(&line) {
+                    text.push_str(": ");
+                    text.push_str(&line);
+                }
+                cause = c.source();
+            }
+            text
         }
         other => format!("failed: {other}"),
     }
@@ -296,13 +307,18 @@ impl EtcdStore {
         Ok(granted.id())
     }
 
-    /// Keeps lease `id` alive once; false when it has lapsed.
+    /// Keeps lease `id` alive once; false when it has lapsed (or was
+    /// revoked).
     pub(crate) async fn keep_alive(&self, id: i64, deadline: Instant) -> Result<bool, String> {
         let mut lease = self.client.lease_client();
+        // Opening the stream sends one keep-alive and reads its answer: a
+        // TTL of 0 comes back as this error.
         let alive = async {
-            let (mut keeper, mut answers) = lease.keep_alive(id).await?;
-            keeper.keep_alive().await?;
-            Ok(answers.message().await?.is_some_and(|a| a.ttl() > 0))
+            match lease.keep_alive(id).await {
+                Ok(_) => Ok(true),
+                Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                Err(e) => Err(e),
+            }
         };
         let alive = self.within(deadline, "lease keep-alive", "", alive).await?;
         if !alive {

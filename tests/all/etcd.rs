@@ -1,0 +1,271 @@
+//! The registry on etcd: what only a store with leases and watches does,
+//! and what stays true when the cluster goes away. The contract itself runs
+//! on both backends in `backends`; the fault tests of a three-member
+//! cluster are in `etcd_faults`. Each test starts its own cluster on
+//! loopback (Debian's etcd; skipped with a note where it is missing,
+//! required in CI).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use agentmux_registry::blocking::Registry;
+use agentmux_registry::watch::{Change, Start};
+use agentmux_registry::{EntryFields, Error, Etcd, Options, Registration, Renewal};
+use agentmux_registry_tests::etcd::Cluster;
+
+fn fields(agent_id: &str, nonce: u64) -> EntryFields {
+    EntryFields {
+        agent_id: agent_id.into(),
+        local_url: "http://10.1.0.1:8123".into(),
+        block_id: "b".into(),
+        pid: 4242,
+        auth_key: "k".into(),
+        registration_nonce: nonce,
+        ..EntryFields::default()
+    }
+}
+
+fn etcdctl(cluster: &Cluster, args: &[&str]) -> String {
+    let out = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &cluster.endpoints()])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Revokes every lease of the cluster: what a host cut off for longer than
+/// its leases' TTL finds when it is back.
+fn revoke_every_lease(cluster: &Cluster) -> usize {
+    let listed = etcdctl(cluster, &["lease", "list"]);
+    let ids: Vec<&str> = listed
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    for id in &ids {
+        etcdctl(cluster, &["lease", "revoke", id.trim()]);
+    }
+    ids.len()
+}
+
+/// The lease `key` is attached to (0: none).
+fn lease_of(cluster: &Cluster, key: &str) -> u64 {
+    let out = etcdctl(cluster, &["get", key, "--write-out", "json"]);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    json["kvs"][0]["lease"].as_u64().unwrap_or(0)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_lapsed_lease_is_granted_anew_with_the_entry() {
+    let Some(cluster) = Cluster::start(1) else {
+        return;
+    };
+    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/lapsed/");
+    let registry = Registry::open_etcd(&etcd).unwrap();
+    let registration = runtime()
+        .block_on(Registration::register(
+            registry.as_async(),
+            fields("a", 0),
+            Duration::from_secs(3600),
+        ))
+        .unwrap();
+    let key = "/lapsed/agents/a.json";
+    let first = lease_of(&cluster, key);
+    assert_ne!(first, 0, "a registration's entry lives on a lease");
+    assert_eq!(revoke_every_lease(&cluster), 1);
+    assert_eq!(registry.lookup("a").unwrap(), None, "gone with its lease");
+    assert!(registration.beat_now(Duration::from_secs(30)));
+    let back = registry
+        .lookup("a")
+        .unwrap()
+        .expect("restored by the next beat");
+    assert_eq!(back.registration_nonce, registration.nonce());
+    let second = lease_of(&cluster, key);
+    assert!(
+        second != 0 && second != first,
+        "on a new lease: {first} then {second}"
+    );
+    assert!(!registration.is_superseded());
+    // A plain write lives on no lease: it stays until removed.
+    registry.write(fields("plain", 0)).unwrap();
+    assert_eq!(lease_of(&cluster, "/lapsed/agents/plain.json"), 0);
+}
+
+#[test]
+fn a_lapsed_lease_never_takes_over_a_successors_id() {
+    let Some(cluster) = Cluster::start(1) else {
+        return;
+    };
+    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/successor/");
+    let registry = Registry::open_etcd(&etcd).unwrap();
+    let registration = runtime()
+        .block_on(Registration::register(
+            registry.as_async(),
+            fields("a", 0),
+            Duration::from_secs(3600),
+        ))
+        .unwrap();
+    revoke_every_lease(&cluster);
+    // While the first owner was cut off, another registered the id.
+    let successor = registry.write(fields("a", 77)).unwrap();
+    assert!(registration.beat_now(Duration::from_secs(30)));
+    assert!(
+        registration.is_superseded(),
+        "the lapsed registration stops"
+    );
+    assert_eq!(registry.lookup("a").unwrap(), Some(successor));
+    let removed = runtime().block_on(registration.unregister()).unwrap();
+    assert!(!removed, "nothing of the successor's is removed");
+    assert_eq!(
+        registry.lookup("a").unwrap().unwrap().registration_nonce,
+        77
+    );
+}
+
+#[test]
+fn keys_outside_the_prefix_are_never_seen_or_changed() {
+    let Some(cluster) = Cluster::start(1) else {
+        return;
+    };
+    let entry = |id: &str| {
+        serde_json::json!({
+            "agent_id": id, "local_url": "http://x:1", "block_id": "b", "pid": 1,
+            "updated_at": 1, "auth_key": "stolen", "channel": "", "registration_nonce": 0
+        })
+        .to_string()
+    };
+    // Valid entries next to the prefix: a sibling whose name extends it,
+    // the parent, and another user's.
+    for key in [
+        "/pre-x/agents/a.json",
+        "/agents/a.json",
+        "/agentmux/other/agents/a.json",
+    ] {
+        etcdctl(&cluster, &["put", key, &entry("a")]);
+    }
+    // Inside it, a valid entry at a key not its own is no entry either.
+    etcdctl(&cluster, &["put", "/pre/agents/b.json", &entry("a")]);
+    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/pre/");
+    let registry = Registry::open_etcd(&etcd).unwrap();
+    assert_eq!(registry.lookup("a").unwrap(), None);
+    assert!(registry.list().unwrap().is_empty());
+    assert!(!registry.remove("a").unwrap());
+    let mut watch = registry.watch(Start::Current).unwrap();
+    registry.write(fields("a", 0)).unwrap();
+    match watch.next().unwrap().unwrap() {
+        Change::Put(e) => assert_eq!(e.auth_key, "k", "only its own write"),
+        other => panic!("{other:?}"),
+    }
+    for key in [
+        "/pre-x/agents/a.json",
+        "/agents/a.json",
+        "/agentmux/other/agents/a.json",
+    ] {
+        assert!(
+            etcdctl(&cluster, &["get", key]).contains("stolen"),
+            "{key} untouched"
+        );
+    }
+}
+
+#[test]
+fn a_cluster_out_of_reach_fails_calls_within_their_deadline_and_registrations_return() {
+    let Some(mut cluster) = Cluster::start(1) else {
+        return;
+    };
+    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/outage/");
+    let timeout = Duration::from_secs(2);
+    let registry = Registry::open_etcd_with(&etcd, Options::new().call_timeout(timeout)).unwrap();
+    let registration = runtime()
+        .block_on(Registration::register(
+            registry.as_async(),
+            fields("held", 0),
+            Duration::from_millis(200),
+        ))
+        .unwrap();
+    registration.wait_for_renewals(2, Duration::from_secs(30));
+    let mut watch = registry.watch(Start::Now).unwrap();
+
+    cluster.kill(0);
+    for call in 0..3 {
+        let started = Instant::now();
+        let failed = match call {
+            0 => registry.lookup("held").map(|_| ()),
+            1 => registry.write(fields("during", 0)).map(|_| ()),
+            _ => registry.list().map(|_| ()),
+        };
+        let took = started.elapsed();
+        assert!(
+            matches!(failed, Err(Error::Unavailable(_))),
+            "call {call}: {failed:?}"
+        );
+        assert!(
+            took <= timeout + Duration::from_millis(500),
+            "call {call} took {took:?}"
+        );
+    }
+
+    let down = Instant::now();
+    cluster.restart(0);
+    cluster.wait_healthy(Duration::from_secs(30));
+    // The registration comes back by itself: renewed again, still its own.
+    let renewals = registration.renewals();
+    assert!(
+        registration.wait_for_renewals(renewals + 3, Duration::from_secs(30)) >= renewals + 3,
+        "renewals resumed"
+    );
+    let recovered = down.elapsed();
+    let entry = registry.lookup("held").unwrap().expect("registered again");
+    assert_eq!(entry.registration_nonce, registration.nonce());
+    assert!(!registration.is_superseded());
+    // And the watch resumes where it was: a write after the outage arrives.
+    let after = registry.write(fields("after", 0)).unwrap();
+    let seen = loop {
+        match watch.next().unwrap().unwrap() {
+            Change::Put(e) if e.agent_id == "after" => break e,
+            _ => continue,
+        }
+    };
+    assert_eq!(seen, after);
+    eprintln!("etcd restarted; registration renewed again {recovered:?} after the restart began");
+}
+
+#[test]
+fn renewing_costs_one_keep_alive_and_one_transaction_and_is_superseded_by_a_successor() {
+    let Some(cluster) = Cluster::start(1) else {
+        return;
+    };
+    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/renew/");
+    let registry = Registry::open_etcd(&etcd).unwrap();
+    let mine = EntryFields {
+        beat_interval_ms: Some(1000),
+        ..fields("a", 5)
+    };
+    assert_eq!(registry.renew(mine.clone()).unwrap(), Renewal::Restored);
+    let lease = lease_of(&cluster, "/renew/agents/a.json");
+    assert_ne!(lease, 0);
+    assert_eq!(registry.renew(mine.clone()).unwrap(), Renewal::Refreshed);
+    assert_eq!(
+        lease_of(&cluster, "/renew/agents/a.json"),
+        lease,
+        "kept alive, not replaced"
+    );
+    registry.write(fields("a", 6)).unwrap();
+    assert_eq!(registry.renew(mine).unwrap(), Renewal::Superseded);
+    // The superseded registration's lease is revoked: it has nothing to keep.
+    assert!(!etcdctl(&cluster, &["lease", "list"]).contains(&format!("{lease:x}")));
+}
+
