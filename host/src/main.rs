@@ -87,6 +87,7 @@ struct Cli {
 }
 
 /// Where an etcd registry is, as the command line says.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
 struct EtcdPlace {
     endpoints: String,
     prefix: Option<String>,
