@@ -268,4 +268,3 @@ fn renewing_costs_one_keep_alive_and_one_transaction_and_is_superseded_by_a_succ
     // The superseded registration's lease is revoked: it has nothing to keep.
     assert!(!etcdctl(&cluster, &["lease", "list"]).contains(&format!("{lease:x}")));
 }
-

@@ -12,7 +12,7 @@
 //!
 //! Leases: an entry written with a registration nonce and a beat interval
 //! (every [`Registration`](crate::Registration)'s) lives on a lease of three
-//! beats (at least two seconds), one per registration, kept alive by each of
+//! beats (at least five seconds), one per registration, kept alive by each of
 //! its renewals. When its owner dies, etcd deletes the entry once the lease
 //! lapses; a lease that lapsed while the cluster was out of reach is granted
 //! anew by the next renewal, which writes the entry back only while no other
@@ -146,8 +146,11 @@ impl Etcd {
             .with_connect_timeout(timeout.min(Duration::from_secs(5)))
             // A member that stops answering (stopped, partitioned) is left
             // within seconds, not at the OS's TCP timeout.
-            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
-            .with_keep_alive_while_idle(true);
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+            .with_keep_alive_while_idle(true)
+            // A member cut off from the others says so at once, and requests
+            // move on to another.
+            .with_require_leader(true);
         if self.ca.is_some() || self.identity.is_some() {
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(ca) = &self.ca {
@@ -608,10 +611,19 @@ impl Backend {
     }
 }
 
-/// A registration's lease: three beats, at least two seconds (etcd counts
-/// whole seconds).
+/// The shortest lease: long enough for a renewal to outlast a member's
+/// failure (an election, and a request made again to another member).
+const MIN_LEASE_TTL_S: u64 = 5;
+
+/// A registration's lease: three beats, at least [`MIN_LEASE_TTL_S`] (etcd
+/// counts whole seconds).
 fn lease_ttl(beat_ms: u64) -> Duration {
-    Duration::from_secs(beat_ms.saturating_mul(3).div_ceil(1000).max(2))
+    Duration::from_secs(
+        beat_ms
+            .saturating_mul(3)
+            .div_ceil(1000)
+            .max(MIN_LEASE_TTL_S),
+    )
 }
 
 impl From<agentmux_registry_core::Error> for Error {
@@ -631,10 +643,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_lease_lasts_three_beats_and_at_least_two_seconds() {
-        assert_eq!(lease_ttl(1), Duration::from_secs(2));
-        assert_eq!(lease_ttl(1000), Duration::from_secs(3));
-        assert_eq!(lease_ttl(1001), Duration::from_secs(4));
+    fn a_lease_lasts_three_beats_and_at_least_five_seconds() {
+        assert_eq!(lease_ttl(1), Duration::from_secs(5));
+        assert_eq!(lease_ttl(2000), Duration::from_secs(6));
+        assert_eq!(lease_ttl(2001), Duration::from_secs(7));
         assert_eq!(
             lease_ttl(u64::MAX),
             Duration::from_secs(u64::MAX / 1000 + 1)

@@ -15,7 +15,10 @@ use agentmux_registry_core::kv::{Stored, MAX_RANGE};
 
 /// A client of one etcd cluster, confined to one key prefix.
 pub(crate) struct EtcdStore {
-    client: Client,
+    /// One client per endpoint: requests go to the current one, and move
+    /// to the next when a member cannot serve them.
+    clients: Vec<Client>,
+    current: std::sync::atomic::AtomicUsize,
     prefix: String,
     /// The endpoints, for messages.
     endpoints: String,
@@ -56,6 +59,34 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// The longest one attempt of a request may take: a member that stopped
+/// answering (stopped, partitioned) costs at most this before the request
+/// is made again, to another member.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Whether `e` says a member could not serve the request now (out of
+/// reach, between leaders, too busy), so another attempt may succeed.
+fn retriable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            let code = format!("{:?}", status.code());
+            matches!(
+                code.as_str(),
+                "Unavailable" | "DeadlineExceeded" | "Aborted" | "ResourceExhausted"
+            ) || [
+                "leader changed",
+                "no leader",
+                "timed out",
+                "transport error",
+            ]
+            .iter()
+            .any(|m| status.message().contains(m))
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        _ => false,
+    }
+}
+
 /// Text for an etcd error.
 pub(crate) fn describe(e: &etcd_client::Error) -> String {
     match e {
@@ -92,21 +123,37 @@ impl EtcdStore {
         prefix: String,
         options: ConnectOptions,
     ) -> Result<EtcdStore, String> {
-        let client = Client::connect(endpoints, Some(options))
-            .await
-            .map_err(|e| {
-                format!(
-                    "connecting to etcd at {}: {}",
-                    endpoints.join(","),
-                    describe(&e)
-                )
-            })?;
+        let mut clients = Vec::new();
+        for endpoint in endpoints {
+            let client = Client::connect([endpoint], Some(options.clone()))
+                .await
+                .map_err(|e| format!("connecting to etcd at {endpoint}: {}", describe(&e)))?;
+            clients.push(client);
+        }
         Ok(EtcdStore {
-            client,
+            clients,
+            current: Default::default(),
             prefix,
             endpoints: endpoints.join(","),
             granted: Mutex::default(),
         })
+    }
+
+    /// The client requests go to now, and its index.
+    fn client(&self) -> (usize, &Client) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+        (i, &self.clients[i])
+    }
+
+    /// Moves requests on from client `failed` to the next member's.
+    fn fail_over(&self, failed: usize) {
+        let next = (failed + 1) % self.clients.len();
+        let _ = self.current.compare_exchange(
+            failed,
+            next,
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub(crate) fn prefix(&self) -> &str {
@@ -131,21 +178,49 @@ impl EtcdStore {
         format!("etcd at {} {op} {key:?}: {}", self.endpoints, describe(e))
     }
 
-    /// Runs `request` until `deadline`.
-    async fn within<T>(
+    /// Runs `request` until it succeeds, fails for good, or `deadline`
+    /// passes. Each attempt has at most [`ATTEMPT_TIMEOUT`]; an attempt that
+    /// found its member out of reach (refused, stopped, between leaders) is
+    /// made again on the next member, where requests stay from then on.
+    /// Every request here may be made twice: a put is the same put, and a
+    /// conditional change whose first attempt landed finds its revision
+    /// changed, which the component judges anew.
+    async fn within<T, F>(
         &self,
         deadline: Instant,
         op: &str,
         key: &str,
-        request: impl std::future::Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, String> {
-        match tokio::time::timeout_at(deadline, request).await {
-            Ok(Ok(out)) => Ok(out),
-            Ok(Err(e)) => Err(self.error(op, key, &e)),
-            Err(_) => Err(format!(
-                "etcd at {} {op} {key:?}: no answer within the call's deadline",
-                self.endpoints
-            )),
+        mut request: impl FnMut(&Client) -> F,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut pause = Duration::from_millis(10);
+        let mut last: Option<String> = None;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                let why = last.map_or(String::new(), |e| format!(" (last: {e})"));
+                return Err(format!(
+                    "etcd at {} {op} {key:?}: no answer within the call's deadline{why}",
+                    self.endpoints
+                ));
+            }
+            let attempt_ends = deadline.min(now + ATTEMPT_TIMEOUT);
+            let (member, client) = self.client();
+            match tokio::time::timeout_at(attempt_ends, request(client)).await {
+                Ok(Ok(out)) => return Ok(out),
+                Ok(Err(e)) if !retriable(&e) => return Err(self.error(op, key, &e)),
+                Ok(Err(e)) => last = Some(describe(&e)),
+                Err(_) => last = Some("an attempt had no answer".into()),
+            }
+            self.fail_over(member);
+            if Instant::now() + pause >= deadline {
+                let why = last.unwrap_or_default();
+                return Err(format!("etcd at {} {op} {key:?}: {why}", self.endpoints));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
         }
     }
 
@@ -164,9 +239,12 @@ impl EtcdStore {
     }
 
     pub(crate) async fn get(&self, key: &str, deadline: Instant) -> Result<Option<Stored>, String> {
-        let mut kv = self.client.kv_client();
         let response = self
-            .within(deadline, "get", key, kv.get(self.full(key), None))
+            .within(deadline, "get", key, |client| {
+                let mut kv = client.kv_client();
+                let full = self.full(key);
+                async move { kv.get(full, None).await }
+            })
             .await?;
         Ok(response.kvs().first().map(|found| Stored {
             key: key.to_owned(),
@@ -185,9 +263,12 @@ impl EtcdStore {
         let options = self
             .check_lease(lease)?
             .map(|id| PutOptions::new().with_lease(id));
-        let mut kv = self.client.kv_client();
-        self.within(deadline, "put", key, kv.put(self.full(key), value, options))
-            .await?;
+        self.within(deadline, "put", key, |client| {
+            let mut kv = client.kv_client();
+            let (full, value, options) = (self.full(key), value.clone(), options.clone());
+            async move { kv.put(full, value, options).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -210,9 +291,11 @@ impl EtcdStore {
                 revision_arg(revision)?,
             )])
             .and_then([TxnOp::put(full, value, options)]);
-        let mut kv = self.client.kv_client();
         let response = self
-            .within(deadline, "put (if unchanged)", key, kv.txn(txn))
+            .within(deadline, "put (if unchanged)", key, |client| {
+                let (mut kv, txn) = (client.kv_client(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
             .await?;
         Ok(response.succeeded())
     }
@@ -234,9 +317,11 @@ impl EtcdStore {
                 revision_arg(revision)?,
             )])
             .and_then([TxnOp::delete(full, None::<DeleteOptions>)]);
-        let mut kv = self.client.kv_client();
         let response = self
-            .within(deadline, "delete (if unchanged)", key, kv.txn(txn))
+            .within(deadline, "delete (if unchanged)", key, |client| {
+                let (mut kv, txn) = (client.kv_client(), txn.clone());
+                async move { kv.txn(txn).await }
+            })
             .await?;
         Ok(response.succeeded())
     }
@@ -268,9 +353,12 @@ impl EtcdStore {
         if let Some(revision) = at_revision {
             options = options.with_revision(revision);
         }
-        let mut kv = self.client.kv_client();
         let mut response = self
-            .within(deadline, "range", prefix, kv.get(start, Some(options)))
+            .within(deadline, "range", prefix, |client| {
+                let mut kv = client.kv_client();
+                let (start, options) = (start.clone(), options.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
             .await?;
         let revision = response.take_header().map_or(0, |h| h.revision());
         let stored = response
@@ -296,9 +384,11 @@ impl EtcdStore {
     /// A new lease of `ttl`.
     pub(crate) async fn grant(&self, ttl: Duration, deadline: Instant) -> Result<i64, String> {
         let seconds = i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX);
-        let mut lease = self.client.lease_client();
         let granted = self
-            .within(deadline, "lease grant", "", lease.grant(seconds, None))
+            .within(deadline, "lease grant", "", |client| {
+                let mut lease = client.lease_client();
+                async move { lease.grant(seconds, None).await }
+            })
             .await?;
         self.granted
             .lock()
@@ -310,17 +400,20 @@ impl EtcdStore {
     /// Keeps lease `id` alive once; false when it has lapsed (or was
     /// revoked).
     pub(crate) async fn keep_alive(&self, id: i64, deadline: Instant) -> Result<bool, String> {
-        let mut lease = self.client.lease_client();
         // Opening the stream sends one keep-alive and reads its answer: a
         // TTL of 0 comes back as this error.
-        let alive = async {
-            match lease.keep_alive(id).await {
-                Ok(_) => Ok(true),
-                Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
-                Err(e) => Err(e),
-            }
-        };
-        let alive = self.within(deadline, "lease keep-alive", "", alive).await?;
+        let alive = self
+            .within(deadline, "lease keep-alive", "", |client| {
+                let mut lease = client.lease_client();
+                async move {
+                    match lease.keep_alive(id).await {
+                        Ok(_) => Ok(true),
+                        Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
         if !alive {
             self.forget(id);
         }
@@ -330,10 +423,17 @@ impl EtcdStore {
     /// Revokes lease `id` (its keys go with it).
     pub(crate) async fn revoke(&self, id: i64, deadline: Instant) -> Result<(), String> {
         self.forget(id);
-        let mut lease = self.client.lease_client();
-        self.within(deadline, "lease revoke", "", lease.revoke(id))
-            .await?;
-        Ok(())
+        let revoked = self
+            .within(deadline, "lease revoke", "", |client| {
+                let mut lease = client.lease_client();
+                async move { lease.revoke(id).await.map(|_| ()) }
+            })
+            .await;
+        match revoked {
+            // Revoked by an attempt whose answer was lost, or lapsed.
+            Err(e) if e.contains("lease not found") => Ok(()),
+            other => other,
+        }
     }
 
     fn forget(&self, id: i64) {
@@ -351,13 +451,26 @@ impl EtcdStore {
             .with_prev_key()
             .with_progress_notify()
             .with_start_revision(revision);
-        let mut client = self.client.watch_client();
-        let stream = client
-            .watch(from, Some(options))
-            .await
-            .map_err(|e| self.error("watch", prefix, &e))?;
+        let (member, client) = self.client();
+        let mut client = client.watch_client();
+        let opened = tokio::time::timeout(ATTEMPT_TIMEOUT, client.watch(from, Some(options))).await;
+        let stream = match opened {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                self.fail_over(member);
+                return Err(self.error("watch", prefix, &e));
+            }
+            Err(_) => {
+                self.fail_over(member);
+                return Err(format!(
+                    "etcd at {} watch {prefix:?}: no answer",
+                    self.endpoints
+                ));
+            }
+        };
         Ok(EtcdWatch {
             store: self,
+            member,
             stream,
             prefix: prefix.to_owned(),
         })
@@ -367,6 +480,8 @@ impl EtcdStore {
 /// A watch of one prefix; see [`EtcdStore::watch`].
 pub(crate) struct EtcdWatch<'a> {
     store: &'a EtcdStore,
+    /// The member it watches on.
+    member: usize,
     stream: etcd_client::WatchStream,
     prefix: String,
 }
@@ -375,12 +490,12 @@ impl EtcdWatch<'_> {
     /// What the next response says; an error when the watch failed.
     pub(crate) async fn next(&mut self) -> Result<Watched, String> {
         let store = self.store;
-        let Some(response) = self
-            .stream
-            .message()
-            .await
-            .map_err(|e| store.error("watch", &self.prefix, &e))?
-        else {
+        let message = self.stream.message().await;
+        if !matches!(message, Ok(Some(_))) {
+            // Resumed on the next member.
+            store.fail_over(self.member);
+        }
+        let Some(response) = message.map_err(|e| store.error("watch", &self.prefix, &e))? else {
             return Err(format!("etcd at {}: the watch ended", store.endpoints));
         };
         if response.compact_revision() > 0 {
