@@ -62,6 +62,15 @@ pub(crate) struct KvState {
     pub(crate) failure: Option<String>,
 }
 
+impl KvState {
+    /// Readies a pooled store's state for its next call.
+    pub(crate) fn next_call(&mut self, deadline: Instant, at_revision: Option<i64>) {
+        self.deadline = deadline;
+        self.at_revision = at_revision;
+        self.failure = None;
+    }
+}
+
 impl WasiView for KvState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {

@@ -221,7 +221,16 @@ pub(crate) struct Backend {
     memory_limit: usize,
     /// The lease of each registration (by nonce) this process wrote.
     leases: Mutex<HashMap<u64, i64>>,
+    /// Instances whose every call completed, for reuse (the component keeps
+    /// no state between calls: each call's rules read the store afresh).
+    idle: Arc<Mutex<Vec<Instance>>>,
 }
+
+/// A component instance with its store.
+type Instance = (Store<KvState>, AgentRegistryKv);
+
+/// Instances kept for reuse.
+const MAX_IDLE_INSTANCES: usize = 16;
 
 /// The longest deadline counted: longer ones mean "no practical limit".
 const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -272,6 +281,7 @@ impl Backend {
             call_timeout,
             memory_limit,
             leases: Mutex::default(),
+            idle: Arc::default(),
         })
     }
 
@@ -315,23 +325,47 @@ impl Backend {
         let store = self.store.clone();
         let (timeout, memory_limit) = (self.call_timeout, self.memory_limit);
         let deadline = self.deadline();
+        let idle = self.idle.clone();
         self.spawn(async move {
-            let mut s = component::new_store(store, deadline, at_revision, memory_limit)?;
+            let pooled = idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let (mut s, api) = match pooled {
+                Some(mut instance) => {
+                    instance.0.data_mut().next_call(deadline, at_revision);
+                    instance
+                }
+                None => {
+                    let mut s = component::new_store(store, deadline, at_revision, memory_limit)?;
+                    // Instantiation runs no guest code that could loop; bound it too.
+                    s.set_epoch_deadline(crate::runtime::ticks(timeout));
+                    let api = component::pre()?
+                        .instantiate_async(&mut s)
+                        .await
+                        .map_err(|e| Error::Setup {
+                            step: "instantiating the registry-kv component",
+                            source: e.into(),
+                        })?;
+                    (s, api)
+                }
+            };
             s.set_epoch_deadline(crate::runtime::ticks(timeout));
-            let api = component::pre()?
-                .instantiate_async(&mut s)
-                .await
-                .map_err(|e| Error::Setup {
-                    step: "instantiating the registry-kv component",
-                    source: e.into(),
-                })?;
             // Every store request ends by the deadline; this bounds the rest.
+            // An instance whose call did not complete (a trap, the deadline)
+            // may be in any state: it is dropped, never pooled.
             let out = tokio::time::timeout_at(deadline, call(&api, &mut s)).await;
+            let out = match out {
+                Err(_) => return Err(Error::Timeout(timeout)),
+                Ok(Err(trap)) => return Err(s.data().memory.call_error(trap, timeout)),
+                Ok(Ok(out)) => out,
+            };
+            let failure = s.data_mut().failure.take();
+            let mut idle = idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE_INSTANCES {
+                idle.push((s, api));
+            }
+            drop(idle);
             match out {
-                Err(_) => Err(Error::Timeout(timeout)),
-                Ok(Err(trap)) => Err(s.data().memory.call_error(trap, timeout)),
-                Ok(Ok(Ok(value))) => Ok(value),
-                Ok(Ok(Err(e))) => Err(match (e, s.data_mut().failure.take()) {
+                Ok(value) => Ok(value),
+                Err(e) => Err(match (e, failure) {
                     (WitError::Io(_), Some(failure)) => Error::Unavailable(failure),
                     (e, _) => e.into(),
                 }),
