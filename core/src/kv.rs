@@ -75,17 +75,56 @@ pub trait Store {
     /// was not (or the key is absent).
     fn delete_if_revision(&mut self, key: &str, revision: u64) -> Result<bool, String>;
     /// Up to `limit` keys starting with `prefix` and after `after` (when
-    /// given), in key order.
+    /// given), in key order, and whether more follow. A page may hold fewer
+    /// than `limit` keys while more follow (the store bounds a page's
+    /// bytes), but never none.
     fn range(
         &mut self,
         prefix: &str,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Stored>, String>;
+    ) -> Result<(Vec<Stored>, bool), String>;
+}
+
+/// The most a value may be for a read to judge it: one byte over the
+/// largest entry. A store may cut longer values to this length (they are
+/// no entry either way).
+pub const MAX_VALUE_JUDGED: usize = crate::entry::MAX_ENTRY_FILE_BYTES as usize + 1;
+
+/// One step of a sweep: what it looked at and removed, and where the next
+/// step starts (`None`: the sweep is over).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepPage {
+    /// Keys looked at.
+    pub examined: u64,
+    /// Keys removed.
+    pub removed: u64,
+    /// The key to continue after.
+    pub next: Option<String>,
 }
 
 fn io(e: String) -> Error {
     Error::Io(e)
+}
+
+/// One page of `prefix`, and the key to continue after when more follow.
+fn page(
+    store: &mut impl Store,
+    prefix: &str,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<(Vec<Stored>, Option<String>), Error> {
+    let (page, more) = store.range(prefix, after, limit).map_err(io)?;
+    let next = match (more, page.last()) {
+        (false, _) => None,
+        (true, Some(last)) => Some(last.key.clone()),
+        (true, None) => {
+            return Err(Error::Io(format!(
+                "the store returned an empty page of {prefix:?} with more to follow"
+            )))
+        }
+    };
+    Ok((page, next))
 }
 
 /// The key of `agent_id`'s entry (in `channel`, shared).
@@ -224,14 +263,11 @@ fn agent_keys(store: &mut impl Store, agent_id: &str) -> Result<Vec<Stored>, Err
     let mut all = Vec::new();
     let mut after: Option<String> = None;
     loop {
-        let page = store
-            .range(&prefix, after.as_deref(), MAX_RANGE)
-            .map_err(io)?;
-        let full = page.len() as u32 >= MAX_RANGE;
-        after = page.last().map(|s| s.key.clone());
-        all.extend(page);
-        if !full || after.is_none() {
-            return Ok(all);
+        let (items, next) = page(store, &prefix, after.as_deref(), MAX_RANGE)?;
+        all.extend(items);
+        match next {
+            Some(next) => after = Some(next),
+            None => return Ok(all),
         }
     }
 }
@@ -347,20 +383,54 @@ pub fn list_page(
     after: Option<&str>,
     max: u32,
 ) -> Result<(Vec<Entry>, Option<String>), Error> {
-    let limit = max.clamp(1, MAX_RANGE);
-    let page = store
-        .range(layout_prefix(layout), after, limit)
-        .map_err(io)?;
-    let next = if page.len() as u32 >= limit {
-        page.last().map(|s| s.key.clone())
-    } else {
-        None
-    };
-    let entries = page
+    let (items, next) = page(store, layout_prefix(layout), after, max.clamp(1, MAX_RANGE))?;
+    let entries = items
         .into_iter()
         .filter_map(|s| entry_at(layout, &s.key, &s.value))
         .collect();
     Ok((entries, next))
+}
+
+/// How far ahead of `now` an `updated_at` may be before a sweep takes it
+/// for one no writer stamped (as the file registry's).
+pub const FUTURE_TOLERANCE_MS: u64 = 3_600_000;
+
+/// One step of a sweep: looks at up to `max` keys of `layout` after
+/// `after`, and removes every value that is no entry at its key
+/// (malformed, oversized, another key's) and every entry last written more
+/// than `max_age_ms` before `now` (or over an hour after it), each only
+/// while it is still what was judged.
+pub fn sweep_page(
+    store: &mut impl Store,
+    layout: Layout,
+    after: Option<&str>,
+    max: u32,
+    max_age_ms: u64,
+    now: u64,
+) -> Result<SweepPage, Error> {
+    let (items, next) = page(store, layout_prefix(layout), after, max.clamp(1, MAX_RANGE))?;
+    let mut swept = SweepPage {
+        examined: items.len() as u64,
+        removed: 0,
+        next,
+    };
+    for item in items {
+        let stale = match entry_at(layout, &item.key, &item.value) {
+            None => true,
+            Some(e) => {
+                now.saturating_sub(e.updated_at) > max_age_ms
+                    || e.updated_at > now.saturating_add(FUTURE_TOLERANCE_MS)
+            }
+        };
+        if stale
+            && store
+                .delete_if_revision(&item.key, item.revision)
+                .map_err(io)?
+        {
+            swept.removed += 1;
+        }
+    }
+    Ok(swept)
 }
 
 #[cfg(test)]
@@ -376,9 +446,18 @@ mod tests {
         keys: BTreeMap<String, (Vec<u8>, u64, Option<u64>)>,
         revision: u64,
         lose_next_race: Option<Vec<u8>>,
+        /// Cuts pages after this many bytes of values (0: no cut).
+        cut_pages_at: usize,
     }
 
     impl MapStore {
+        fn page_bytes(&self) -> usize {
+            if self.cut_pages_at == 0 {
+                usize::MAX
+            } else {
+                self.cut_pages_at
+            }
+        }
         fn set(&mut self, key: &str, value: &[u8], lease: Option<u64>) {
             self.revision += 1;
             self.keys
@@ -431,18 +510,29 @@ mod tests {
             prefix: &str,
             after: Option<&str>,
             limit: u32,
-        ) -> Result<Vec<Stored>, String> {
-            Ok(self
+        ) -> Result<(Vec<Stored>, bool), String> {
+            let mut all = self
                 .keys
                 .iter()
                 .filter(|(k, _)| k.starts_with(prefix) && after.is_none_or(|a| k.as_str() > a))
-                .take(limit as usize)
                 .map(|(k, (v, r, _))| Stored {
                     key: k.clone(),
                     value: v.clone(),
                     revision: *r,
-                })
-                .collect())
+                });
+            // Pages of at most `page_bytes` values' bytes, as a store may cut them.
+            let mut page = Vec::new();
+            let mut bytes = 0;
+            for s in all.by_ref() {
+                if page.len() == limit as usize
+                    || (!page.is_empty() && bytes + s.value.len() > self.page_bytes())
+                {
+                    return Ok((page, true));
+                }
+                bytes += s.value.len();
+                page.push(s);
+            }
+            Ok((page, false))
         }
     }
 
@@ -594,6 +684,50 @@ mod tests {
             write(&mut s, l, fields("a", "", 0), None, 1),
             Err(Error::InvalidField(_))
         ));
+    }
+
+    #[test]
+    fn short_pages_do_not_end_a_listing_and_sweeps_remove_what_is_no_entry() {
+        let mut s = MapStore {
+            cut_pages_at: 1,
+            ..MapStore::default()
+        };
+        let l = Layout::PerChannel;
+        for i in 0..5 {
+            write(&mut s, l, fields(&format!("agent-{i}"), "", 0), None, 1_000).unwrap();
+        }
+        s.set("agents/garbage.json", b"not an entry", None);
+        s.set(
+            "agents/agent-9.json",
+            &fields("other", "", 0).into_entry(1_000).to_json(),
+            None,
+        );
+        let mut seen = 0;
+        let mut after = None;
+        loop {
+            let (entries, next) = list_page(&mut s, l, after.as_deref(), 10).unwrap();
+            seen += entries.len();
+            match next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, 5, "every entry, one key per page");
+        // A sweep: the two that are no entry go; fresh entries stay, stale go.
+        s.cut_pages_at = 0;
+        let swept = sweep_page(&mut s, l, None, 100, 60_000, 2_000).unwrap();
+        assert_eq!((swept.examined, swept.removed, swept.next), (7, 2, None));
+        let swept = sweep_page(&mut s, l, None, 100, 60_000, 100_000).unwrap();
+        assert_eq!((swept.examined, swept.removed), (5, 5));
+        assert!(s.keys.is_empty());
+        // One stamped over an hour ahead is no writer's: it goes too.
+        write(&mut s, l, fields("ahead", "", 0), None, 10_000_000).unwrap();
+        assert_eq!(
+            sweep_page(&mut s, l, None, 100, u64::MAX, 1_000)
+                .unwrap()
+                .removed,
+            1
+        );
     }
 
     #[test]

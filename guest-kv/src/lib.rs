@@ -54,11 +54,9 @@ impl kv::Store for HostStore {
         prefix: &str,
         after: Option<&str>,
         limit: u32,
-    ) -> Result<Vec<Stored>, String> {
-        Ok(store::range(prefix, after, limit)?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+    ) -> Result<(Vec<Stored>, bool), String> {
+        let page = store::range(prefix, after, limit)?;
+        Ok((page.items.into_iter().map(Into::into).collect(), page.more))
     }
 }
 
@@ -160,6 +158,28 @@ impl wit::Guest for Component {
         Ok(wit::EntryPage {
             entries: entries.into_iter().map(Into::into).collect(),
             next,
+        })
+    }
+
+    fn kv_sweep_page(
+        layout: wit::Layout,
+        after: Option<String>,
+        max_keys: u32,
+        max_age_ms: u64,
+    ) -> Result<wit::SweepPage, wit::RegistryError> {
+        let swept = kv::sweep_page(
+            &mut HostStore,
+            layout.into(),
+            after.as_deref(),
+            max_keys,
+            max_age_ms,
+            now_ms(),
+        )
+        .map_err(wire)?;
+        Ok(wit::SweepPage {
+            examined: swept.examined,
+            removed: swept.removed,
+            next: swept.next,
         })
     }
 

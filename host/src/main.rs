@@ -291,6 +291,14 @@ fn open_place(place: &Place, shared: bool) -> Result<Registry, Box<dyn Error>> {
     }
 }
 
+/// Exits with a usage error (status 2), as clap reports its own.
+#[cfg_attr(not(feature = "etcd"), allow(dead_code))]
+fn usage_error(why: &str) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ValueValidation, why)
+        .exit()
+}
+
 #[cfg(feature = "etcd")]
 fn open_etcd(place: &EtcdPlace, shared: bool) -> Result<Registry, Box<dyn Error>> {
     let read =
@@ -306,9 +314,14 @@ fn open_etcd(place: &EtcdPlace, shared: bool) -> Result<Registry, Box<dyn Error>
         etcd = etcd.client_identity(read(cert)?, read(key)?);
     }
     if let Some(user) = &place.user {
-        let password = std::env::var("AGENTMUX_ETCD_PASSWORD")
-            .map_err(|_| "--etcd-user needs the password in $AGENTMUX_ETCD_PASSWORD")?;
+        let Ok(password) = std::env::var("AGENTMUX_ETCD_PASSWORD") else {
+            usage_error("--etcd-user needs the password in $AGENTMUX_ETCD_PASSWORD")
+        };
         etcd = etcd.user(user, password);
+    }
+    // What the command line got wrong is a usage error (exit status 2).
+    if let Err(agentmux_registry::Error::InvalidField(why)) = etcd.check() {
+        usage_error(&why)
     }
     // A few seconds per call: a command line must not hang on a cluster
     // that is out of reach.

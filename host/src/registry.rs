@@ -738,7 +738,7 @@ impl Registry {
         max_age: Duration,
         mut progress: impl FnMut(SweepProgress),
     ) -> Result<u64, Error> {
-        on_etcd!(self, _kv => self.sweep_by_age(max_age, progress).await);
+        on_etcd!(self, kv => self.sweep_store(kv, max_age, progress).await);
         let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
         let mut lease = self.inner.lease(Access::Write).await?;
         let shared = self.inner.shared;
@@ -770,42 +770,30 @@ impl Registry {
         }
     }
 
-    /// [`Registry::cleanup_stale_with_progress`] where there are no files:
-    /// evicts every entry last written more than `max_age` ago (or more than
-    /// an hour ahead, which no writer stamped), each only while it is still
-    /// the entry judged.
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    async fn sweep_by_age(
+    /// [`Registry::cleanup_stale_with_progress`] on etcd: the component's
+    /// sweep, a page of keys per call, each removal conditional on the
+    /// revision judged.
+    #[cfg(feature = "etcd")]
+    async fn sweep_store(
         &self,
+        kv: &crate::kv::Backend,
         max_age: Duration,
         mut progress: impl FnMut(SweepProgress),
     ) -> Result<u64, Error> {
-        let now = crate::liveness::now_ms();
         let max_age_ms = u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX);
         let mut totals = SweepProgress::default();
-        let mut listing = self.listing();
-        while let Some(batch) = listing.next_batch().await? {
-            for entry in batch {
-                totals.examined += 1;
-                let stale = now.saturating_sub(entry.updated_at) > max_age_ms
-                    || entry.updated_at > now.saturating_add(3_600_000);
-                if !stale {
-                    continue;
-                }
-                match self.evict(&entry).await {
-                    Ok(removed) => totals.removed += u64::from(removed),
-                    Err(e) => {
-                        totals.failed += 1;
-                        totals.first_failure.get_or_insert_with(|| e.with_causes());
-                    }
-                }
-            }
+        let mut after = None;
+        loop {
+            let (examined, removed, next) = kv.sweep_page(after, max_age_ms).await?;
+            totals.examined += examined;
+            totals.removed += removed;
+            totals.done = next.is_none();
             progress(totals.clone());
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(totals.removed),
+            }
         }
-        totals.done = true;
-        let removed = totals.removed;
-        progress(totals);
-        Ok(removed)
     }
 
     /// Like [`Registry::lookup`], but `None` when the entry's owning process

@@ -161,14 +161,29 @@ fn every_subcommand_works_on_etcd_under_its_prefix_only() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(keys(&cluster, "/").is_empty());
 
-    // A prefix that does not end with '/' is refused, clearly.
-    let out = cli(&cluster, "/team-a", &["list"]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(
-        stderr(&out).contains("must end with '/'"),
-        "{}",
-        stderr(&out)
-    );
+    // Prefixes that could share keys with another registry's, and
+    // endpoints that are no URL, are usage errors.
+    for (prefix, endpoints, why) in [
+        ("/team-a", cluster.endpoints(), "must end with '/'"),
+        (
+            "/team-a/shared/",
+            cluster.endpoints(),
+            "is the registry's own",
+        ),
+        ("/team-a/", ",,".to_string(), "no endpoints"),
+        (
+            "/team-a/",
+            "127.0.0.1:2379".to_string(),
+            "expected http://HOST:PORT",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))
+            .args(["--etcd", &endpoints, "--etcd-prefix", prefix, "list"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{prefix} {endpoints}");
+        assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    }
 }
 
 /// Reads lines of `child`'s stdout until one satisfies `wanted` (or 30 s).

@@ -316,3 +316,50 @@ fn a_registration_renews_its_entry_and_removes_it_when_dropped() {
         );
     });
 }
+
+#[test]
+fn a_renewal_racing_a_successor_never_overwrites_it() {
+    // A renewal judges the entry, then replaces it only if it is still
+    // what was judged. A renewal that replaced it unconditionally would,
+    // in some of these races, write over the successor that registered in
+    // between: the entry would end with the old nonce.
+    on_both_backends(false, |registry, backend| {
+        const TRIALS: u64 = 60;
+        let mut overwritten = 0;
+        for trial in 0..TRIALS {
+            let id = format!("race-{trial}");
+            registry.write(fields(&id, "", 1)).unwrap();
+            let superseded = std::sync::atomic::AtomicBool::new(false);
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            std::thread::scope(|scope| {
+                scope.spawn(|| {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if registry.renew(fields(&id, "", 1)).unwrap() == Renewal::Superseded {
+                            superseded.store(true, std::sync::atomic::Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                });
+                std::thread::sleep(Duration::from_micros(300 * (trial % 7)));
+                registry.write(fields(&id, "", 2)).unwrap();
+                // Superseded at once where renewals are conditional; a
+                // renewal that overwrote the successor renews on instead.
+                let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                while !superseded.load(std::sync::atomic::Ordering::Relaxed)
+                    && std::time::Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            });
+            let holder = registry.lookup(&id).unwrap().unwrap();
+            if holder.registration_nonce != 2 {
+                overwritten += 1;
+            }
+        }
+        assert_eq!(
+            overwritten, 0,
+            "{backend}: {overwritten} of {TRIALS} successors overwritten"
+        );
+    });
+}

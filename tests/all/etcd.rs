@@ -164,9 +164,17 @@ fn keys_outside_the_prefix_are_never_seen_or_changed() {
     assert!(registry.list().unwrap().is_empty());
     assert!(!registry.remove("a").unwrap());
     let mut watch = registry.watch(Start::Current).unwrap();
+    // Changes next to the prefix while the watch runs are not its own.
+    for key in [
+        "/pre-x/agents/c.json",
+        "/agents/c.json",
+        "/pr/agents/c.json",
+    ] {
+        etcdctl(&cluster, &["put", key, &entry("c")]);
+    }
     registry.write(fields("a", 0)).unwrap();
     match watch.next().unwrap().unwrap() {
-        Change::Put(e) => assert_eq!(e.auth_key, "k", "only its own write"),
+        Change::Put(e) => assert_eq!((e.agent_id.as_str(), e.auth_key.as_str()), ("a", "k")),
         other => panic!("{other:?}"),
     }
     for key in [
@@ -267,4 +275,190 @@ fn renewing_costs_one_keep_alive_and_one_transaction_and_is_superseded_by_a_succ
     assert_eq!(registry.renew(mine).unwrap(), Renewal::Superseded);
     // The superseded registration's lease is revoked: it has nothing to keep.
     assert!(!etcdctl(&cluster, &["lease", "list"]).contains(&format!("{lease:x}")));
+}
+
+#[test]
+fn tls_client_certificates_and_users_guard_the_wire() {
+    let certs_dir = tempfile::tempdir().unwrap();
+    let certs = agentmux_registry_tests::etcd::Certificates::make(certs_dir.path());
+    let Some(cluster) = Cluster::start_with(1, Some(&certs)) else {
+        return;
+    };
+    let read = |p: std::path::PathBuf| std::fs::read(p).unwrap();
+    let short = Options::new().call_timeout(Duration::from_secs(3));
+    let trusted = Etcd::from_list(&cluster.endpoints())
+        .prefix("/tls/")
+        .ca_certificate(read(certs.ca()));
+    // The CA and a client certificate: served.
+    let registry = Registry::open_etcd_with(
+        &trusted
+            .clone()
+            .client_identity(read(certs.client_cert()), read(certs.client_key())),
+        short.clone(),
+    )
+    .unwrap();
+    registry.write(fields("over-tls", 0)).unwrap();
+    assert_eq!(
+        registry.lookup("over-tls").unwrap().unwrap().agent_id,
+        "over-tls"
+    );
+    // No client certificate, no CA, or no TLS at all: refused, clearly.
+    let plain = cluster.endpoints().replace("https://", "http://");
+    for (what, etcd) in [
+        ("no client certificate", trusted),
+        (
+            "no CA",
+            Etcd::from_list(&cluster.endpoints()).prefix("/tls/"),
+        ),
+        ("no TLS", Etcd::from_list(&plain).prefix("/tls/")),
+    ] {
+        let started = Instant::now();
+        let refused =
+            Registry::open_etcd_with(&etcd, short.clone()).and_then(|r| r.lookup("over-tls"));
+        assert!(
+            matches!(refused, Err(Error::Unavailable(_))),
+            "{what}: {refused:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn an_etcd_user_reaches_its_prefix_only_with_its_password() {
+    let Some(mut cluster) = Cluster::start(1) else {
+        return;
+    };
+    for args in [
+        &["user", "add", "root:root-pw"][..],
+        &["user", "add", "agent:agent-pw"],
+        &["role", "add", "agentmux"],
+        &[
+            "role",
+            "grant-permission",
+            "agentmux",
+            "readwrite",
+            "--prefix=true",
+            "/users/",
+        ],
+        &["user", "grant-role", "agent", "agentmux"],
+        &["auth", "enable"],
+    ] {
+        cluster.etcdctl(args);
+    }
+    cluster.etcdctl_user("root:root-pw");
+    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/users/");
+    let short = Options::new().call_timeout(Duration::from_secs(3));
+    let registry =
+        Registry::open_etcd_with(&etcd.clone().user("agent", "agent-pw"), short.clone()).unwrap();
+    let runtime = runtime();
+    let registration = runtime
+        .block_on(Registration::register(
+            registry.as_async(),
+            fields("a", 0),
+            Duration::from_secs(3600),
+        ))
+        .unwrap();
+    assert_eq!(
+        registry.lookup("a").unwrap().unwrap().registration_nonce,
+        registration.nonce()
+    );
+    assert!(runtime.block_on(registration.unregister()).unwrap());
+    let wrong = Registry::open_etcd_with(&etcd.clone().user("agent", "wrong"), short.clone())
+        .and_then(|r| r.lookup("a"));
+    assert!(matches!(wrong, Err(Error::Unavailable(_))), "{wrong:?}");
+    // A restart of the cluster voids the user's token: it is renewed.
+    registry.write(fields("b", 0)).unwrap();
+    cluster.restart(0);
+    cluster.wait_healthy(Duration::from_secs(30));
+    let again = (0..50).find_map(|_| match registry.lookup("b") {
+        Ok(found) => Some(found),
+        Err(_) => {
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        }
+    });
+    assert_eq!(
+        again.flatten().unwrap().agent_id,
+        "b",
+        "served again after the restart"
+    );
+    let anonymous = Registry::open_etcd_with(&etcd, short.clone()).and_then(|r| r.lookup("a"));
+    assert!(
+        matches!(anonymous, Err(Error::Unavailable(_))),
+        "{anonymous:?}"
+    );
+    // The user's role covers /users/ only: another prefix is refused.
+    let elsewhere =
+        Registry::open_etcd_with(&etcd.prefix("/other/").user("agent", "agent-pw"), short)
+            .and_then(|r| r.lookup("a"));
+    assert!(
+        matches!(elsewhere, Err(Error::Unavailable(_))),
+        "{elsewhere:?}"
+    );
+}
+
+#[test]
+fn listings_and_sweeps_page_through_big_values_and_keys_that_are_not_text() {
+    let Some(cluster) = Cluster::start(1) else {
+        return;
+    };
+    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/pages/");
+    let registry = Registry::open_etcd(&etcd).unwrap();
+    for i in 0..300 {
+        registry.write(fields(&format!("small-{i:03}"), 0)).unwrap();
+    }
+    // Entries near the 64 KiB limit: a page of 256 would be 16 MB.
+    let big = format!("\"{}\"", "x".repeat(60_000));
+    for i in 0..80 {
+        let entry = EntryFields {
+            extra: vec![("padding".into(), big.clone())],
+            ..fields(&format!("big-{i:02}"), 0)
+        };
+        registry.write(entry).unwrap();
+    }
+    // Values no entry can be (1.4 MB each), and a key that is not text.
+    let garbage = "g".repeat(1_400_000);
+    for i in 0..4 {
+        // Too long for an argument: etcdctl reads it from stdin.
+        let mut put = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args([
+                "--endpoints",
+                &cluster.endpoints(),
+                "put",
+                &format!("/pages/agents/junk-{i}.json"),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut put.stdin.take().unwrap(), garbage.as_bytes()).unwrap();
+        assert!(put.wait().unwrap().success());
+    }
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let key = std::ffi::OsStr::from_bytes(b"/pages/agents/small-150\xff.json");
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &cluster.endpoints(), "put"])
+            .arg(key)
+            .arg("x")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    assert_eq!(registry.list().unwrap().len(), 380, "every entry, once");
+    let removed = registry.cleanup_stale(Duration::from_secs(3600)).unwrap();
+    assert_eq!(removed, 4, "the values that are no entries");
+    assert_eq!(registry.list().unwrap().len(), 380);
+    let mut watch = registry.watch(Start::Current).unwrap();
+    let mut seen = 0;
+    while seen < 380 {
+        assert!(matches!(watch.next().unwrap().unwrap(), Change::Put(_)));
+        seen += 1;
+    }
 }

@@ -25,6 +25,100 @@ pub struct Cluster {
     pub members: Vec<Member>,
     _dir: tempfile::TempDir,
     initial_cluster: String,
+    /// Flags every member gets (TLS), and the ones etcdctl needs with them.
+    member_args: Vec<String>,
+    etcdctl_args: Vec<String>,
+}
+
+/// Certificates for a cluster that speaks TLS to its clients and checks
+/// theirs: a CA, the members' certificate (for 127.0.0.1) and a client's,
+/// all PEM files in `dir`, made with `openssl`.
+pub struct Certificates {
+    pub dir: PathBuf,
+}
+
+impl Certificates {
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    pub fn client_cert(&self) -> PathBuf {
+        self.dir.join("client.pem")
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.dir.join("client.key")
+    }
+
+    /// Makes them in `dir`.
+    pub fn make(dir: &std::path::Path) -> Certificates {
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .current_dir(dir)
+                .args(args)
+                .output()
+                .expect("running openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=agentmux-test-ca",
+        ]);
+        for (name, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+            ),
+            ("client", "extendedKeyUsage=clientAuth\n"),
+        ] {
+            std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
+        }
+        Certificates {
+            dir: dir.to_path_buf(),
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -52,6 +146,12 @@ impl Cluster {
     /// Starts `size` members and waits until the cluster answers; `None`
     /// (after a note) where `etcd` is not installed and not required.
     pub fn start(size: usize) -> Option<Cluster> {
+        Self::start_with(size, None)
+    }
+
+    /// [`Cluster::start`], speaking TLS to clients and requiring their
+    /// certificates (signed by `certificates`' CA) when given.
+    pub fn start_with(size: usize, certificates: Option<&Certificates>) -> Option<Cluster> {
         if !etcd_installed() {
             assert!(
                 !required(),
@@ -62,10 +162,40 @@ impl Cluster {
             return None;
         }
         let dir = tempfile::tempdir().expect("a temporary directory");
+        let scheme = if certificates.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let (member_args, etcdctl_args) = match certificates {
+            None => (Vec::new(), Vec::new()),
+            Some(c) => {
+                let path = |name: &str| c.dir.join(name).display().to_string();
+                (
+                    vec![
+                        "--cert-file".into(),
+                        path("server.pem"),
+                        "--key-file".into(),
+                        path("server.key"),
+                        "--trusted-ca-file".into(),
+                        path("ca.pem"),
+                        "--client-cert-auth".into(),
+                    ],
+                    vec![
+                        "--cacert".into(),
+                        path("ca.pem"),
+                        "--cert".into(),
+                        path("client.pem"),
+                        "--key".into(),
+                        path("client.key"),
+                    ],
+                )
+            }
+        };
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
-                client_url: format!("http://127.0.0.1:{}", free_port()),
+                client_url: format!("{scheme}://127.0.0.1:{}", free_port()),
                 peer_url: format!("http://127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(format!("m{i}")),
                 process: None,
@@ -80,6 +210,8 @@ impl Cluster {
             members,
             _dir: dir,
             initial_cluster,
+            member_args,
+            etcdctl_args,
         };
         for i in 0..size {
             cluster.launch(i);
@@ -101,6 +233,7 @@ impl Cluster {
             .args(["--initial-cluster", &self.initial_cluster])
             .args(["--initial-cluster-state", "new"])
             .args(["--initial-cluster-token", "agentmux-registry-tests"])
+            .args(&self.member_args)
             // Faster elections than the defaults (100 ms / 1 s), so a lost
             // leader is replaced within about a second.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
@@ -133,6 +266,7 @@ impl Cluster {
         loop {
             let healthy = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
+                .args(&self.etcdctl_args)
                 .args(["--endpoints", &running.join(","), "endpoint", "health"])
                 .args(["--command-timeout", "1s"])
                 .stdout(Stdio::null())
@@ -171,11 +305,36 @@ impl Cluster {
             .args(["--listen-peer-urls", &member.peer_url])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--logger", "zap", "--log-level", "error"])
+            .args(&self.member_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("restarting etcd");
         self.members[i].process = Some(child);
+    }
+
+    /// Makes etcdctl (and the health checks) authenticate as `user`
+    /// (`name:password`), once the cluster has auth enabled.
+    pub fn etcdctl_user(&mut self, user: &str) {
+        self.etcdctl_args
+            .extend(["--user".to_string(), user.to_string()]);
+    }
+
+    /// Runs etcdctl against the cluster (with its certificates); its stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(&self.etcdctl_args)
+            .args(["--endpoints", &self.endpoints()])
+            .args(args)
+            .output()
+            .expect("running etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Sends `signal` (e.g. `SIGSTOP`, `SIGCONT`) to member `i`.

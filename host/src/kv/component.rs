@@ -131,7 +131,7 @@ impl store::Host for KvState {
         prefix: String,
         after: Option<String>,
         limit: u32,
-    ) -> Result<Vec<store::Stored>, String> {
+    ) -> Result<store::RangePage, String> {
         let out = self
             .store
             .range(
@@ -142,15 +142,18 @@ impl store::Host for KvState {
                 self.deadline,
             )
             .await;
-        let (found, _) = self.note(out)?;
-        Ok(found
-            .into_iter()
-            .map(|s| store::Stored {
-                key: s.key,
-                value: s.value,
-                revision: s.revision,
-            })
-            .collect())
+        let (found, more, _) = self.note(out)?;
+        Ok(store::RangePage {
+            items: found
+                .into_iter()
+                .map(|s| store::Stored {
+                    key: s.key,
+                    value: s.value,
+                    revision: s.revision,
+                })
+                .collect(),
+            more,
+        })
     }
 }
 

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use agentmux_registry_core::kv::Layout;
-use agentmux_registry_core::ops::LIST_BATCH;
+use agentmux_registry_core::ops::{LIST_BATCH, SWEEP_BATCH};
 use tokio::time::Instant;
 use wasmtime::Store;
 
@@ -126,11 +126,25 @@ impl Etcd {
         self
     }
 
+    /// Checks what opening checks, without opening: the endpoints
+    /// (`http://` or `https://`, a host, no path), the prefix (ends with
+    /// `/`, no segment `agents` or `shared`), and that certificates and keys
+    /// are PEM. [`Error::InvalidField`] says what is wrong.
+    pub fn check(&self) -> Result<(), Error> {
+        self.checked_prefix()?;
+        self.checked_endpoints()?;
+        self.check_pem()
+    }
+
     /// The key prefix the registry lives under.
     pub fn key_prefix(&self) -> String {
         self.prefix.clone().unwrap_or_else(default_prefix)
     }
 
+    /// The prefix, refused when it could share keys with another
+    /// registry's: it must end with `/`, and no segment of it may be
+    /// `agents` or `shared` (the registry's own), so that no registry's
+    /// keys are another prefix's.
     fn checked_prefix(&self) -> Result<String, Error> {
         let prefix = self.key_prefix();
         if prefix.is_empty() || !prefix.ends_with('/') {
@@ -138,7 +152,54 @@ impl Etcd {
                 "etcd prefix {prefix:?}: must end with '/' (e.g. /agentmux/me/)"
             )));
         }
+        if let Some(own) = prefix.split('/').find(|s| *s == "agents" || *s == "shared") {
+            return Err(Error::InvalidField(format!(
+                "etcd prefix {prefix:?}: the segment {own:?} is the registry's own \
+                 (keys below the prefix start with agents/ or shared/)"
+            )));
+        }
         Ok(prefix)
+    }
+
+    /// The endpoints, each `http://` or `https://` with a host and no path.
+    fn checked_endpoints(&self) -> Result<Vec<String>, Error> {
+        if self.endpoints.is_empty() {
+            return Err(Error::InvalidField("etcd: no endpoints given".into()));
+        }
+        for endpoint in &self.endpoints {
+            let rest = endpoint
+                .strip_prefix("http://")
+                .or_else(|| endpoint.strip_prefix("https://"));
+            let ok = rest.is_some_and(|rest| {
+                let authority = rest.strip_suffix('/').unwrap_or(rest);
+                !authority.is_empty() && !authority.contains(['/', '?', '#', ' '])
+            });
+            if !ok {
+                return Err(Error::InvalidField(format!(
+                    "etcd endpoint {endpoint:?}: expected http://HOST:PORT or https://HOST:PORT"
+                )));
+            }
+        }
+        Ok(self.endpoints.clone())
+    }
+
+    /// Certificates and keys must at least be PEM.
+    fn check_pem(&self) -> Result<(), Error> {
+        let pem = |what: &str, bytes: &[u8]| {
+            if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+                Ok(())
+            } else {
+                Err(Error::InvalidField(format!("etcd {what}: not PEM")))
+            }
+        };
+        if let Some(ca) = &self.ca {
+            pem("CA certificate", ca)?;
+        }
+        if let Some((cert, key)) = &self.identity {
+            pem("client certificate", cert)?;
+            pem("client key", key)?;
+        }
+        Ok(())
     }
 
     fn connect_options(&self, timeout: Duration) -> etcd_client::ConnectOptions {
@@ -150,7 +211,10 @@ impl Etcd {
             .with_keep_alive_while_idle(true)
             // A member cut off from the others says so at once, and requests
             // move on to another.
-            .with_require_leader(true);
+            .with_require_leader(true)
+            // A user's token lapses (a restart of the cluster, or idleness):
+            // it is renewed, not left to fail every later call.
+            .with_auto_token_refresh(true);
         if self.ca.is_some() || self.identity.is_some() {
             let mut tls = etcd_client::TlsOptions::new();
             if let Some(ca) = &self.ca {
@@ -243,9 +307,8 @@ impl Backend {
         memory_limit: usize,
     ) -> Result<Backend, Error> {
         let prefix = etcd.checked_prefix()?;
-        if etcd.endpoints.is_empty() {
-            return Err(Error::InvalidField("etcd: no endpoints given".into()));
-        }
+        let endpoints = etcd.checked_endpoints()?;
+        etcd.check_pem()?;
         component::pre()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -257,19 +320,9 @@ impl Backend {
                 source: Arc::new(e),
             })?;
         let runtime = Background(Some(runtime));
-        let options = etcd.connect_options(call_timeout);
-        let endpoints = etcd.endpoints.clone();
-        // Connecting is lazy (no request is made), so this does not wait
-        // for the cluster; it runs on the backend's runtime, which the
-        // client needs, and is waited for without one.
-        let (tx, rx) = std::sync::mpsc::channel();
-        runtime.handle().spawn(async move {
-            let _ = tx.send(EtcdStore::connect(&endpoints, prefix, options).await);
-        });
-        let store = rx
-            .recv()
-            .map_err(|_| Error::Io("etcd: the client's runtime stopped".into()))?
-            .map_err(Error::Unavailable)?;
+        // Each endpoint is connected (and a user authenticated) when its
+        // first request is made: opening asks nothing of the cluster.
+        let store = EtcdStore::new(&endpoints, prefix, etcd.connect_options(call_timeout));
         Ok(Backend {
             runtime,
             store: Arc::new(store),
@@ -608,6 +661,34 @@ impl Backend {
         }
         agentmux_registry_core::ops::sort_listing(&mut entries, self.is_shared());
         Ok(entries)
+    }
+
+    /// One step of a sweep (see the contract's `kv-sweep-page`).
+    pub(crate) async fn sweep_page(
+        &self,
+        after: Option<String>,
+        max_age_ms: u64,
+    ) -> Result<(u64, u64, Option<String>), Error> {
+        let layout = self.layout.into();
+        let page = self
+            .call(
+                None,
+                Box::new(move |api, s| {
+                    Box::pin(async move {
+                        api.agentmux_registry_kv_registry()
+                            .call_kv_sweep_page(
+                                s,
+                                layout,
+                                after.as_deref(),
+                                SWEEP_BATCH,
+                                max_age_ms,
+                            )
+                            .await
+                    })
+                }),
+            )
+            .await?;
+        Ok((page.examined, page.removed, page.next))
     }
 
     /// The valid entry `value` holds at `key`, by the component's rules.

@@ -11,20 +11,28 @@ use etcd_client::{
 };
 use tokio::time::Instant;
 
-use agentmux_registry_core::kv::{Stored, MAX_RANGE};
+use agentmux_registry_core::kv::{Stored, MAX_RANGE, MAX_VALUE_JUDGED};
 
 /// A client of one etcd cluster, confined to one key prefix.
 pub(crate) struct EtcdStore {
-    /// One client per endpoint: requests go to the current one, and move
-    /// to the next when a member cannot serve them.
-    clients: Vec<Client>,
+    /// One client per endpoint, connected when first used: requests go to
+    /// the current one, and move to the next when a member cannot serve
+    /// them (so one endpoint out of reach never stops the others).
+    clients: Vec<Slot>,
     current: std::sync::atomic::AtomicUsize,
+    options: ConnectOptions,
     prefix: String,
     /// The endpoints, for messages.
     endpoints: String,
     /// Leases this host granted and has not revoked: the only ones a
     /// component may attach a key to.
     granted: Mutex<HashSet<i64>>,
+}
+
+/// One endpoint's client, once connected.
+struct Slot {
+    endpoint: String,
+    client: tokio::sync::Mutex<Option<Client>>,
 }
 
 /// One change a watch reported, below the prefix.
@@ -38,8 +46,9 @@ pub(crate) struct Event {
 
 /// What one watch response said.
 pub(crate) enum Watched {
-    /// Events, up to and including `revision`.
-    Events(Vec<Event>, i64),
+    /// Events, and the revision every event up to which has now been seen
+    /// (`None`: no more than before).
+    Events(Vec<Event>, Option<i64>),
     /// The watch can not resume where it was: history was compacted.
     Compacted,
 }
@@ -59,14 +68,37 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// The longest one attempt of a request may take: a member that stopped
-/// answering (stopped, partitioned) costs at most this before the request
-/// is made again, to another member.
+/// How long the first attempt of a request may take: a member that stopped
+/// answering (stopped, partitioned) costs this before the request is made
+/// again, to another member. Each later attempt may take twice as long as
+/// the one before, so a cluster that is merely slow is still served.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// The largest response the client decodes: a page of values cut to
+/// [`MAX_VALUE_JUDGED`] fits many times over. A range whose response is
+/// larger (values that are no entries) is asked again for fewer keys.
+const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// The most bytes of values one page of a range hands the component.
+const MAX_PAGE_BYTES: usize = 4 << 20;
 
 /// Whether `e` says a member could not serve the request now (out of
 /// reach, between leaders, too busy), so another attempt may succeed.
 fn retriable(e: &etcd_client::Error) -> bool {
+    // What no other attempt changes: a certificate, a name, an argument.
+    let text = e.to_string().to_lowercase();
+    if [
+        "certificate",
+        "tls",
+        "dns error",
+        "invalid uri",
+        "unknownissuer",
+    ]
+    .iter()
+    .any(|m| text.contains(m))
+    {
+        return false;
+    }
     match e {
         etcd_client::Error::GRpcStatus(status) => {
             let code = format!("{:?}", status.code());
@@ -118,31 +150,42 @@ pub(crate) fn describe(e: &etcd_client::Error) -> String {
 impl EtcdStore {
     /// Connects (lazily: the first request reaches the cluster) to
     /// `endpoints`, confined to keys starting with `prefix`.
-    pub(crate) async fn connect(
-        endpoints: &[String],
-        prefix: String,
-        options: ConnectOptions,
-    ) -> Result<EtcdStore, String> {
-        let mut clients = Vec::new();
-        for endpoint in endpoints {
-            let client = Client::connect([endpoint], Some(options.clone()))
-                .await
-                .map_err(|e| format!("connecting to etcd at {endpoint}: {}", describe(&e)))?;
-            clients.push(client);
-        }
-        Ok(EtcdStore {
-            clients,
+    /// A store of the cluster at `endpoints`, confined to keys starting
+    /// with `prefix`. Nothing is asked of the cluster until the first
+    /// request.
+    pub(crate) fn new(endpoints: &[String], prefix: String, options: ConnectOptions) -> EtcdStore {
+        EtcdStore {
+            clients: endpoints
+                .iter()
+                .map(|endpoint| Slot {
+                    endpoint: endpoint.clone(),
+                    client: tokio::sync::Mutex::new(None),
+                })
+                .collect(),
             current: Default::default(),
+            options,
             prefix,
             endpoints: endpoints.join(","),
             granted: Mutex::default(),
-        })
+        }
     }
 
-    /// The client requests go to now, and its index.
-    fn client(&self) -> (usize, &Client) {
+    /// The client requests go to now (connected, and with a user
+    /// authenticated, if it was not yet), and its index.
+    async fn client(&self) -> (usize, Result<Client, etcd_client::Error>) {
         let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
-        (i, &self.clients[i])
+        let slot = &self.clients[i];
+        let mut client = slot.client.lock().await;
+        if let Some(client) = &*client {
+            return (i, Ok(client.clone()));
+        }
+        match Client::connect([&slot.endpoint], Some(self.options.clone())).await {
+            Ok(connected) => {
+                *client = Some(connected.clone());
+                (i, Ok(connected))
+            }
+            Err(e) => (i, Err(e)),
+        }
     }
 
     /// Moves requests on from client `failed` to the next member's.
@@ -179,9 +222,10 @@ impl EtcdStore {
     }
 
     /// Runs `request` until it succeeds, fails for good, or `deadline`
-    /// passes. Each attempt has at most [`ATTEMPT_TIMEOUT`]; an attempt that
-    /// found its member out of reach (refused, stopped, between leaders) is
-    /// made again on the next member, where requests stay from then on.
+    /// passes. The first attempt has [`ATTEMPT_TIMEOUT`], each later one
+    /// twice as long as the one before; an attempt that found its member
+    /// out of reach (refused, stopped, between leaders) is made again on
+    /// the next member, where requests stay from then on.
     /// Every request here may be made twice: a put is the same put, and a
     /// conditional change whose first attempt landed finds its revision
     /// changed, which the component judges anew.
@@ -196,6 +240,7 @@ impl EtcdStore {
         F: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
         let mut pause = Duration::from_millis(10);
+        let mut attempt = ATTEMPT_TIMEOUT;
         let mut last: Option<String> = None;
         loop {
             let now = Instant::now();
@@ -206,14 +251,25 @@ impl EtcdStore {
                     self.endpoints
                 ));
             }
-            let attempt_ends = deadline.min(now + ATTEMPT_TIMEOUT);
-            let (member, client) = self.client();
-            match tokio::time::timeout_at(attempt_ends, request(client)).await {
-                Ok(Ok(out)) => return Ok(out),
-                Ok(Err(e)) if !retriable(&e) => return Err(self.error(op, key, &e)),
-                Ok(Err(e)) => last = Some(describe(&e)),
-                Err(_) => last = Some("an attempt had no answer".into()),
-            }
+            let attempt_ends = deadline.min(now + attempt);
+            let tried = tokio::time::timeout_at(attempt_ends, async {
+                let (member, client) = self.client().await;
+                (member, async { request(&client?).await }.await)
+            })
+            .await;
+            let member = match tried {
+                Ok((_, Ok(out))) => return Ok(out),
+                Ok((_, Err(e))) if !retriable(&e) => return Err(self.error(op, key, &e)),
+                Ok((member, Err(e))) => {
+                    last = Some(describe(&e));
+                    member
+                }
+                Err(_) => {
+                    last = Some(format!("an attempt had no answer within {attempt:?}"));
+                    attempt *= 2;
+                    self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()
+                }
+            };
             self.fail_over(member);
             if Instant::now() + pause >= deadline {
                 let why = last.unwrap_or_default();
@@ -326,8 +382,11 @@ impl EtcdStore {
         Ok(response.succeeded())
     }
 
-    /// Keys starting with `prefix` after `after`, read at `at_revision`
-    /// when given; and the revision they were read at.
+    /// A page of the keys starting with `prefix` after `after`, read at
+    /// `at_revision` when given (else at the revision of the first request):
+    /// up to `limit` keys that are text, with values cut to
+    /// [`MAX_VALUE_JUDGED`], at most [`MAX_PAGE_BYTES`] of them but never
+    /// none while keys follow; whether keys follow; and the revision read.
     pub(crate) async fn range(
         &self,
         prefix: &str,
@@ -335,10 +394,11 @@ impl EtcdStore {
         limit: u32,
         at_revision: Option<i64>,
         deadline: Instant,
-    ) -> Result<(Vec<Stored>, i64), String> {
+    ) -> Result<(Vec<Stored>, bool, i64), String> {
+        let limit = limit.clamp(1, MAX_RANGE) as usize;
         let from = self.full(prefix);
         let end = prefix_end(&from);
-        let start = match after {
+        let mut start = match after {
             // The first key after `after`; never before the range's start.
             Some(after) => {
                 let mut key = self.full(after);
@@ -347,37 +407,69 @@ impl EtcdStore {
             }
             None => from,
         };
-        let mut options = GetOptions::new()
-            .with_range(end)
-            .with_limit(i64::from(limit.clamp(1, MAX_RANGE)));
-        if let Some(revision) = at_revision {
-            options = options.with_revision(revision);
-        }
-        let mut response = self
-            .within(deadline, "range", prefix, |client| {
-                let mut kv = client.kv_client();
-                let (start, options) = (start.clone(), options.clone());
-                async move { kv.get(start, Some(options)).await }
-            })
-            .await?;
-        let revision = response.take_header().map_or(0, |h| h.revision());
-        let stored = response
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                Some(Stored {
-                    key: self.strip(kv.key())?,
-                    value: kv.value().to_vec(),
-                    revision: kv.mod_revision() as u64,
+        let mut revision = at_revision;
+        let mut page: Vec<Stored> = Vec::new();
+        let mut bytes = 0;
+        // Keys asked for per request: fewer after a response too large.
+        let mut batch = limit;
+        loop {
+            let options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(batch as i64)
+                .with_revision(revision.unwrap_or(0));
+            let response = self
+                .within(deadline, "range", prefix, |client| {
+                    let mut kv = client
+                        .kv_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES);
+                    let (start, options) = (start.clone(), options.clone());
+                    async move { kv.get(start, Some(options)).await }
                 })
-            })
-            .collect();
-        Ok((stored, revision))
+                .await;
+            let mut response = match response {
+                Err(e) if e.contains("message length too large") && batch > 1 => {
+                    batch = (batch / 4).max(1);
+                    continue;
+                }
+                other => other?,
+            };
+            let read_at = response.take_header().map_or(0, |h| h.revision());
+            // Every request of the page reads one revision.
+            let revision = *revision.get_or_insert(read_at);
+            let more = response.more();
+            let mut kvs = response.take_kvs().into_iter().peekable();
+            while let Some(kv) = kvs.next() {
+                let cut = kv.value().len().min(MAX_VALUE_JUDGED);
+                let full_page =
+                    page.len() == limit || (!page.is_empty() && bytes + cut > MAX_PAGE_BYTES);
+                if full_page {
+                    return Ok((page, true, revision));
+                }
+                start = kv.key().to_vec();
+                start.push(0);
+                // Keys that are not text cannot be named by the component:
+                // no entry is at one.
+                if let Some(key) = self.strip(kv.key()) {
+                    bytes += cut;
+                    page.push(Stored {
+                        key,
+                        value: kv.value()[..cut].to_vec(),
+                        revision: kv.mod_revision() as u64,
+                    });
+                }
+                if kvs.peek().is_none() && !more {
+                    return Ok((page, false, revision));
+                }
+            }
+            if !more {
+                return Ok((page, false, revision));
+            }
+        }
     }
 
     /// The cluster's current revision.
     pub(crate) async fn revision(&self, deadline: Instant) -> Result<i64, String> {
-        let (_, revision) = self.range("agents/", None, 1, None, deadline).await?;
+        let (_, _, revision) = self.range("agents/", None, 1, None, deadline).await?;
         Ok(revision)
     }
 
@@ -451,8 +543,16 @@ impl EtcdStore {
             .with_prev_key()
             .with_progress_notify()
             .with_start_revision(revision);
-        let (member, client) = self.client();
-        let mut client = client.watch_client();
+        let (member, client) = self.client().await;
+        let mut client = match client {
+            Ok(client) => client
+                .watch_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            Err(e) => {
+                self.fail_over(member);
+                return Err(self.error("watch", prefix, &e));
+            }
+        };
         let opened = tokio::time::timeout(ATTEMPT_TIMEOUT, client.watch(from, Some(options))).await;
         let stream = match opened {
             Ok(Ok(stream)) => stream,
@@ -508,7 +608,16 @@ impl EtcdWatch<'_> {
                 response.cancel_reason()
             ));
         }
-        let revision = response.header().map_or(0, |h| h.revision());
+        let header = response.header().map_or(0, |h| h.revision());
+        let seen = seen_through(
+            response
+                .events()
+                .last()
+                .and_then(|e| e.kv())
+                .map(|kv| kv.mod_revision()),
+            response.created(),
+            header,
+        );
         let events = response
             .events()
             .iter()
@@ -521,10 +630,46 @@ impl EtcdWatch<'_> {
                 })
             })
             .collect();
-        Ok(Watched::Events(events, revision))
+        Ok(Watched::Events(events, seen))
+    }
+}
+
+/// The revision through which a watch response shows every change: its
+/// last event's (a response catching up may end far below the header's
+/// revision, with more responses to come); for a progress notice (no
+/// events), the header's; nothing new for the notice that the watch was
+/// created.
+fn seen_through(last_event: Option<i64>, created: bool, header: i64) -> Option<i64> {
+    match (last_event, created) {
+        (Some(revision), _) => Some(revision),
+        (None, true) => None,
+        (None, false) => Some(header),
     }
 }
 
 fn revision_arg(revision: u64) -> Result<i64, String> {
     i64::try_from(revision).map_err(|_| format!("revision {revision} is out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prefix_ends_before_every_key_beyond_it() {
+        assert_eq!(prefix_end(b"/a/"), b"/a0");
+        assert_eq!(prefix_end(b"/a\xff"), b"/b");
+        assert_eq!(prefix_end(b"\xff\xff"), vec![0]);
+    }
+
+    #[test]
+    fn a_watch_resumes_after_its_last_event_not_the_clusters_revision() {
+        // Catching up: the header says 9000, the events seen end at 1500.
+        assert_eq!(seen_through(Some(1500), false, 9000), Some(1500));
+        assert_eq!(seen_through(Some(1500), true, 9000), Some(1500));
+        // A progress notice: everything up to the header was sent.
+        assert_eq!(seen_through(None, false, 9000), Some(9000));
+        // Created: nothing was sent yet.
+        assert_eq!(seen_through(None, true, 9000), None);
+    }
 }

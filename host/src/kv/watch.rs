@@ -88,7 +88,7 @@ async fn follow(backend: &Backend, mut revision: i64, tx: &Sender<Result<Change,
                             Err(e) => break e.to_string(),
                         }
                     }
-                    Ok(Watched::Events(events, at)) => {
+                    Ok(Watched::Events(events, seen)) => {
                         pause = Duration::from_millis(50);
                         for event in events {
                             match change_of(backend, layout, event).await {
@@ -103,7 +103,9 @@ async fn follow(backend: &Backend, mut revision: i64, tx: &Sender<Result<Change,
                                 }
                             }
                         }
-                        revision = revision.max(at);
+                        if let Some(seen) = seen {
+                            revision = revision.max(seen);
+                        }
                     }
                 }
             },
