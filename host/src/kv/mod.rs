@@ -94,9 +94,10 @@ impl Etcd {
 
     /// Keeps the registry under `prefix` instead of the default,
     /// `/agentmux/<user>/` (the user from `USER`, or `USERNAME` on
-    /// Windows; without either, `uid-<uid>` on Unix). Every instance that shares a registry uses the same
-    /// prefix; registries under prefixes that nest (`/a/` and `/a/b/`) are
-    /// not told apart.
+    /// Windows; without either, `uid-<uid>` on Unix). Every instance that
+    /// shares a registry uses the same prefix. It must end with `/` and
+    /// have no segment `agents` or `shared` (see [`Etcd::check`]), so
+    /// that no registry's keys are another prefix's.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Etcd {
         self.prefix = Some(prefix.into());
         self
