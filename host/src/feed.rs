@@ -132,7 +132,47 @@ pub(crate) async fn read_all(
             .or_default()
             .insert(id_key(&entry.channel), entry);
     }
+    // The names were read before the entries: a name written in between
+    // holds an entry the view has and the names lack. Every name an entry
+    // of the view may be at is counted as its id's, so that the change
+    // that later removes or rewrites it makes the id be read again.
+    for channels in view.values() {
+        for entry in channels.values() {
+            for name in names_of(entry, registry.is_shared()) {
+                held.entry(name).or_insert_with(|| entry.agent_id.clone());
+            }
+        }
+    }
     Ok((held, view))
+}
+
+/// Every name `entry` may be stored at: its own and other writers'
+/// (per-channel: a file name; shared: `agent-dir/channel-file`).
+fn names_of(entry: &AgentEntry, shared: bool) -> Vec<String> {
+    use agentmux_registry_core::name::{
+        agent_dir_name, other_writers_dir_names, other_writers_names,
+    };
+    let files = |id: &str| -> Vec<String> {
+        entry_file_name(id)
+            .into_iter()
+            .chain(other_writers_names(id))
+            .collect()
+    };
+    if !shared {
+        return files(&entry.agent_id);
+    }
+    let dirs: Vec<String> = agent_dir_name(&entry.agent_id)
+        .into_iter()
+        .chain(other_writers_dir_names(&entry.agent_id))
+        .collect();
+    let channel_files = files(&entry.channel);
+    dirs.iter()
+        .flat_map(|dir| {
+            channel_files
+                .iter()
+                .map(move |file| format!("{dir}/{file}"))
+        })
+        .collect()
 }
 
 #[cfg(target_os = "linux")]
