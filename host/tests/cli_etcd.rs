@@ -316,7 +316,8 @@ fn a_killed_registers_entry_vanishes_within_its_lease() {
     let gone = killed.elapsed();
     // The lease is 5 s, kept alive up to the kill; etcd checks expiry
     // every 500 ms.
-    assert!(gone <= Duration::from_secs(6), "gone after {gone:?}");
+    // Slack for a loaded machine: each lookup here is a process.
+    assert!(gone <= Duration::from_secs(7), "gone after {gone:?}");
     eprintln!("a killed register's entry vanished {gone:?} after SIGKILL");
 }
 

@@ -14,8 +14,6 @@ mod contract;
 // The etcd backend: clusters of Debian's etcd on loopback.
 #[cfg(target_os = "linux")]
 mod etcd;
-#[cfg(target_os = "linux")]
-mod etcd_faults;
 mod health;
 // Unix modes, FIFOs, devices and other users' files.
 #[cfg(unix)]

@@ -1,3 +1,9 @@
+#![cfg(target_os = "linux")]
+//! A test binary of its own, so that no other test competes with the
+//! cluster for the machine's cores (the other tests run in parallel in
+//! `all`): what it times is the cluster and the client, not a starved
+//! scheduler. Linux (Debian's etcd).
+//!
 //! Faults of a three-member etcd cluster on loopback, while registrations
 //! are held and a client keeps reading and writing: one member killed, one
 //! stopped (SIGSTOP: it holds its connections and answers nothing, as a
@@ -32,7 +38,9 @@ struct Tally {
 }
 
 const HELD: usize = 8;
-const CALL_TIMEOUT: Duration = Duration::from_secs(3);
+/// A deadline a loaded machine (CI's two cores, running other tests beside
+/// three members) meets through a member's failure; the CLI's is 10 s.
+const CALL_TIMEOUT: Duration = Duration::from_secs(6);
 
 fn held_id(i: usize) -> String {
     format!("held-{i}")
@@ -163,7 +171,8 @@ fn a_three_member_cluster_keeps_every_registration_through_member_faults_and_an_
         cluster.kill(i);
     }
     enter("cluster down");
-    hold(7);
+    // Two calls' deadlines: some call starts and ends while it is down.
+    hold(13);
     enter("cluster restarting");
     let restarted = Instant::now();
     for i in 0..3 {
