@@ -295,22 +295,9 @@ impl Cluster {
     /// Starts member `i` again on its data directory.
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
-        let member = &self.members[i];
-        let child = Command::new("etcd")
-            .args(["--name", &member.name])
-            .arg("--data-dir")
-            .arg(&member.data_dir)
-            .args(["--listen-client-urls", &member.client_url])
-            .args(["--advertise-client-urls", &member.client_url])
-            .args(["--listen-peer-urls", &member.peer_url])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(["--logger", "zap", "--log-level", "error"])
-            .args(&self.member_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("restarting etcd");
-        self.members[i].process = Some(child);
+        // The same command: etcd ignores the --initial-* flags once its
+        // data directory holds a member.
+        self.launch(i);
     }
 
     /// Makes etcdctl (and the health checks) authenticate as `user`
