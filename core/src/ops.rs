@@ -108,3 +108,41 @@ macro_rules! same_shape {
         }
     };
 }
+
+/// The mappings of the records every world of the contract shares (entry
+/// fields, entries, owners, renewals) between core's types and the
+/// generated ones in module `$wit`, each listed once for every side:
+/// - `host`: fields and owners to the contract, entries both ways, renewals
+///   from it;
+/// - `guest`: the reverse.
+#[macro_export]
+macro_rules! shared_records {
+    (host: $wit:ident) => {
+        $crate::shared_records!(@entries $wit);
+        $crate::same_shape!($crate::EntryFields => $wit::EntryFields {
+            agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
+            pid_namespace, beat_interval_ms, extra
+        });
+        $crate::same_shape!($crate::Owner => $wit::Owner { pid, auth_key, registration_nonce });
+        $crate::same_shape!(enum $wit::Renewal => $crate::Renewal { Refreshed, Restored, Superseded });
+    };
+    (guest: $wit:ident) => {
+        $crate::shared_records!(@entries $wit);
+        $crate::same_shape!($wit::EntryFields => $crate::EntryFields {
+            agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
+            pid_namespace, beat_interval_ms, extra
+        });
+        $crate::same_shape!($wit::Owner => $crate::Owner { pid, auth_key, registration_nonce });
+        $crate::same_shape!(enum $crate::Renewal => $wit::Renewal { Refreshed, Restored, Superseded });
+    };
+    (@entries $wit:ident) => {
+        $crate::same_shape!($wit::AgentEntry => $crate::Entry {
+            agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
+            pid_started, pid_namespace, beat_interval_ms, extra
+        });
+        $crate::same_shape!($crate::Entry => $wit::AgentEntry {
+            agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
+            pid_started, pid_namespace, beat_interval_ms, extra
+        });
+    };
+}

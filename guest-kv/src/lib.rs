@@ -7,7 +7,7 @@
 #![cfg(target_family = "wasm")]
 
 use agentmux_registry_core::kv::{self, Layout, Stored};
-use agentmux_registry_core::{same_shape, Entry, EntryFields, Error, Owner, Renewal};
+use agentmux_registry_core::{same_shape, shared_records, Error};
 
 wit_bindgen::generate!({
     path: "../wit/0.3.0",
@@ -60,20 +60,7 @@ impl kv::Store for HostStore {
     }
 }
 
-same_shape!(wit::EntryFields => EntryFields {
-    agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
-    pid_namespace, beat_interval_ms, extra
-});
-same_shape!(Entry => wit::AgentEntry {
-    agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, beat_interval_ms, extra
-});
-same_shape!(wit::AgentEntry => Entry {
-    agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, beat_interval_ms, extra
-});
-same_shape!(wit::Owner => Owner { pid, auth_key, registration_nonce });
-same_shape!(enum Renewal => wit::Renewal { Refreshed, Restored, Superseded });
+shared_records!(guest: wit);
 same_shape!(enum wit::Layout => Layout { PerChannel, Shared });
 
 fn wire(e: Error) -> wit::RegistryError {

@@ -1,27 +1,13 @@
 //! The mapping between the contract's generated types
 //! (`agentmux:registry/registry@0.3.0`) and core's: every record's fields
-//! listed once, checked by the compiler (see `same_shape!`).
+//! listed once, checked by the compiler (see `same_shape!`); the records
+//! every world shares are listed in core's `shared_records!`.
 
-use agentmux_registry_core::{
-    same_shape, Entry, EntryFields, Error, Owner, Renewal, SweepProgress,
-};
+use agentmux_registry_core::{same_shape, shared_records, Error, SweepProgress};
 
 use crate::component::wit;
 
-same_shape!(wit::EntryFields => EntryFields {
-    agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
-    pid_namespace, beat_interval_ms, extra
-});
-same_shape!(Entry => wit::AgentEntry {
-    agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, beat_interval_ms, extra
-});
-same_shape!(wit::AgentEntry => Entry {
-    agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, beat_interval_ms, extra
-});
-same_shape!(wit::Owner => Owner { pid, auth_key, registration_nonce });
-same_shape!(enum Renewal => wit::Renewal { Refreshed, Restored, Superseded });
+shared_records!(guest: wit);
 same_shape!(SweepProgress => wit::SweepProgress {
     examined, removed, failed, first_failure, done
 });

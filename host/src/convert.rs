@@ -1,26 +1,14 @@
 //! The mapping between the contract's generated types
 //! (`agentmux:registry/registry@0.3.0`) and this crate's: every record's
-//! fields listed once, checked by the compiler (see [`same_shape!`]).
+//! fields listed once, checked by the compiler (see [`same_shape!`]); the
+//! records every world shares are listed in core's [`shared_records!`].
 
-use agentmux_registry_core::{same_shape, Entry, EntryFields, Owner, Renewal, SweepProgress};
+use agentmux_registry_core::{same_shape, shared_records, SweepProgress};
 
 use crate::bindings::exports::agentmux::registry::registry as wit;
 use crate::Error;
 
-same_shape!(EntryFields => wit::EntryFields {
-    agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
-    pid_namespace, beat_interval_ms, extra
-});
-same_shape!(wit::AgentEntry => Entry {
-    agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, beat_interval_ms, extra
-});
-same_shape!(Entry => wit::AgentEntry {
-    agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, beat_interval_ms, extra
-});
-same_shape!(Owner => wit::Owner { pid, auth_key, registration_nonce });
-same_shape!(enum wit::Renewal => Renewal { Refreshed, Restored, Superseded });
+shared_records!(host: wit);
 same_shape!(wit::SweepProgress => SweepProgress {
     examined, removed, failed, first_failure, done
 });

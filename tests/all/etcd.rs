@@ -68,20 +68,25 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// The registry under `prefix` on `cluster`, with the default options.
+fn open(cluster: &Cluster, prefix: &str) -> Registry {
+    Registry::open_etcd(&Etcd::from_list(&cluster.endpoints()).prefix(prefix)).unwrap()
+}
+
+/// `fields`, registered with heartbeats every `beat`.
+fn register(registry: &Registry, fields: EntryFields, beat: Duration) -> Registration {
+    runtime()
+        .block_on(Registration::register(registry.as_async(), fields, beat))
+        .unwrap()
+}
+
 #[test]
 fn a_lapsed_lease_is_granted_anew_with_the_entry() {
     let Some(cluster) = Cluster::start(1) else {
         return;
     };
-    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/lapsed/");
-    let registry = Registry::open_etcd(&etcd).unwrap();
-    let registration = runtime()
-        .block_on(Registration::register(
-            registry.as_async(),
-            fields("a", 0),
-            Duration::from_secs(3600),
-        ))
-        .unwrap();
+    let registry = open(&cluster, "/lapsed/");
+    let registration = register(&registry, fields("a", 0), Duration::from_secs(3600));
     let key = "/lapsed/agents/a.json";
     let first = lease_of(&cluster, key);
     assert_ne!(first, 0, "a registration's entry lives on a lease");
@@ -109,15 +114,8 @@ fn a_lapsed_lease_never_takes_over_a_successors_id() {
     let Some(cluster) = Cluster::start(1) else {
         return;
     };
-    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/successor/");
-    let registry = Registry::open_etcd(&etcd).unwrap();
-    let registration = runtime()
-        .block_on(Registration::register(
-            registry.as_async(),
-            fields("a", 0),
-            Duration::from_secs(3600),
-        ))
-        .unwrap();
+    let registry = open(&cluster, "/successor/");
+    let registration = register(&registry, fields("a", 0), Duration::from_secs(3600));
     revoke_every_lease(&cluster);
     // While the first owner was cut off, another registered the id.
     let successor = registry.write(fields("a", 77)).unwrap();
@@ -158,8 +156,7 @@ fn keys_outside_the_prefix_are_never_seen_or_changed() {
     }
     // Inside it, a valid entry at a key not its own is no entry either.
     etcdctl(&cluster, &["put", "/pre/agents/b.json", &entry("a")]);
-    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/pre/");
-    let registry = Registry::open_etcd(&etcd).unwrap();
+    let registry = open(&cluster, "/pre/");
     assert_eq!(registry.lookup("a").unwrap(), None);
     assert!(registry.list().unwrap().is_empty());
     assert!(!registry.remove("a").unwrap());
@@ -197,13 +194,7 @@ fn a_cluster_out_of_reach_fails_calls_within_their_deadline_and_registrations_re
     let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/outage/");
     let timeout = Duration::from_secs(2);
     let registry = Registry::open_etcd_with(&etcd, Options::new().call_timeout(timeout)).unwrap();
-    let registration = runtime()
-        .block_on(Registration::register(
-            registry.as_async(),
-            fields("held", 0),
-            Duration::from_millis(200),
-        ))
-        .unwrap();
+    let registration = register(&registry, fields("held", 0), Duration::from_millis(200));
     registration.wait_for_renewals(2, Duration::from_secs(30));
     let mut watch = registry.watch(Start::Now).unwrap();
 
@@ -256,8 +247,7 @@ fn renewing_costs_one_keep_alive_and_one_transaction_and_is_superseded_by_a_succ
     let Some(cluster) = Cluster::start(1) else {
         return;
     };
-    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/renew/");
-    let registry = Registry::open_etcd(&etcd).unwrap();
+    let registry = open(&cluster, "/renew/");
     let mine = EntryFields {
         beat_interval_ms: Some(1000),
         ..fields("a", 5)
@@ -406,8 +396,7 @@ fn listings_and_sweeps_page_through_big_values_and_keys_that_are_not_text() {
     let Some(cluster) = Cluster::start(1) else {
         return;
     };
-    let etcd = Etcd::from_list(&cluster.endpoints()).prefix("/pages/");
-    let registry = Registry::open_etcd(&etcd).unwrap();
+    let registry = open(&cluster, "/pages/");
     for i in 0..300 {
         registry.write(fields(&format!("small-{i:03}"), 0)).unwrap();
     }

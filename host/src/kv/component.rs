@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use agentmux_registry_core::{same_shape, Entry, EntryFields, Owner, Renewal};
+use agentmux_registry_core::{same_shape, shared_records};
 use tokio::time::Instant;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::Store;
@@ -31,20 +31,7 @@ pub(crate) use bindings::{AgentRegistryKv, AgentRegistryKvPre};
 /// The component compiled to native code for this target by the build script.
 static PRECOMPILED: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/registry-kv.cwasm"));
 
-same_shape!(EntryFields => wit::EntryFields {
-    agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
-    pid_namespace, beat_interval_ms, extra
-});
-same_shape!(wit::AgentEntry => Entry {
-    agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, beat_interval_ms, extra
-});
-same_shape!(Entry => wit::AgentEntry {
-    agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-    pid_started, pid_namespace, beat_interval_ms, extra
-});
-same_shape!(Owner => wit::Owner { pid, auth_key, registration_nonce });
-same_shape!(enum wit::Renewal => Renewal { Refreshed, Restored, Superseded });
+shared_records!(host: wit);
 same_shape!(enum agentmux_registry_core::kv::Layout => Layout { PerChannel, Shared });
 
 /// Per-call state: WASI (clocks only: no preopen, no network), the memory

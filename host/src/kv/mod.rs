@@ -277,6 +277,30 @@ type Call<T> = Box<
         > + Send,
 >;
 
+/// Calls the component's `kv-registry` function `$method` with the store and
+/// `$arg`s, through [`Backend::call`]. The arguments are moved into the call.
+/// `infallible` marks a function that returns no `result`.
+macro_rules! guest_call {
+    ($backend:expr, $at_revision:expr, $method:ident ( $($arg:expr),* )) => {
+        $backend.call(
+            $at_revision,
+            Box::new(move |api, s| {
+                Box::pin(async move { api.agentmux_registry_kv_registry().$method(s, $($arg),*).await })
+            }),
+        )
+    };
+    ($backend:expr, $at_revision:expr, infallible $method:ident ( $($arg:expr),* )) => {
+        $backend.call(
+            $at_revision,
+            Box::new(move |api, s| {
+                Box::pin(async move {
+                    Ok(Ok(api.agentmux_registry_kv_registry().$method(s, $($arg),*).await?))
+                })
+            }),
+        )
+    };
+}
+
 /// An open etcd registry: what every clone of its [`crate::Registry`] shares.
 pub(crate) struct Backend {
     runtime: Background,
@@ -482,18 +506,7 @@ impl Backend {
         let lease = self.lease_for(&fields).await?;
         let layout = self.layout.into();
         let fields = component::WitFields::from(fields);
-        let entry = self
-            .call(
-                None,
-                Box::new(move |api, s| {
-                    Box::pin(async move {
-                        api.agentmux_registry_kv_registry()
-                            .call_kv_write(s, layout, &fields, lease)
-                            .await
-                    })
-                }),
-            )
-            .await?;
+        let entry = guest_call!(self, None, call_kv_write(layout, &fields, lease)).await?;
         Ok(entry.into())
     }
 
@@ -506,17 +519,7 @@ impl Backend {
         };
         let layout = self.layout.into();
         let fields = component::WitFields::from(fields);
-        let renewal: Renewal = self
-            .call(
-                None,
-                Box::new(move |api, s| {
-                    Box::pin(async move {
-                        api.agentmux_registry_kv_registry()
-                            .call_kv_renew(s, layout, &fields, lease)
-                            .await
-                    })
-                }),
-            )
+        let renewal: Renewal = guest_call!(self, None, call_kv_renew(layout, &fields, lease))
             .await?
             .into();
         if renewal == Renewal::Superseded {
@@ -532,15 +535,10 @@ impl Backend {
     ) -> Result<bool, Error> {
         let layout = self.layout.into();
         let (agent_id, channel) = (agent_id.to_owned(), channel.map(str::to_owned));
-        self.call(
+        guest_call!(
+            self,
             None,
-            Box::new(move |api, s| {
-                Box::pin(async move {
-                    api.agentmux_registry_kv_registry()
-                        .call_kv_remove(s, layout, &agent_id, channel.as_deref())
-                        .await
-                })
-            }),
+            call_kv_remove(layout, &agent_id, channel.as_deref())
         )
         .await
     }
@@ -552,18 +550,8 @@ impl Backend {
             agent_id.to_owned(),
             component::WitOwner::from(owner.clone()),
         );
-        let removed = self
-            .call(
-                None,
-                Box::new(move |api, s| {
-                    Box::pin(async move {
-                        api.agentmux_registry_kv_registry()
-                            .call_kv_remove_owned(s, layout, &agent_id, &owner)
-                            .await
-                    })
-                }),
-            )
-            .await?;
+        let removed =
+            guest_call!(self, None, call_kv_remove_owned(layout, &agent_id, &owner)).await?;
         if removed {
             self.release(nonce).await;
         }
@@ -573,52 +561,20 @@ impl Backend {
     pub(crate) async fn evict(&self, judged: &AgentEntry) -> Result<bool, Error> {
         let layout = self.layout.into();
         let judged = component::WitEntry::from(judged.clone());
-        self.call(
-            None,
-            Box::new(move |api, s| {
-                Box::pin(async move {
-                    api.agentmux_registry_kv_registry()
-                        .call_kv_evict(s, layout, &judged)
-                        .await
-                })
-            }),
-        )
-        .await
+        guest_call!(self, None, call_kv_evict(layout, &judged)).await
     }
 
     pub(crate) async fn lookup(&self, agent_id: &str) -> Result<Option<AgentEntry>, Error> {
         let layout = self.layout.into();
         let agent_id = agent_id.to_owned();
-        let found = self
-            .call(
-                None,
-                Box::new(move |api, s| {
-                    Box::pin(async move {
-                        api.agentmux_registry_kv_registry()
-                            .call_kv_lookup(s, layout, &agent_id)
-                            .await
-                    })
-                }),
-            )
-            .await?;
+        let found = guest_call!(self, None, call_kv_lookup(layout, &agent_id)).await?;
         Ok(found.map(Into::into))
     }
 
     pub(crate) async fn lookup_all(&self, agent_id: &str) -> Result<Vec<AgentEntry>, Error> {
         let layout = self.layout.into();
         let agent_id = agent_id.to_owned();
-        let found = self
-            .call(
-                None,
-                Box::new(move |api, s| {
-                    Box::pin(async move {
-                        api.agentmux_registry_kv_registry()
-                            .call_kv_lookup_all(s, layout, &agent_id)
-                            .await
-                    })
-                }),
-            )
-            .await?;
+        let found = guest_call!(self, None, call_kv_lookup_all(layout, &agent_id)).await?;
         Ok(found.into_iter().map(Into::into).collect())
     }
 
@@ -630,18 +586,12 @@ impl Backend {
         at_revision: Option<i64>,
     ) -> Result<(Vec<AgentEntry>, Option<String>), Error> {
         let layout = self.layout.into();
-        let page = self
-            .call(
-                at_revision,
-                Box::new(move |api, s| {
-                    Box::pin(async move {
-                        api.agentmux_registry_kv_registry()
-                            .call_kv_list_page(s, layout, after.as_deref(), LIST_BATCH)
-                            .await
-                    })
-                }),
-            )
-            .await?;
+        let page = guest_call!(
+            self,
+            at_revision,
+            call_kv_list_page(layout, after.as_deref(), LIST_BATCH)
+        )
+        .await?;
         Ok((
             page.entries.into_iter().map(Into::into).collect(),
             page.next,
@@ -671,44 +621,21 @@ impl Backend {
         max_age_ms: u64,
     ) -> Result<(u64, u64, Option<String>), Error> {
         let layout = self.layout.into();
-        let page = self
-            .call(
-                None,
-                Box::new(move |api, s| {
-                    Box::pin(async move {
-                        api.agentmux_registry_kv_registry()
-                            .call_kv_sweep_page(
-                                s,
-                                layout,
-                                after.as_deref(),
-                                SWEEP_BATCH,
-                                max_age_ms,
-                            )
-                            .await
-                    })
-                }),
-            )
-            .await?;
+        let page = guest_call!(
+            self,
+            None,
+            call_kv_sweep_page(layout, after.as_deref(), SWEEP_BATCH, max_age_ms)
+        )
+        .await?;
         Ok((page.examined, page.removed, page.next))
     }
 
     /// The valid entry `value` holds at `key`, by the component's rules.
     async fn entry_at(&self, key: String, value: Vec<u8>) -> Result<Option<AgentEntry>, Error> {
         let layout = self.layout.into();
-        self.call(
-            None,
-            Box::new(move |api, s| {
-                Box::pin(async move {
-                    let found = api
-                        .agentmux_registry_kv_registry()
-                        .call_kv_entry_at(s, layout, &key, &value)
-                        .await?;
-                    Ok(Ok(found))
-                })
-            }),
-        )
-        .await
-        .map(|found| found.map(Into::into))
+        guest_call!(self, None, infallible call_kv_entry_at(layout, &key, &value))
+            .await
+            .map(|found| found.map(Into::into))
     }
 
     /// The full key of `agent_id`'s entry (a shared registry's: the prefix
