@@ -1,8 +1,27 @@
-//! Builds the deliberately misbehaving test component into `OUT_DIR`.
+//! Builds the deliberately misbehaving test component and compiles it to
+//! native code for the target being built (`$OUT_DIR/misbehaving.cwasm`),
+//! with the registry's engine configuration, so the tests load it with
+//! `Options::precompiled_component` and need no compiler at run time.
+
+include!("../host/src/engine_config.rs");
 
 fn main() {
-    agentmux_registry_build_support::build_component(
+    let wasm = agentmux_registry_build_support::build_component(
         "agentmux-registry-misbehaving-guest",
         "misbehaving.wasm",
     );
+    println!("cargo:rerun-if-changed=../host/src/engine_config.rs");
+    let component = std::fs::read(&wasm).expect("reading the misbehaving component");
+    let target = std::env::var("TARGET").expect("cargo sets TARGET");
+    let for_windows = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "windows");
+    let mut config = wasmtime::Config::new();
+    configure_engine(&mut config, for_windows);
+    config
+        .target(&target)
+        .unwrap_or_else(|e| panic!("wasmtime cannot compile for {target}: {e:#}"));
+    let engine = wasmtime::Engine::new(&config).expect("creating the compiling engine");
+    let compiled = engine
+        .precompile_component(&component)
+        .expect("compiling the misbehaving component");
+    std::fs::write(wasm.with_extension("cwasm"), compiled).expect("writing the compiled component");
 }

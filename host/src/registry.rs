@@ -57,8 +57,20 @@ pub struct Options {
     call_timeout: Duration,
     memory_limit: usize,
     lookups_from_notifications: bool,
+    #[cfg(any(feature = "custom-components", feature = "precompiled-components"))]
+    component: Option<OtherComponent>,
+}
+
+/// A component to run instead of the embedded one.
+#[cfg(any(feature = "custom-components", feature = "precompiled-components"))]
+#[derive(Clone, Debug)]
+enum OtherComponent {
+    /// A `.wasm` component, compiled when the registry opens.
     #[cfg(feature = "custom-components")]
-    component: Option<Arc<[u8]>>,
+    Wasm(Arc<[u8]>),
+    /// Native code from wasmtime's `precompile_component`.
+    #[cfg(feature = "precompiled-components")]
+    Precompiled(Arc<[u8]>),
 }
 
 impl Default for Options {
@@ -67,7 +79,7 @@ impl Default for Options {
             call_timeout: Duration::from_secs(30),
             memory_limit: 256 << 20,
             lookups_from_notifications: true,
-            #[cfg(feature = "custom-components")]
+            #[cfg(any(feature = "custom-components", feature = "precompiled-components"))]
             component: None,
         }
     }
@@ -115,7 +127,28 @@ impl Options {
     /// opened. Needs the `custom-components` feature.
     #[cfg(feature = "custom-components")]
     pub fn component(mut self, component: impl Into<Vec<u8>>) -> Self {
-        self.component = Some(component.into().into());
+        self.component = Some(OtherComponent::Wasm(component.into().into()));
+        self
+    }
+
+    /// Runs this component, compiled ahead of time, instead of the embedded
+    /// one: no compiler at run time. It must export what
+    /// [`Options::component`] requires, compiled by
+    /// `wasmtime::Engine::precompile_component` of wasmtime 48.0.8 for this
+    /// target with the configuration in this crate's `src/engine_config.rs`.
+    /// Bytes made otherwise fail [`Registry::open_with`] with
+    /// [`Error::Setup`]: wasmtime checks the version, target and
+    /// configuration before loading. Needs the `precompiled-components`
+    /// feature.
+    ///
+    /// # Safety
+    ///
+    /// The bytes are loaded as native code and run in this process; as for
+    /// `wasmtime::component::Component::deserialize`, they must come from a
+    /// trusted compilation, never from an untrusted source.
+    #[cfg(feature = "precompiled-components")]
+    pub unsafe fn precompiled_component(mut self, compiled: impl Into<Vec<u8>>) -> Self {
+        self.component = Some(OtherComponent::Precompiled(compiled.into().into()));
         self
     }
 }
@@ -196,12 +229,19 @@ impl Registry {
 
     fn open_layout(path: &Path, options: Options, shared: bool) -> Result<Registry, Error> {
         let data_dir = path.to_path_buf();
-        #[cfg(feature = "custom-components")]
+        #[cfg(any(feature = "custom-components", feature = "precompiled-components"))]
         let runtime = match &options.component {
             None => Runtime::embedded()?,
-            Some(bytes) => Arc::new(Runtime::new(bytes)?),
+            #[cfg(feature = "custom-components")]
+            Some(OtherComponent::Wasm(bytes)) => Arc::new(Runtime::new(bytes)?),
+            // SAFETY: `Options::precompiled_component` is unsafe: its caller
+            // vouched for the bytes.
+            #[cfg(feature = "precompiled-components")]
+            Some(OtherComponent::Precompiled(bytes)) => {
+                Arc::new(unsafe { Runtime::precompiled(bytes) }?)
+            }
         };
-        #[cfg(not(feature = "custom-components"))]
+        #[cfg(not(any(feature = "custom-components", feature = "precompiled-components")))]
         let runtime = Runtime::embedded()?;
         let dir = if shared {
             AgentsDir::open_shared(&data_dir)?

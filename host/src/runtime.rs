@@ -181,6 +181,22 @@ impl Runtime {
         Runtime::link(engine, &component).map_err(Error::from)
     }
 
+    /// Loads a component compiled ahead of time and links it like [`Self::new`].
+    ///
+    /// # Safety
+    ///
+    /// As [`Component::deserialize`]: the bytes are trusted native code.
+    #[cfg(feature = "precompiled-components")]
+    pub(crate) unsafe fn precompiled(compiled: &[u8]) -> Result<Runtime, Error> {
+        let engine = engine()?;
+        // SAFETY: the caller's promise (see `Options::precompiled_component`);
+        // wasmtime still refuses bytes from another version, target or
+        // configuration.
+        let component = unsafe { Component::deserialize(engine, compiled) }
+            .map_err(setup("loading the precompiled component"))?;
+        Runtime::link(engine, &component).map_err(Error::from)
+    }
+
     fn link(engine: &Engine, component: &Component) -> Result<Runtime, SetupFailure> {
         let engine = engine.clone();
         let mut linker = Linker::<HostState>::new(&engine);
@@ -268,5 +284,37 @@ mod tests {
         assert_eq!(ticks(EPOCH_TICK + Duration::from_nanos(1)), 3);
         assert_eq!(ticks(Duration::MAX), u64::MAX / 4 + 1);
         assert!(ticks(Duration::from_secs(u64::MAX / 1000)) > ticks(Duration::from_secs(30)));
+    }
+
+    /// `Options::component`'s path: the shipped `.wasm`, compiled here,
+    /// serves a registry. (CI builds the workspace without this feature:
+    /// `cargo test -p agentmux-registry --features custom-components` runs it.)
+    #[cfg(feature = "custom-components")]
+    #[test]
+    fn a_component_compiled_at_run_time_serves_the_registry() {
+        use crate::blocking::Registry;
+        let tmp = tempfile::tempdir().unwrap();
+        let options = crate::Options::new().component(COMPONENT);
+        let registry = Registry::open_with(tmp.path(), options).unwrap();
+        let fields = crate::EntryFields {
+            agent_id: "a1".into(),
+            local_url: "http://127.0.0.1:1".into(),
+            block_id: "b".into(),
+            pid: 1,
+            auth_key: "k".into(),
+            ..Default::default()
+        };
+        registry.write(fields).unwrap();
+        assert_eq!(registry.lookup("a1").unwrap().unwrap().block_id, "b");
+        // A component that is not one is refused with the step named.
+        let refused =
+            Registry::open_with(tmp.path(), crate::Options::new().component(&b"junk"[..]));
+        assert!(matches!(
+            refused,
+            Err(Error::Setup {
+                step: "compiling the component",
+                ..
+            })
+        ));
     }
 }

@@ -8,21 +8,51 @@ use agentmux_registry::blocking::Registry;
 use agentmux_registry::{Error, Options};
 use agentmux_registry_tests::fields;
 
-static MISBEHAVING: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/misbehaving.wasm"));
+/// The misbehaving component, compiled for this target by build.rs.
+static MISBEHAVING: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/misbehaving.cwasm"));
+
+/// `options` running the misbehaving component.
+fn misbehaving(options: Options) -> Options {
+    // SAFETY: this crate's own build output, made by the registry's wasmtime
+    // with its engine configuration.
+    unsafe { options.precompiled_component(MISBEHAVING) }
+}
 
 fn open(options: Options) -> (tempfile::TempDir, Registry) {
     let tmp = tempfile::tempdir().unwrap();
-    let registry = Registry::open_with(tmp.path(), options.component(MISBEHAVING)).unwrap();
+    let registry = Registry::open_with(tmp.path(), misbehaving(options)).unwrap();
     (tmp, registry)
+}
+
+/// Bytes that are not native code from this wasmtime and configuration (the
+/// component's `.wasm`, a truncated compilation) are refused when the
+/// registry opens, with the step named, and load nothing.
+#[test]
+fn precompiled_bytes_from_elsewhere_are_refused_at_open() {
+    let wasm: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/misbehaving.wasm"));
+    let truncated = &MISBEHAVING[..MISBEHAVING.len() / 2];
+    for bytes in [wasm, truncated] {
+        let tmp = tempfile::tempdir().unwrap();
+        // SAFETY: wasmtime refuses these before running any of them.
+        let options = unsafe { Options::new().precompiled_component(bytes) };
+        match Registry::open_with(tmp.path(), options) {
+            Err(Error::Setup { step, .. }) => {
+                assert_eq!(step, "loading the precompiled component")
+            }
+            Err(other) => panic!("not a setup error: {other}"),
+            Ok(_) => panic!(
+                "{} bytes that are not a compilation were loaded",
+                bytes.len()
+            ),
+        }
+    }
 }
 
 /// The shared registry's calls run under the same deadline.
 #[test]
 fn a_shared_registry_call_that_never_returns_is_stopped_at_its_deadline() {
     let tmp = tempfile::tempdir().unwrap();
-    let options = Options::new()
-        .call_timeout(Duration::from_millis(300))
-        .component(MISBEHAVING);
+    let options = misbehaving(Options::new().call_timeout(Duration::from_millis(300)));
     let registry = Registry::open_shared_with(tmp.path().join("reactive"), options).unwrap();
     let err = registry.lookup_all("a1").unwrap_err();
     assert!(
@@ -85,9 +115,7 @@ async fn limits_hold_for_async_calls_inside_a_runtime() {
     let tmp = tempfile::tempdir().unwrap();
     let registry = agentmux_registry::Registry::open_with(
         tmp.path(),
-        Options::new()
-            .call_timeout(Duration::from_millis(200))
-            .component(MISBEHAVING),
+        misbehaving(Options::new().call_timeout(Duration::from_millis(200))),
     )
     .unwrap();
     assert!(matches!(
