@@ -132,8 +132,9 @@ impl Options {
     }
 
     /// Runs this component, compiled ahead of time, instead of the embedded
-    /// one: no compiler at run time. It must export what
-    /// [`Options::component`] requires, compiled by
+    /// one: no compiler at run time. It must export the
+    /// `agentmux:registry/registry@0.3.0` interface and import only WASI,
+    /// compiled by
     /// `wasmtime::Engine::precompile_component` of wasmtime 48.0.8 for this
     /// target with the configuration in this crate's `src/engine_config.rs`.
     /// Bytes made otherwise fail [`Registry::open_with`] with
