@@ -319,7 +319,8 @@ impl Registry {
         })
     }
 
-    /// Whether this registry is on etcd ([`Registry::open_etcd`]).
+    /// Whether this registry is on etcd (opened by `Registry::open_etcd` or
+    /// `open_etcd_shared`, with the `etcd` feature); always false without it.
     pub fn is_etcd(&self) -> bool {
         #[cfg(feature = "etcd")]
         return self.inner.kv.is_some();
