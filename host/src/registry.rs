@@ -63,7 +63,7 @@ pub struct Options {
 
 /// A component to run instead of the embedded one.
 #[cfg(any(feature = "custom-components", feature = "precompiled-components"))]
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 enum OtherComponent {
     /// A `.wasm` component, compiled when the registry opens.
     #[cfg(feature = "custom-components")]
@@ -71,6 +71,20 @@ enum OtherComponent {
     /// Native code from wasmtime's `precompile_component`.
     #[cfg(feature = "precompiled-components")]
     Precompiled(Arc<[u8]>),
+}
+
+/// Its kind and size: `Options`' `Debug` shows no component's bytes.
+#[cfg(any(feature = "custom-components", feature = "precompiled-components"))]
+impl std::fmt::Debug for OtherComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (kind, bytes) = match self {
+            #[cfg(feature = "custom-components")]
+            OtherComponent::Wasm(bytes) => ("Wasm", bytes),
+            #[cfg(feature = "precompiled-components")]
+            OtherComponent::Precompiled(bytes) => ("Precompiled", bytes),
+        };
+        write!(f, "{kind}({} bytes)", bytes.len())
+    }
 }
 
 impl Default for Options {
@@ -121,8 +135,10 @@ impl Options {
         self
     }
 
-    /// Runs this component instead of the embedded one. It must export the
-    /// `agentmux:registry/registry@0.3.0` interface and import only WASI; it
+    /// Runs this component instead of the embedded one, on a registry on
+    /// files (a registry on etcd refuses it). It must export the
+    /// `agentmux:registry/registry@0.3.0` and `shared-registry@0.3.0`
+    /// interfaces and import only WASI; it
     /// is compiled (in this process, with Cranelift) when the registry is
     /// opened. Needs the `custom-components` feature.
     #[cfg(feature = "custom-components")]
@@ -132,14 +148,17 @@ impl Options {
     }
 
     /// Runs this component, compiled ahead of time, instead of the embedded
-    /// one: no compiler at run time. It must export the
-    /// `agentmux:registry/registry@0.3.0` interface and import only WASI,
-    /// compiled by
-    /// `wasmtime::Engine::precompile_component` of wasmtime 48.0.8 for this
-    /// target with the configuration in this crate's `src/engine_config.rs`.
-    /// Bytes made otherwise fail [`Registry::open_with`] with
-    /// [`Error::Setup`]: wasmtime checks the version, target and
-    /// configuration before loading. Needs the `precompiled-components`
+    /// one, on a registry on files (a registry on etcd refuses it): no
+    /// compiler at run time. It must export the
+    /// `agentmux:registry/registry@0.3.0` and `shared-registry@0.3.0`
+    /// interfaces and import only WASI, compiled by
+    /// `wasmtime::Engine::precompile_component` of wasmtime 48.0.8 (with
+    /// this crate's wasmtime features) for this target with the
+    /// configuration in this crate's `src/engine_config.rs`. wasmtime
+    /// refuses, with [`Error::Setup`] from [`Registry::open_with`], bytes
+    /// that are not such a compilation as far as its header tells: another
+    /// wasmtime version, CPU architecture or OS, or settings it compares.
+    /// The code itself is not checked. Needs the `precompiled-components`
     /// feature.
     ///
     /// # Safety
@@ -302,6 +321,16 @@ impl Registry {
         options: Options,
         shared: bool,
     ) -> Result<Registry, Error> {
+        // The registry on etcd runs its own component (the kv world); one
+        // chosen for files would be ignored, so it is refused instead.
+        #[cfg(any(feature = "custom-components", feature = "precompiled-components"))]
+        if options.component.is_some() {
+            return Err(Error::InvalidField(
+                "a component of one's own (Options::component, precompiled_component) serves a \
+                 registry on files only, not on etcd"
+                    .into(),
+            ));
+        }
         let backend =
             crate::kv::Backend::open(etcd, shared, options.call_timeout, options.memory_limit)?;
         let mut inner = Inner::new(

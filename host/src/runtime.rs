@@ -181,7 +181,8 @@ impl Runtime {
         Runtime::link(engine, &component).map_err(Error::from)
     }
 
-    /// Loads a component compiled ahead of time and links it like [`Self::new`].
+    /// Loads a component compiled ahead of time and links it as the
+    /// embedded one is linked.
     ///
     /// # Safety
     ///
@@ -287,8 +288,9 @@ mod tests {
     }
 
     /// `Options::component`'s path: the shipped `.wasm`, compiled here,
-    /// serves a registry. (CI builds the workspace without this feature:
-    /// `cargo test -p agentmux-registry --features custom-components` runs it.)
+    /// serves a registry. CI does not build this feature (no workspace
+    /// member enables it); `cargo test -p agentmux-registry --lib --features
+    /// custom-components` runs this test.
     #[cfg(feature = "custom-components")]
     #[test]
     fn a_component_compiled_at_run_time_serves_the_registry() {

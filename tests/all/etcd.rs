@@ -80,6 +80,27 @@ fn register(registry: &Registry, fields: EntryFields, beat: Duration) -> Registr
         .unwrap()
 }
 
+/// A component chosen for a registry on files is refused on etcd, which runs
+/// its own, rather than silently ignored; opening contacts no cluster.
+#[test]
+fn a_registry_on_etcd_refuses_a_component_of_ones_own() {
+    let etcd = Etcd::new(["http://127.0.0.1:9"]);
+    // SAFETY: refused before the bytes are looked at.
+    let options = unsafe { Options::new().precompiled_component(&b"junk"[..]) };
+    for shared in [false, true] {
+        let opened = if shared {
+            Registry::open_etcd_shared_with(&etcd, options.clone())
+        } else {
+            Registry::open_etcd_with(&etcd, options.clone())
+        };
+        match opened {
+            Err(Error::InvalidField(why)) => assert!(why.contains("not on etcd"), "{why}"),
+            Err(other) => panic!("another error: {other}"),
+            Ok(_) => panic!("the component was ignored"),
+        }
+    }
+}
+
 #[test]
 fn a_lapsed_lease_is_granted_anew_with_the_entry() {
     let Some(cluster) = Cluster::start(1) else {

@@ -33,7 +33,8 @@ fn precompiled_bytes_from_elsewhere_are_refused_at_open() {
     let truncated = &MISBEHAVING[..MISBEHAVING.len() / 2];
     for bytes in [wasm, truncated] {
         let tmp = tempfile::tempdir().unwrap();
-        // SAFETY: wasmtime refuses these before running any of them.
+        // SAFETY: neither is a compilation; wasmtime's header checks refuse
+        // both before any code is mapped (the test asserts it).
         let options = unsafe { Options::new().precompiled_component(bytes) };
         match Registry::open_with(tmp.path(), options) {
             Err(Error::Setup { step, .. }) => {
