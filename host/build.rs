@@ -12,14 +12,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/engine_config.rs");
     let component = std::fs::read("component/registry.wasm")
         .expect("reading component/registry.wasm (run `cargo refresh-component`)");
-    let target = std::env::var("TARGET").expect("cargo sets TARGET");
-    let mut config = wasmtime::Config::new();
-    let for_windows = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "windows");
-    configure_engine(&mut config, for_windows);
-    config
-        .target(&target)
-        .unwrap_or_else(|e| panic!("wasmtime cannot compile for {target}: {e:#}"));
-    let engine = wasmtime::Engine::new(&config).expect("creating the compiling engine");
+    let engine = compiling_engine();
     let compiled = engine
         .precompile_component(&component)
         .expect("compiling the registry component");

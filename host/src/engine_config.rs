@@ -1,7 +1,8 @@
-// The wasmtime configuration shared by the build script, which precompiles the
-// component for the target, and the runtime, which loads it: an artifact only
-// loads into an engine configured exactly as the one that compiled it. This
-// file is `include!`d by both; it holds nothing else.
+// The wasmtime configuration shared by the build scripts, which precompile
+// components for the target (`host/build.rs`, `tests/build.rs`), and the
+// runtime, which loads them: compiled code only loads into an engine
+// configured as the one that compiled it. All three `include!` this file; it
+// holds nothing else.
 
 /// Applies every setting the registry's engine uses, for code that runs on
 /// Windows when `for_windows` (the build script compiles for the target, which
@@ -13,4 +14,33 @@ fn configure_engine(config: &mut wasmtime::Config, for_windows: bool) {
     // backtraces without them, and registering them with the system unwinder
     // was a fifth of loading the component. Windows's ABI requires them.
     config.native_unwind_info(for_windows);
+    // Settings whose defaults follow wasmtime's Cargo features, fixed: a crate
+    // that depends on this one may enable more features of the same wasmtime,
+    // for its build scripts (the compiling engine) or for its own use (the
+    // runtime's), and compiled code records these settings. The components
+    // use none of them.
+    config.wasm_component_model(true);
+    config.concurrency_support(false);
+    config.wasm_features(
+        wasmtime::WasmFeatures::GC_TYPES
+            | wasmtime::WasmFeatures::EXCEPTIONS
+            | wasmtime::WasmFeatures::THREADS
+            | wasmtime::WasmFeatures::CM_ASYNC,
+        false,
+    );
+}
+
+/// The engine a build script compiles components with: [`configure_engine`]'s
+/// settings, for the target Cargo builds for. Fails the build, saying why,
+/// when wasmtime cannot compile for that target.
+#[allow(dead_code)] // The runtime includes this file and compiles nothing.
+fn compiling_engine() -> wasmtime::Engine {
+    let target = std::env::var("TARGET").expect("Cargo sets TARGET for build scripts");
+    let for_windows = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "windows");
+    let mut config = wasmtime::Config::new();
+    configure_engine(&mut config, for_windows);
+    config
+        .target(&target)
+        .unwrap_or_else(|e| panic!("wasmtime cannot compile for {target}: {e:#}"));
+    wasmtime::Engine::new(&config).expect("creating the compiling engine")
 }

@@ -287,6 +287,31 @@ mod tests {
         assert!(ticks(Duration::from_secs(u64::MAX / 1000)) > ticks(Duration::from_secs(30)));
     }
 
+    /// A crate that depends on this one may enable more of wasmtime's Cargo
+    /// features, for its build scripts or its own use, and some settings that
+    /// compiled code records take their defaults from those features. Each is
+    /// set here to the value such a feature would give it first: the
+    /// configuration must still yield an engine that loads the component the
+    /// build script compiled.
+    #[test]
+    fn the_engine_configuration_overrides_what_wasmtimes_features_would_change() {
+        let mut config = Config::new();
+        config.concurrency_support(true);
+        config.wasm_component_model(false);
+        config.wasm_features(
+            wasmtime::WasmFeatures::GC_TYPES
+                | wasmtime::WasmFeatures::EXCEPTIONS
+                | wasmtime::WasmFeatures::THREADS
+                | wasmtime::WasmFeatures::CM_ASYNC,
+            true,
+        );
+        configure_engine(&mut config, cfg!(windows));
+        let engine = Engine::new(&config).expect("the configured engine");
+        // SAFETY: this crate's own build output, as `Runtime::embedded`.
+        unsafe { Component::deserialize(&engine, PRECOMPILED) }
+            .expect("the precompiled component loads");
+    }
+
     /// `Options::component`'s path: the shipped `.wasm`, compiled here,
     /// serves a registry. CI does not build this feature (no workspace
     /// member enables it); `cargo test -p agentmux-registry --lib --features
