@@ -70,11 +70,12 @@ pub fn sort_listing(entries: &mut [crate::Entry], shared: bool) {
 }
 
 /// Writes `From` impls between two types of the same shape: records whose
-/// fields have the same names (each converted with `Into`), or enums whose
-/// unit cases have the same names. Each side of the contract lists every
-/// record's fields once, in one file, and the list is checked by the
-/// compiler: the source is destructured exhaustively, so a field added to
-/// either type and missing from the list fails the build.
+/// fields have the same names (each converted with `Into`; `both A, B`
+/// writes both directions), or enums whose unit cases have the same names.
+/// Each side of the contract lists every record's fields once, in one file,
+/// and the list is checked by the compiler: the source is destructured
+/// exhaustively, so a field added to either type and missing from the list
+/// fails the build.
 ///
 /// ```
 /// # use agentmux_registry_core::same_shape;
@@ -86,6 +87,10 @@ pub fn sort_listing(entries: &mut [crate::Entry], shared: bool) {
 /// ```
 #[macro_export]
 macro_rules! same_shape {
+    (both $a:ty, $b:ty { $($field:ident),+ $(,)? }) => {
+        $crate::same_shape!($a => $b { $($field),+ });
+        $crate::same_shape!($b => $a { $($field),+ });
+    };
     (enum $from:ty => $to:ty { $($case:ident),+ $(,)? }) => {
         impl ::core::convert::From<$from> for $to {
             fn from(value: $from) -> $to {
@@ -111,36 +116,35 @@ macro_rules! same_shape {
 
 /// The mappings of the records every world of the contract shares (entry
 /// fields, entries, owners, renewals) between core's types and the
-/// generated ones in module `$wit`, each listed once for every side:
+/// generated ones in module `$wit`, each record's fields listed once:
 /// - `host`: fields and owners to the contract, entries both ways, renewals
 ///   from it;
 /// - `guest`: the reverse.
 #[macro_export]
 macro_rules! shared_records {
     (host: $wit:ident) => {
-        $crate::shared_records!(@entries $wit);
-        $crate::same_shape!($crate::EntryFields => $wit::EntryFields {
-            agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
-            pid_namespace, beat_interval_ms, extra
-        });
-        $crate::same_shape!($crate::Owner => $wit::Owner { pid, auth_key, registration_nonce });
-        $crate::same_shape!(enum $wit::Renewal => $crate::Renewal { Refreshed, Restored, Superseded });
+        $crate::shared_records!(@records $wit,
+            [$crate::EntryFields => $wit::EntryFields],
+            [$crate::Owner => $wit::Owner],
+            [$wit::Renewal => $crate::Renewal]);
     };
     (guest: $wit:ident) => {
-        $crate::shared_records!(@entries $wit);
-        $crate::same_shape!($wit::EntryFields => $crate::EntryFields {
+        $crate::shared_records!(@records $wit,
+            [$wit::EntryFields => $crate::EntryFields],
+            [$wit::Owner => $crate::Owner],
+            [$crate::Renewal => $wit::Renewal]);
+    };
+    (@records $wit:ident,
+        [$fields_from:ty => $fields_to:ty],
+        [$owner_from:ty => $owner_to:ty],
+        [$renewal_from:ty => $renewal_to:ty]) => {
+        $crate::same_shape!($fields_from => $fields_to {
             agent_id, local_url, block_id, pid, auth_key, channel, registration_nonce, pid_started,
             pid_namespace, beat_interval_ms, extra
         });
-        $crate::same_shape!($wit::Owner => $crate::Owner { pid, auth_key, registration_nonce });
-        $crate::same_shape!(enum $crate::Renewal => $wit::Renewal { Refreshed, Restored, Superseded });
-    };
-    (@entries $wit:ident) => {
-        $crate::same_shape!($wit::AgentEntry => $crate::Entry {
-            agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
-            pid_started, pid_namespace, beat_interval_ms, extra
-        });
-        $crate::same_shape!($crate::Entry => $wit::AgentEntry {
+        $crate::same_shape!($owner_from => $owner_to { pid, auth_key, registration_nonce });
+        $crate::same_shape!(enum $renewal_from => $renewal_to { Refreshed, Restored, Superseded });
+        $crate::same_shape!(both $wit::AgentEntry, $crate::Entry {
             agent_id, local_url, block_id, pid, updated_at, auth_key, channel, registration_nonce,
             pid_started, pid_namespace, beat_interval_ms, extra
         });
