@@ -941,6 +941,24 @@ fn signal(process: &std::process::Child, signal: rustix::process::Signal) {
     rustix::process::kill_process(pid, signal).unwrap();
 }
 
+/// Waits for `child` to exit, for 30 s at most: past that it is killed and
+/// the test fails, saying it did not end after `cause`.
+#[cfg(unix)]
+fn exit_after(child: &mut std::process::Child, cause: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running 30 s after {cause}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// `watch --json`: one JSON object per line, flushed as each change comes,
 /// the current entries first; SIGTERM ends it, and so does a closed output
 /// (exit 0, as for `| head`).
@@ -964,13 +982,24 @@ fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
     };
     write("before");
     let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"));
+        command
             .args(["--data-dir", d, "--json", "watch"])
             .env("HOME", tmp.path())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+            .stderr(std::process::Stdio::piped());
+        // SIGINT and SIGTERM as a terminal's foreground job has them, whatever
+        // this test inherited (a shell ignores SIGINT in jobs it starts with
+        // `&`, and the watch rightly keeps ignoring it then).
+        // SAFETY: `signal` is async-signal-safe, as `pre_exec` requires.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        command.spawn().unwrap()
     };
     let mut watcher = spawn();
     let mut lines = std::io::BufReader::new(watcher.stdout.take().unwrap()).lines();
@@ -996,7 +1025,7 @@ fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
         serde_json::json!({"event": "removed", "agent_id": "before", "channel": ""})
     );
     signal(&watcher, rustix::process::Signal::TERM);
-    let status = watcher.wait().unwrap();
+    let status = exit_after(&mut watcher, "SIGTERM");
     use std::os::unix::process::ExitStatusExt;
     assert_eq!(status.signal(), Some(15), "{status:?}");
 
@@ -1007,7 +1036,7 @@ fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
     out.read_line(&mut line).unwrap();
     assert!(line.contains("\"during\""), "{line}");
     signal(&watcher, rustix::process::Signal::INT);
-    let status = watcher.wait().unwrap();
+    let status = exit_after(&mut watcher, "SIGINT");
     assert_eq!(status.signal(), Some(2), "{status:?}");
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
@@ -1023,8 +1052,9 @@ fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
         .spawn()
         .unwrap();
     drop(watcher.stdout.take());
-    let out = watcher.wait_with_output().unwrap();
-    assert!(out.status.success(), "{:?}: {}", out.status, stderr(&out));
+    let status = exit_after(&mut watcher, "its reader went away");
+    let errors = std::io::read_to_string(watcher.stderr.take().unwrap()).unwrap();
+    assert!(status.success(), "{status:?}: {errors}");
 
     // And one that goes away after a line: the same.
     let mut watcher = spawn();
@@ -1034,7 +1064,8 @@ fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
     assert!(line.contains("\"during\""), "{line}");
     drop(out);
     write("after");
-    let out = watcher.wait_with_output().unwrap();
-    assert!(out.status.success(), "{:?}: {}", out.status, stderr(&out));
-    assert_eq!(stderr(&out), "");
+    let status = exit_after(&mut watcher, "its reader went away");
+    let errors = std::io::read_to_string(watcher.stderr.take().unwrap()).unwrap();
+    assert!(status.success(), "{status:?}: {errors}");
+    assert_eq!(errors, "");
 }
