@@ -129,15 +129,22 @@ fn rerun_on_dep_info(dep_info: &Path) {
     }
 }
 
-/// The main target directory: `OUT_DIR` is `<target>/<profile>/build/<pkg>-<hash>/out`.
+/// The main target directory: `OUT_DIR` is `<target>/<profile>/build/<pkg>-<hash>/out`,
+/// or `<target>/<triple>/<profile>/...` when Cargo builds for a `--target`:
+/// builds for every target then share one guest build.
 fn target_dir(out_dir: &Path) -> PathBuf {
     if let Some(dir) = env::var_os("CARGO_TARGET_DIR") {
         return PathBuf::from(dir);
     }
+    let triple = env::var_os("TARGET");
     out_dir
         .ancestors()
         .find(|p| p.file_name().is_some_and(|n| n == "build"))
         .and_then(|build| build.parent()?.parent())
+        .map(|dir| match (dir.file_name(), dir.parent()) {
+            (Some(name), Some(parent)) if Some(name) == triple.as_deref() => parent,
+            _ => dir,
+        })
         .map(Path::to_path_buf)
         .unwrap_or_else(|| out_dir.join("guest-target"))
 }
