@@ -152,9 +152,10 @@ impl Options {
     /// compiler at run time. It must export the
     /// `agentmux:registry/registry@0.3.0` and `shared-registry@0.3.0`
     /// interfaces and import only WASI, compiled by
-    /// `wasmtime::Engine::precompile_component` of wasmtime 48.0.8 (with
-    /// this crate's wasmtime features) for this target with the
-    /// configuration in this crate's `src/engine_config.rs`. wasmtime
+    /// `wasmtime::Engine::precompile_component` of wasmtime 48.0.8 for this
+    /// target with the configuration in this crate's `src/engine_config.rs`
+    /// (which fixes the settings whose defaults follow wasmtime's Cargo
+    /// features, whichever of them the compiling crate enabled). wasmtime
     /// refuses, with [`Error::Setup`] from [`Registry::open_with`], bytes
     /// that are not such a compilation as far as its header tells: another
     /// wasmtime version, CPU architecture or OS, or settings it compares.
