@@ -141,8 +141,13 @@ fn target_dir(out_dir: &Path) -> PathBuf {
         .ancestors()
         .find(|p| p.file_name().is_some_and(|n| n == "build"))
         .and_then(|build| build.parent()?.parent())
+        // Cargo writes `.rustc_info.json` at the target dir's root only.
         .map(|dir| match (dir.file_name(), dir.parent()) {
-            (Some(name), Some(parent)) if Some(name) == triple.as_deref() => parent,
+            (Some(name), Some(parent))
+                if Some(name) == triple.as_deref() && parent.join(".rustc_info.json").is_file() =>
+            {
+                parent
+            }
             _ => dir,
         })
         .map(Path::to_path_buf)

@@ -298,6 +298,7 @@ mod tests {
         let mut config = Config::new();
         config.concurrency_support(true);
         config.wasm_component_model(false);
+        config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
         config.wasm_features(
             wasmtime::WasmFeatures::GC_TYPES
                 | wasmtime::WasmFeatures::EXCEPTIONS

@@ -941,6 +941,28 @@ fn signal(process: &std::process::Child, signal: rustix::process::Signal) {
     rustix::process::kill_process(pid, signal).unwrap();
 }
 
+/// wasmtime reads `WASMTIME_BACKTRACE_DETAILS` (its trap messages suggest
+/// setting it to 1), and compiled code records the setting it gives: the
+/// registry opens whatever it says at run time.
+#[test]
+fn the_registry_opens_whatever_wasmtime_backtrace_details_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for value in ["1", "0"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"))
+            .args(["--data-dir", data.to_str().unwrap(), "list"])
+            .env("HOME", tmp.path())
+            .env("WASMTIME_BACKTRACE_DETAILS", value)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "WASMTIME_BACKTRACE_DETAILS={value}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 /// Waits for `child` to exit, for 30 s at most: past that it is killed and
 /// the test fails, saying it did not end after `cause`.
 #[cfg(unix)]
