@@ -4,6 +4,13 @@
 // configured as the one that compiled it. All three `include!` this file; it
 // holds nothing else.
 
+/// The WebAssembly proposals wasmtime turns on by default only with one of its
+/// Cargo features: [`configure_engine`] turns them off.
+const FEATURE_DEPENDENT_PROPOSALS: wasmtime::WasmFeatures = wasmtime::WasmFeatures::GC_TYPES
+    .union(wasmtime::WasmFeatures::EXCEPTIONS)
+    .union(wasmtime::WasmFeatures::THREADS)
+    .union(wasmtime::WasmFeatures::CM_ASYNC);
+
 /// Applies every setting the registry's engine uses, for code that runs on
 /// Windows when `for_windows` (the build script compiles for the target, which
 /// may not be the machine it runs on).
@@ -20,18 +27,12 @@ fn configure_engine(config: &mut wasmtime::Config, for_windows: bool) {
     // runtime's), and compiled code records these settings. The components
     // use none of them.
     config.wasm_component_model(true);
+    config.concurrency_support(false);
+    config.wasm_features(FEATURE_DEPENDENT_PROPOSALS, false);
     // Its default follows `WASMTIME_BACKTRACE_DETAILS` (which wasmtime's trap
     // messages suggest setting), and compiled code records it: fixed, so the
     // variable set when building or running alone cannot stop loading.
     config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Disable);
-    config.concurrency_support(false);
-    config.wasm_features(
-        wasmtime::WasmFeatures::GC_TYPES
-            | wasmtime::WasmFeatures::EXCEPTIONS
-            | wasmtime::WasmFeatures::THREADS
-            | wasmtime::WasmFeatures::CM_ASYNC,
-        false,
-    );
 }
 
 /// The engine a build script compiles components with: [`configure_engine`]'s

@@ -299,13 +299,7 @@ mod tests {
         config.concurrency_support(true);
         config.wasm_component_model(false);
         config.wasm_backtrace_details(wasmtime::WasmBacktraceDetails::Enable);
-        config.wasm_features(
-            wasmtime::WasmFeatures::GC_TYPES
-                | wasmtime::WasmFeatures::EXCEPTIONS
-                | wasmtime::WasmFeatures::THREADS
-                | wasmtime::WasmFeatures::CM_ASYNC,
-            true,
-        );
+        config.wasm_features(FEATURE_DEPENDENT_PROPOSALS, true);
         configure_engine(&mut config, cfg!(windows));
         let engine = Engine::new(&config).expect("the configured engine");
         // SAFETY: this crate's own build output, as `Runtime::embedded`.
