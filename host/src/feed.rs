@@ -182,6 +182,16 @@ fn has_one_name(agent_id: &str) -> bool {
     agentmux_registry_core::name::other_writers_names(agent_id).is_empty()
 }
 
+/// What an answer from the view covers: the entries whose writes in flight
+/// make a lookup read the directory instead ([`Feed::in_flight`]).
+#[derive(Clone, Copy)]
+pub(crate) enum Covers<'a> {
+    /// The entries of one id.
+    Id(&'a str),
+    /// Every entry.
+    All,
+}
+
 /// What a registry's lookups are served from.
 enum Served {
     /// Not decided yet: the first lookup opens the feed.
@@ -296,11 +306,13 @@ impl Serving {
 
     /// `f` of the entries known from notifications, once every notification
     /// queued when the call began is applied; `None` where (or while)
-    /// lookups read the directory instead.
+    /// lookups read the directory instead, and while a write to what the
+    /// answer `covers` is in flight (see [`Feed::in_flight`]).
     #[cfg_attr(not(target_os = "linux"), allow(unused_variables))]
     pub(crate) async fn answer<T>(
         &self,
         registry: &Registry,
+        covers: Covers<'_>,
         f: impl FnOnce(&View) -> T,
     ) -> Option<T> {
         #[cfg(target_os = "linux")]
@@ -323,6 +335,7 @@ impl Serving {
                         None
                     }
                     Served::Feed(feed) => match feed.poll(identity) {
+                        Ok(false) if feed.in_flight(covers, registry.is_shared()) => return None,
                         Ok(false) => return Some(f(feed.view())),
                         Ok(true) => match std::mem::replace(&mut *served, Served::Busy) {
                             Served::Feed(feed) => Some(feed),
@@ -351,9 +364,10 @@ impl Serving {
             };
             match feed.catch_up(registry).await {
                 Ok(_) => {
-                    let answer = f(feed.view());
+                    let answer =
+                        (!feed.in_flight(covers, registry.is_shared())).then(|| f(feed.view()));
                     settle.outcome = Some(Served::Feed(feed));
-                    Some(answer)
+                    answer
                 }
                 // What was read may be half applied: start afresh later.
                 Err(e) => {
@@ -463,6 +477,31 @@ impl Feed {
         Ok(self.pending.resync || !self.pending.names.is_empty())
     }
 
+    /// Whether a write to what `covers` names may be in flight: its claim
+    /// is held, as the notifications read so far show. The kernel makes a
+    /// rename visible a moment before it queues its notification, so another
+    /// process can read a new entry that no notification announces yet. The
+    /// writer held the entry's claim since before its rename, and releases
+    /// it only after the rename's notification was queued: an answer from
+    /// the view while no claim is held is at least as new as anything
+    /// another reader could have read before the call began.
+    pub(crate) fn in_flight(&self, covers: Covers<'_>, shared: bool) -> bool {
+        use agentmux_registry_core::name::{
+            agent_dir_name, claim_file_name, other_writers_dir_names, other_writers_names,
+        };
+        match covers {
+            Covers::All => self.notifier.claims_held(),
+            Covers::Id(agent_id) if shared => agent_dir_name(agent_id)
+                .into_iter()
+                .chain(other_writers_dir_names(agent_id))
+                .any(|dir| self.notifier.claims_held_in(&dir)),
+            Covers::Id(agent_id) => entry_file_name(agent_id)
+                .into_iter()
+                .chain(other_writers_names(agent_id))
+                .any(|name| self.notifier.claim_held("", &claim_file_name(&name))),
+        }
+    }
+
     /// Waits until notifications are queued; false once stopped.
     pub(crate) fn wait(&mut self, stop: &Stop) -> Result<bool, Error> {
         self.notifier
@@ -569,7 +608,7 @@ mod inotify {
     use std::os::fd::OwnedFd;
     use std::path::{Path, PathBuf};
 
-    use agentmux_registry_core::name::may_name_an_entry;
+    use agentmux_registry_core::name::{may_name_an_entry, CLAIM_PREFIX};
     use rustix::event::{poll, PollFd, PollFlags};
     use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
     use rustix::io::Errno;
@@ -671,6 +710,10 @@ mod inotify {
         base: Option<std::ffi::OsString>,
         /// Agent directories (shared registry) by watch.
         subdirs: HashMap<i32, String>,
+        /// The claim files present, as the notifications read so far show,
+        /// by directory (`""`: the agents directory; shared: an agent
+        /// directory's name).
+        claims: HashMap<String, HashSet<String>>,
         /// The agents directory watched (device, inode); `None` while it
         /// is missing. A lookup compares it with what the path names now,
         /// so a replaced data dir above it is noticed too.
@@ -700,6 +743,26 @@ mod inotify {
         .union(WatchFlags::DELETE)
         .union(WatchFlags::ONLYDIR);
 
+    /// Applies a notification about the claim file `name` in `dir` to the
+    /// claims recorded as held.
+    fn note_claim(
+        claims: &mut HashMap<String, HashSet<String>>,
+        dir: &str,
+        name: String,
+        flags: ReadFlags,
+    ) {
+        if flags.intersects(ReadFlags::CREATE | ReadFlags::MOVED_TO) {
+            claims.entry(dir.to_owned()).or_default().insert(name);
+        } else if flags.intersects(ReadFlags::DELETE | ReadFlags::MOVED_FROM) {
+            if let Some(held) = claims.get_mut(dir) {
+                held.remove(&name);
+                if held.is_empty() {
+                    claims.remove(dir);
+                }
+            }
+        }
+    }
+
     impl Notifier {
         pub(super) fn new(dir: &Path, shared: bool) -> std::io::Result<Notifier> {
             let fd = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK)?;
@@ -713,6 +776,7 @@ mod inotify {
                 parent_wd: None,
                 base: None,
                 subdirs: HashMap::new(),
+                claims: HashMap::new(),
                 buf: vec![MaybeUninit::uninit(); 64 * 1024],
             };
             notifier.rewatch(dir)?;
@@ -730,6 +794,7 @@ mod inotify {
                 let _ = inotify::remove_watch(&self.fd, wd);
             }
             self.subdirs.clear();
+            self.claims.clear();
             self.lost = None;
             let parent: Option<PathBuf> = dir.parent().map(Path::to_path_buf);
             self.parent_wd = parent
@@ -747,8 +812,45 @@ mod inotify {
             // Read after the watch is placed: a replacement after this is
             // either seen by the watch or by the comparison.
             self.watched = identity(dir);
+            if !self.shared && self.dir_wd >= 0 {
+                self.scan_claims("", dir);
+            }
             self.watch_subdirs();
             Ok(())
+        }
+
+        /// Records the claim files in `path` (the directory `dir` names)
+        /// as held. Read after its watch is placed: the notifications
+        /// queued meanwhile are applied after, in order, so the record ends
+        /// as the directory is.
+        fn scan_claims(&mut self, dir: &str, path: &Path) {
+            let held: HashSet<String> = std::fs::read_dir(path)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|item| item.file_name().into_string().ok())
+                .filter(|name| name.starts_with(CLAIM_PREFIX))
+                .collect();
+            if held.is_empty() {
+                self.claims.remove(dir);
+            } else {
+                self.claims.insert(dir.to_owned(), held);
+            }
+        }
+
+        /// Whether claim file `name` in `dir` is held.
+        pub(super) fn claim_held(&self, dir: &str, name: &str) -> bool {
+            self.claims.get(dir).is_some_and(|held| held.contains(name))
+        }
+
+        /// Whether any claim file in `dir` is held.
+        pub(super) fn claims_held_in(&self, dir: &str) -> bool {
+            self.claims.contains_key(dir)
+        }
+
+        /// Whether any claim file is held.
+        pub(super) fn claims_held(&self) -> bool {
+            !self.claims.is_empty()
         }
 
         /// The agents directory watched (the shared root).
@@ -790,6 +892,7 @@ mod inotify {
             match inotify::add_watch(&self.fd, self.root.join(name), DIR_EVENTS) {
                 Ok(wd) => {
                     self.subdirs.insert(wd, name.to_owned());
+                    self.scan_claims(name, &self.root.join(name));
                 }
                 // Gone already, or a link: no entry is read from it.
                 Err(Errno::NOENT | Errno::NOTDIR | Errno::LOOP) => {}
@@ -873,7 +976,9 @@ mod inotify {
                         continue;
                     }
                     let Some(name) = name else { continue };
-                    if !self.shared {
+                    if !self.shared && name.starts_with(CLAIM_PREFIX) {
+                        note_claim(&mut self.claims, "", name, flags);
+                    } else if !self.shared {
                         if may_name_an_entry(&name) {
                             batch.names.insert(name);
                         }
@@ -891,12 +996,21 @@ mod inotify {
                         batch.resync = true;
                     }
                 } else if flags.contains(ReadFlags::IGNORED) {
-                    self.subdirs.remove(&wd);
+                    if let Some(dir) = self.subdirs.remove(&wd) {
+                        self.claims.remove(&dir);
+                    }
                 } else if let (Some(dir), Some(name)) = (self.subdirs.get(&wd), name) {
-                    if may_name_an_entry(&name) {
+                    if name.starts_with(CLAIM_PREFIX) {
+                        note_claim(&mut self.claims, dir, name, flags);
+                    } else if may_name_an_entry(&name) {
                         batch.names.insert(format!("{dir}/{name}"));
                     }
                 }
+            }
+            // Before the new ones are read: a directory removed and made
+            // again holds what it holds now.
+            for dir in &gone_dirs {
+                self.claims.remove(dir);
             }
             for dir in new_dirs {
                 self.watch_subdir(&dir);

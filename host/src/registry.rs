@@ -128,7 +128,10 @@ impl Options {
     /// [`crate::watch`]): each such call first reads every notification
     /// queued, and what they name, so it never returns an entry older than
     /// one a write completed before the call began wrote, whichever process
-    /// wrote it. Elsewhere every call reads the directory. On by default;
+    /// wrote it. While a write to what the call covers is in flight (its
+    /// claim held), the call reads the directory, so it never returns an
+    /// entry older than one another call returned before it began either.
+    /// Elsewhere every call reads the directory. On by default;
     /// the first such call reads the whole directory.
     pub fn lookups_from_notifications(mut self, enabled: bool) -> Self {
         self.lookups_from_notifications = enabled;
@@ -536,7 +539,7 @@ impl Registry {
         on_etcd!(self, kv => kv.lookup(agent_id).await);
         let key = crate::feed::id_key(agent_id);
         let served = self
-            .answer_from_notifications(|view| {
+            .answer_from_notifications(crate::feed::Covers::Id(agent_id), |view| {
                 view.get(&key)
                     .and_then(|channels| channels.values().max_by_key(|e| e.updated_at))
                     .cloned()
@@ -569,12 +572,13 @@ impl Registry {
     /// [`Options::lookups_from_notifications`]).
     async fn answer_from_notifications<T>(
         &self,
+        covers: crate::feed::Covers<'_>,
         f: impl FnOnce(&crate::feed::View) -> T,
     ) -> Result<Option<T>, Error> {
         if !self.inner.lookups_from_notifications {
             return Ok(None);
         }
-        Ok(self.inner.served.answer(self, f).await)
+        Ok(self.inner.served.answer(self, covers, f).await)
     }
 
     /// Reads the whole directory now and serves the next lookups from
@@ -607,7 +611,7 @@ impl Registry {
         if self.inner.shared {
             let key = crate::feed::id_key(agent_id);
             let served = self
-                .answer_from_notifications(|view| {
+                .answer_from_notifications(crate::feed::Covers::Id(agent_id), |view| {
                     let mut entries: Vec<AgentEntry> = view
                         .get(&key)
                         .map(|channels| channels.values().cloned().collect())
@@ -663,7 +667,9 @@ impl Registry {
         on_etcd!(self, kv => kv.list_at(None).await);
         let shared = self.inner.shared;
         let served = self
-            .answer_from_notifications(|view| crate::feed::entries_of(view, shared))
+            .answer_from_notifications(crate::feed::Covers::All, |view| {
+                crate::feed::entries_of(view, shared)
+            })
             .await?;
         match served {
             Some(entries) => Ok(entries),

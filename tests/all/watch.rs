@@ -611,3 +611,139 @@ fn an_agent_with_more_channels_than_a_lookup_returns_is_followed_whole() {
     assert_eq!(registry.list().unwrap().len(), 301);
     assert_eq!(registry.lookup_all("big").unwrap().len(), 256);
 }
+
+/// The entry file of `id` under `root` (any depth), as the registry wrote it.
+#[cfg(target_os = "linux")]
+fn entry_file_of(root: &std::path::Path, id: &str) -> std::path::PathBuf {
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for item in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = item.path();
+            if item.file_type().unwrap().is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "json")
+                && std::fs::read_to_string(&path)
+                    .unwrap()
+                    .contains(&format!("\"agent_id\":\"{id}\""))
+            {
+                return path;
+            }
+        }
+    }
+    panic!("no entry file of {id:?} under {}", root.display());
+}
+
+/// Rewrites the entry file `entry` with `block_id`, through a hard link
+/// from outside its directory: the change is visible to every reader, but no
+/// notification reaches a watch of the entry's directory. That is how a
+/// rename looks to other processes in the moment between the kernel making
+/// it visible and queueing its notification.
+#[cfg(target_os = "linux")]
+fn change_unannounced(entry: &std::path::Path, outside: &std::path::Path, block_id: &str) {
+    let link = outside.join("link.json");
+    let _ = std::fs::remove_file(&link);
+    std::fs::hard_link(entry, &link).unwrap();
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&link).unwrap()).unwrap();
+    json["block_id"] = block_id.into();
+    std::fs::write(&link, json.to_string()).unwrap();
+    std::fs::remove_file(&link).unwrap();
+}
+
+/// A write in flight is never answered from notifications. The kernel makes
+/// a rename visible a moment before it queues the rename's notification, so
+/// a lookup in another process can read the new entry first; a lookup
+/// answered from notifications after that one must not return the older
+/// entry (the churn test caught one doing so). Every writer holds the
+/// entry's claim from before its rename until after that notification is
+/// queued, so while a claim is held, lookups and listings read the
+/// directory. Emulated here: the claim taken by hand (before the lookups are
+/// served, and after), the entry changed unannounced.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_write_in_flight_is_never_answered_from_notifications() {
+    use agentmux_registry_core::name::claim_file_name;
+    let fixture = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    let registry = &fixture.registry;
+    registry
+        .write(fields("x", "http://127.0.0.1:1", "first", 0, "k"))
+        .unwrap();
+    // A claim held before the lookups are served is found by the first read.
+    let claim = fixture.path(&claim_file_name("x.json"));
+    std::fs::write(&claim, "").unwrap();
+    let late = Registry::open(fixture.data_dir()).unwrap();
+    assert!(late.serve_lookups_from_notifications_now());
+    change_unannounced(&fixture.path("x.json"), outside.path(), "second");
+    assert_eq!(late.lookup("x").unwrap().unwrap().block_id, "second");
+    assert_eq!(late.lookups_served_from_notifications(), 0);
+    std::fs::remove_file(&claim).unwrap();
+
+    assert!(registry.serve_lookups_from_notifications_now());
+    assert_eq!(registry.lookup("x").unwrap().unwrap().block_id, "second");
+    assert_eq!(registry.lookups_served_from_notifications(), 1);
+    // The window itself: with no claim held, the unannounced change is not
+    // seen (what a lookup would answer while a rename's notification is not
+    // queued yet, were the writer not holding the claim).
+    change_unannounced(&fixture.path("x.json"), outside.path(), "third");
+    assert_eq!(registry.lookup("x").unwrap().unwrap().block_id, "second");
+    assert_eq!(registry.lookups_served_from_notifications(), 2);
+    // With the claim held, the lookup and the listing read the directory.
+    std::fs::write(&claim, "").unwrap();
+    change_unannounced(&fixture.path("x.json"), outside.path(), "fourth");
+    assert_eq!(registry.lookup("x").unwrap().unwrap().block_id, "fourth");
+    let listed: Vec<String> = registry
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.block_id)
+        .collect();
+    assert_eq!(listed, ["fourth"]);
+    assert_eq!(registry.lookups_served_from_notifications(), 2);
+    // Another id's claim leaves this id's lookups served.
+    registry
+        .write(fields("y", "http://127.0.0.1:1", "b", 0, "k"))
+        .unwrap();
+    assert_eq!(registry.lookup("y").unwrap().unwrap().block_id, "b");
+    assert_eq!(registry.lookups_served_from_notifications(), 3);
+    // Released, and the write made: served again, and current.
+    std::fs::remove_file(&claim).unwrap();
+    registry
+        .write(fields("x", "http://127.0.0.1:1", "fifth", 0, "k"))
+        .unwrap();
+    assert_eq!(registry.lookup("x").unwrap().unwrap().block_id, "fifth");
+    assert_eq!(registry.lookups_served_from_notifications(), 4);
+}
+
+/// The same in a shared registry, where an agent's channels are files in
+/// its agent directory: a claim held there makes its lookups read the
+/// directory.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_write_in_flight_in_an_agent_directory_is_never_answered_from_notifications() {
+    let fixture = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    let root = fixture.data_dir().join("shared");
+    let registry = Registry::open_shared(&root).unwrap();
+    write_on_channel(&registry, "z", "c1");
+    assert!(registry.serve_lookups_from_notifications_now());
+    let entry = entry_file_of(&root, "z");
+    let lookup = || registry.lookup("z").unwrap().unwrap().block_id;
+    let lookup_all = || registry.lookup_all("z").unwrap()[0].block_id.clone();
+    change_unannounced(&entry, outside.path(), "second");
+    // No claim held: answered from notifications (the unannounced change
+    // unseen).
+    assert_eq!((lookup(), lookup_all()), ("b".to_owned(), "b".to_owned()));
+    assert_eq!(registry.lookups_served_from_notifications(), 1);
+    let claim = entry.parent().unwrap().join(".claim-0123456789abcdef");
+    std::fs::write(&claim, "").unwrap();
+    assert_eq!(
+        (lookup(), lookup_all()),
+        ("second".to_owned(), "second".to_owned())
+    );
+    assert_eq!(registry.lookups_served_from_notifications(), 1);
+    std::fs::remove_file(&claim).unwrap();
+    write_on_channel(&registry, "z", "c1");
+    assert_eq!(lookup(), "b");
+    assert_eq!(registry.lookups_served_from_notifications(), 2);
+}
