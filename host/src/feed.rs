@@ -495,9 +495,18 @@ impl Feed {
                 .into_iter()
                 .chain(other_writers_dir_names(agent_id))
                 .any(|dir| self.notifier.claims_held_in(&dir)),
+            // The names of the entries the view holds for the id too: one
+            // may be at a spelling of its own (an older writer's).
             Covers::Id(agent_id) => entry_file_name(agent_id)
                 .into_iter()
                 .chain(other_writers_names(agent_id))
+                .chain(
+                    self.view
+                        .get(&id_key(agent_id))
+                        .into_iter()
+                        .flat_map(BTreeMap::values)
+                        .flat_map(|entry| names_of(entry, false)),
+                )
                 .any(|name| self.notifier.claim_held("", &claim_file_name(&name))),
         }
     }
@@ -996,8 +1005,13 @@ mod inotify {
                         batch.resync = true;
                     }
                 } else if flags.contains(ReadFlags::IGNORED) {
+                    // A directory's watch goes when the directory does, which
+                    // may be long after its removal (a process had it open):
+                    // by then a new directory of that name may hold claims.
                     if let Some(dir) = self.subdirs.remove(&wd) {
-                        self.claims.remove(&dir);
+                        if !self.subdirs.values().any(|d| *d == dir) {
+                            self.claims.remove(&dir);
+                        }
                     }
                 } else if let (Some(dir), Some(name)) = (self.subdirs.get(&wd), name) {
                     if name.starts_with(CLAIM_PREFIX) {
@@ -1011,6 +1025,18 @@ mod inotify {
             // again holds what it holds now.
             for dir in &gone_dirs {
                 self.claims.remove(dir);
+                // Its watch now follows a directory no name of the root
+                // holds: its later notifications concern no agent.
+                let stale: Vec<i32> = self
+                    .subdirs
+                    .iter()
+                    .filter(|(_, d)| *d == dir)
+                    .map(|(&wd, _)| wd)
+                    .collect();
+                for wd in stale {
+                    self.subdirs.remove(&wd);
+                    let _ = inotify::remove_watch(&self.fd, wd);
+                }
             }
             for dir in new_dirs {
                 self.watch_subdir(&dir);

@@ -130,7 +130,9 @@ impl Options {
     /// one a write completed before the call began wrote, whichever process
     /// wrote it. While a write to what the call covers is in flight (its
     /// claim held), the call reads the directory, so it never returns an
-    /// entry older than one another call returned before it began either.
+    /// entry older than one another call returned before it began either,
+    /// for writes by this registry (agentmux-srv's own writes take no
+    /// claims; see the README).
     /// Elsewhere every call reads the directory. On by default;
     /// the first such call reads the whole directory.
     pub fn lookups_from_notifications(mut self, enabled: bool) -> Self {

@@ -726,16 +726,28 @@ fn a_write_in_flight_in_an_agent_directory_is_never_answered_from_notifications(
     let root = fixture.data_dir().join("shared");
     let registry = Registry::open_shared(&root).unwrap();
     write_on_channel(&registry, "z", "c1");
-    assert!(registry.serve_lookups_from_notifications_now());
     let entry = entry_file_of(&root, "z");
+    let claim = entry.parent().unwrap().join(".claim-0123456789abcdef");
+    // A claim held before the lookups are served is found by the first read.
+    std::fs::write(&claim, "").unwrap();
+    let late = Registry::open_shared(&root).unwrap();
+    assert!(late.serve_lookups_from_notifications_now());
+    change_unannounced(&entry, outside.path(), "early");
+    assert_eq!(late.lookup("z").unwrap().unwrap().block_id, "early");
+    assert_eq!(late.lookups_served_from_notifications(), 0);
+    std::fs::remove_file(&claim).unwrap();
+
+    assert!(registry.serve_lookups_from_notifications_now());
     let lookup = || registry.lookup("z").unwrap().unwrap().block_id;
     let lookup_all = || registry.lookup_all("z").unwrap()[0].block_id.clone();
     change_unannounced(&entry, outside.path(), "second");
     // No claim held: answered from notifications (the unannounced change
     // unseen).
-    assert_eq!((lookup(), lookup_all()), ("b".to_owned(), "b".to_owned()));
+    assert_eq!(
+        (lookup(), lookup_all()),
+        ("early".to_owned(), "early".to_owned())
+    );
     assert_eq!(registry.lookups_served_from_notifications(), 1);
-    let claim = entry.parent().unwrap().join(".claim-0123456789abcdef");
     std::fs::write(&claim, "").unwrap();
     assert_eq!(
         (lookup(), lookup_all()),
@@ -746,4 +758,38 @@ fn a_write_in_flight_in_an_agent_directory_is_never_answered_from_notifications(
     write_on_channel(&registry, "z", "c1");
     assert_eq!(lookup(), "b");
     assert_eq!(registry.lookups_served_from_notifications(), 2);
+}
+
+/// An agent directory removed while a process has it open loses its watch
+/// only when that process closes it. A new directory of that name, made
+/// meanwhile with a write in flight in it, keeps its claim counted then.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_agent_directory_made_again_while_the_old_one_is_open_keeps_its_claims() {
+    use std::os::unix::fs::PermissionsExt;
+    let fixture = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    let root = fixture.data_dir().join("shared");
+    let registry = Registry::open_shared(&root).unwrap();
+    write_on_channel(&registry, "z", "c1");
+    assert!(registry.serve_lookups_from_notifications_now());
+    let entry = entry_file_of(&root, "z");
+    let agent_dir = entry.parent().unwrap().to_path_buf();
+    let saved = std::fs::read(&entry).unwrap();
+    // Another process has the agent directory open while it is removed...
+    let held_open = std::fs::File::open(&agent_dir).unwrap();
+    std::fs::remove_file(&entry).unwrap();
+    std::fs::remove_dir(&agent_dir).unwrap();
+    assert_eq!(registry.lookup("z").unwrap(), None);
+    // ... and it is made again, with a write in flight in it.
+    std::fs::create_dir(&agent_dir).unwrap();
+    std::fs::set_permissions(&agent_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::fs::write(agent_dir.join(".claim-0123456789abcdef"), "").unwrap();
+    std::fs::write(&entry, &saved).unwrap();
+    std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(registry.lookup("z").unwrap().unwrap().block_id, "b");
+    // The removed directory's watch goes now, its notification last.
+    drop(held_open);
+    change_unannounced(&entry, outside.path(), "second");
+    assert_eq!(registry.lookup("z").unwrap().unwrap().block_id, "second");
 }
