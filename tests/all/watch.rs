@@ -793,3 +793,49 @@ fn an_agent_directory_made_again_while_the_old_one_is_open_keeps_its_claims() {
     change_unannounced(&entry, outside.path(), "second");
     assert_eq!(registry.lookup("z").unwrap().unwrap().block_id, "second");
 }
+
+/// An entry at an older writer's spelling of its id (`AgentX.json`, the
+/// case-preserving name registry 0.2 used) is in the view under its id, so a
+/// lookup of another spelling (`agentx`) may be answered with it. A claim
+/// held on that name makes such a lookup read the directory too, as one on
+/// the looked-up spelling's own names does.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_write_in_flight_at_an_older_spelling_is_never_answered_from_notifications() {
+    use agentmux_registry_core::name::claim_file_name;
+    let fixture = Fixture::new();
+    let outside = tempfile::tempdir().unwrap();
+    let registry = &fixture.registry;
+    registry
+        .write(fields("AgentX", "http://127.0.0.1:1", "first", 0, "k"))
+        .unwrap();
+    let older = fixture.path("AgentX.json");
+    std::fs::rename(fixture.path("agentx.json"), &older).unwrap();
+    assert!(registry.serve_lookups_from_notifications_now());
+    // No claim held: a lookup of the other spelling is answered from the
+    // view, with the entry at the older name (the change below unseen).
+    change_unannounced(&older, outside.path(), "second");
+    assert_eq!(
+        registry.lookup("agentx").unwrap().unwrap().block_id,
+        "first"
+    );
+    assert_eq!(registry.lookups_served_from_notifications(), 1);
+    // The claim of the older name held: the lookup reads the directory,
+    // answering as a registry that never serves lookups does.
+    let claim = fixture.path(&claim_file_name("AgentX.json"));
+    std::fs::write(&claim, "").unwrap();
+    let reading = Registry::open_with(
+        fixture.data_dir(),
+        agentmux_registry::Options::new().lookups_from_notifications(false),
+    )
+    .unwrap();
+    assert_eq!(
+        registry.lookup("agentx").unwrap(),
+        reading.lookup("agentx").unwrap()
+    );
+    assert_eq!(registry.lookups_served_from_notifications(), 1);
+    // Released: served again.
+    std::fs::remove_file(&claim).unwrap();
+    registry.lookup("agentx").unwrap();
+    assert_eq!(registry.lookups_served_from_notifications(), 2);
+}
