@@ -124,13 +124,15 @@ enum Command {
         now: bool,
     },
     /// Register an agent and keep it registered, renewing its entry every
-    /// beat, until interrupted (Ctrl-C, SIGTERM); then remove it. On etcd
+    /// beat, until interrupted (Ctrl-C, SIGTERM); then remove it. Exits
+    /// with an error if another registration takes the id over. On etcd
     /// the entry lives on a lease of three beats: if this process dies
     /// without removing it, it vanishes within that time.
     Register {
         /// The agent id.
         agent_id: String,
-        /// Loopback URL of the owning instance, e.g. http://127.0.0.1:8123.
+        /// URL of the owning instance, e.g. http://127.0.0.1:8123 (on etcd,
+        /// one the other hosts can reach).
         #[arg(long, value_name = "URL")]
         url: String,
         /// The block the agent runs in.
@@ -462,7 +464,8 @@ fn watch(place: Place, now: bool, json: bool) -> Result<Outcome, Box<dyn Error>>
 }
 
 /// Registers `fields` where `place` says, prints the entry, renews it every
-/// `beat` until SIGINT or SIGTERM, then removes it.
+/// `beat` until SIGINT or SIGTERM, then removes it. Taken over by another
+/// registration, it fails (the entry is that one's now).
 fn register(
     place: Place,
     mut fields: EntryFields,
@@ -478,10 +481,28 @@ fn register(
         .enable_all()
         .build()?;
     runtime.block_on(async {
+        // Caught from before the entry is written: a signal sent once its
+        // line is out, or while it is being written, removes it.
+        let mut signals = Signals::new()?;
         let registration =
             agentmux_registry::Registration::register(registry.as_async(), fields, beat).await?;
         write_out(format!("{}\n", cli::written(registration.entry(), json)).as_bytes())?;
-        let signal = interrupted().await?;
+        // The heartbeat notices a takeover at a renewal: checked as often.
+        let mut check = tokio::time::interval(beat);
+        let signal = loop {
+            tokio::select! {
+                signal = signals.next() => break signal?,
+                _ = check.tick() => {
+                    if registration.is_superseded() {
+                        return Err(format!(
+                            "{:?} was taken over by another registration; this one ended",
+                            registration.entry().agent_id
+                        )
+                        .into());
+                    }
+                }
+            }
+        };
         let removed = registration.unregister().await?;
         let line = if removed {
             format!("stopped by {signal}: removed the entry")
@@ -493,22 +514,48 @@ fn register(
     })
 }
 
-/// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM; says which came.
-async fn interrupted() -> std::io::Result<&'static str> {
+/// SIGINT (Ctrl-C) and, on Unix, SIGTERM, caught from when this is made.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate = signal(SignalKind::terminate())?;
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = terminate.recv() => Ok("SIGTERM"),
-            _ = interrupt.recv() => Ok("SIGINT"),
+    terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                terminate: signal(SignalKind::terminate())?,
+                interrupt: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(windows)]
+        {
+            Ok(Signals {
+                ctrl_c: tokio::signal::windows::ctrl_c()?,
+            })
         }
     }
-    #[cfg(not(unix))]
-    {
-        tokio::signal::ctrl_c().await?;
-        Ok("Ctrl-C")
+
+    /// Waits for the next signal; says which came.
+    async fn next(&mut self) -> std::io::Result<&'static str> {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.terminate.recv() => Ok("SIGTERM"),
+                _ = self.interrupt.recv() => Ok("SIGINT"),
+            }
+        }
+        #[cfg(windows)]
+        {
+            self.ctrl_c.recv().await;
+            Ok("Ctrl-C")
+        }
     }
 }
 

@@ -1091,3 +1091,121 @@ fn watch_prints_ndjson_per_change_and_ends_on_sigterm_and_a_closed_pipe() {
     assert!(status.success(), "{status:?}: {errors}");
     assert_eq!(errors, "");
 }
+
+/// `register`'s command: the data dir `d`, a fresh HOME.
+#[cfg(unix)]
+fn register_command(home: &Path, d: &str, id: &str, beat_ms: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agentmux-registry"));
+    command
+        .args(["--data-dir", d, "register", id])
+        .args(["--url", "http://127.0.0.1:9", "--block", "b"])
+        .args(["--beat-ms", beat_ms])
+        .env_remove("AGENTMUX_DATA_HOME")
+        .env("HOME", home)
+        .stderr(std::process::Stdio::piped());
+    command
+}
+
+/// Waits, for 30 s at most, until `registry` has an entry of `id`.
+#[cfg(unix)]
+fn wait_for_entry(registry: &agentmux_registry::blocking::Registry, id: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while registry.lookup(id).unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{id} never registered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// `register` catches SIGINT and SIGTERM from before it writes its entry: a
+/// signal that comes once the entry is written, while its line is not out
+/// yet (its output is full here), still removes the entry, and it exits 0.
+#[cfg(target_os = "linux")]
+#[test]
+fn register_removes_its_entry_on_a_signal_that_comes_before_its_line_is_out() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let d = d.to_str().unwrap();
+    let registry = agentmux_registry::blocking::Registry::open(d).unwrap();
+    let (mut reader, mut writer) = std::io::pipe().unwrap();
+    let size = rustix::pipe::fcntl_getpipe_size(&writer).unwrap();
+    writer.write_all(&vec![b'.'; size]).unwrap();
+    let mut child = register_command(tmp.path(), d, "r1", "100000")
+        .stdout(writer)
+        .spawn()
+        .unwrap();
+    wait_for_entry(&registry, "r1");
+    signal(&child, rustix::process::Signal::TERM);
+    let mut out = String::new();
+    reader.read_to_string(&mut out).unwrap();
+    let status = exit_after(&mut child, "SIGTERM");
+    let mut errors = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut errors)
+        .unwrap();
+    assert!(status.success(), "{status:?}: {errors}");
+    assert!(
+        errors.contains("stopped by SIGTERM: removed the entry"),
+        "{errors}"
+    );
+    assert_eq!(&out[size..], "registered r1 -> http://127.0.0.1:9\n");
+    assert_eq!(registry.lookup("r1").unwrap(), None);
+}
+
+/// `register` taken over by another registration (a write of its id) stops
+/// and fails (exit 3), saying so, and leaves the other's entry alone.
+#[cfg(unix)]
+#[test]
+fn register_fails_when_another_registration_takes_its_id_over() {
+    use std::io::{BufRead, Read};
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path().join("data");
+    let d = d.to_str().unwrap();
+    let mut child = register_command(tmp.path(), d, "r2", "20")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "registered r2 -> http://127.0.0.1:9\n");
+    let out = cli(
+        tmp.path(),
+        &[
+            "--data-dir",
+            d,
+            "write",
+            "r2",
+            "--url",
+            "http://127.0.0.1:10",
+            "--block",
+            "b2",
+            "--nonce",
+            "5",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = exit_after(&mut child, "its id was taken over");
+    let mut errors = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut errors)
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{errors}");
+    assert!(errors.contains("\"r2\" was taken over"), "{errors}");
+    let out = cli(tmp.path(), &["--data-dir", d, "--json", "lookup", "r2"]);
+    assert!(
+        stdout(&out).contains("http://127.0.0.1:10"),
+        "{}",
+        stdout(&out)
+    );
+}

@@ -264,7 +264,7 @@ fn a_cluster_out_of_reach_fails_calls_within_their_deadline_and_registrations_re
 }
 
 #[test]
-fn renewing_costs_one_keep_alive_and_one_transaction_and_is_superseded_by_a_successor() {
+fn renewing_keeps_its_lease_alive_and_is_superseded_by_a_successor() {
     let Some(cluster) = Cluster::start(1) else {
         return;
     };

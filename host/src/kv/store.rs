@@ -170,22 +170,22 @@ impl EtcdStore {
         }
     }
 
-    /// The client requests go to now (connected, and with a user
-    /// authenticated, if it was not yet), and its index.
-    async fn client(&self) -> (usize, Result<Client, etcd_client::Error>) {
-        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len();
+    /// The member requests go to now.
+    fn current(&self) -> usize {
+        self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()
+    }
+
+    /// Member `i`'s client, connected (and with a user authenticated) now
+    /// if it was not yet.
+    async fn client(&self, i: usize) -> Result<Client, etcd_client::Error> {
         let slot = &self.clients[i];
         let mut client = slot.client.lock().await;
         if let Some(client) = &*client {
-            return (i, Ok(client.clone()));
+            return Ok(client.clone());
         }
-        match Client::connect([&slot.endpoint], Some(self.options.clone())).await {
-            Ok(connected) => {
-                *client = Some(connected.clone());
-                (i, Ok(connected))
-            }
-            Err(e) => (i, Err(e)),
-        }
+        let connected = Client::connect([&slot.endpoint], Some(self.options.clone())).await?;
+        *client = Some(connected.clone());
+        Ok(connected)
     }
 
     /// Moves requests on from client `failed` to the next member's.
@@ -252,24 +252,22 @@ impl EtcdStore {
                 ));
             }
             let attempt_ends = deadline.min(now + attempt);
+            // The member this attempt goes to is the one it fails over
+            // from: others may have moved requests on meanwhile.
+            let member = self.current();
             let tried = tokio::time::timeout_at(attempt_ends, async {
-                let (member, client) = self.client().await;
-                (member, async { request(&client?).await }.await)
+                request(&self.client(member).await?).await
             })
             .await;
-            let member = match tried {
-                Ok((_, Ok(out))) => return Ok(out),
-                Ok((_, Err(e))) if !retriable(&e) => return Err(self.error(op, key, &e)),
-                Ok((member, Err(e))) => {
-                    last = Some(describe(&e));
-                    member
-                }
+            match tried {
+                Ok(Ok(out)) => return Ok(out),
+                Ok(Err(e)) if !retriable(&e) => return Err(self.error(op, key, &e)),
+                Ok(Err(e)) => last = Some(describe(&e)),
                 Err(_) => {
                     last = Some(format!("an attempt had no answer within {attempt:?}"));
                     attempt *= 2;
-                    self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()
                 }
-            };
+            }
             self.fail_over(member);
             if Instant::now() + pause >= deadline {
                 let why = last.unwrap_or_default();
@@ -543,8 +541,8 @@ impl EtcdStore {
             .with_prev_key()
             .with_progress_notify()
             .with_start_revision(revision);
-        let (member, client) = self.client().await;
-        let mut client = match client {
+        let member = self.current();
+        let mut client = match self.client(member).await {
             Ok(client) => client
                 .watch_client()
                 .max_decoding_message_size(MAX_RESPONSE_BYTES),

@@ -2,8 +2,9 @@
 //! revision, each event judged by the component (is it an entry at its own
 //! key?) and handed over as a [`Change`]. A watch that fails (the cluster
 //! out of reach) resumes from the last revision seen, so nothing is lost;
-//! when etcd no longer keeps that history (compacted), the full current
-//! set follows as a [`Change::Resync`].
+//! when etcd no longer keeps that history (compacted), or an event could
+//! not be judged (the component's call failed), the full current set
+//! follows as a [`Change::Resync`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,51 +65,65 @@ impl Backend {
 async fn follow(backend: &Backend, mut revision: i64, tx: &Sender<Result<Change, Error>>) {
     let layout = backend.layout;
     let mut pause = Duration::from_millis(50);
+    // The changes since `revision` are not all known: the next step is the
+    // whole current set.
+    let mut resync_due = false;
     loop {
-        let failure = match backend
-            .store
-            .watch(layout_prefix(layout), revision + 1)
-            .await
-        {
-            Err(e) => e,
-            Ok(mut watch) => loop {
-                match watch.next().await {
-                    Err(e) => break e,
-                    Ok(Watched::Compacted) => {
-                        // History from `revision` is gone: start over from
-                        // the whole current set.
-                        match resync(backend).await {
-                            Ok((now, entries)) => {
-                                revision = now;
-                                if tx.send(Ok(Change::Resync(entries))).await.is_err() {
-                                    return;
-                                }
-                                break String::new();
-                            }
-                            Err(e) => break e.to_string(),
-                        }
+        let failure = if resync_due {
+            match resync(backend).await {
+                Ok((now, entries)) => {
+                    revision = now;
+                    resync_due = false;
+                    if tx.send(Ok(Change::Resync(entries))).await.is_err() {
+                        return;
                     }
-                    Ok(Watched::Events(events, seen)) => {
-                        pause = Duration::from_millis(50);
-                        for event in events {
-                            match change_of(backend, layout, event).await {
-                                Ok(Some(change)) => {
-                                    if tx.send(Ok(change)).await.is_err() {
-                                        return;
+                    continue;
+                }
+                Err(e) => e.to_string(),
+            }
+        } else {
+            match backend
+                .store
+                .watch(layout_prefix(layout), revision + 1)
+                .await
+            {
+                Err(e) => e,
+                Ok(mut watch) => loop {
+                    match watch.next().await {
+                        Err(e) => break e,
+                        // History from `revision` is gone.
+                        Ok(Watched::Compacted) => {
+                            resync_due = true;
+                            break String::new();
+                        }
+                        Ok(Watched::Events(events, seen)) => {
+                            pause = Duration::from_millis(50);
+                            for event in events {
+                                match change_of(backend, layout, event).await {
+                                    Ok(Some(change)) => {
+                                        if tx.send(Ok(change)).await.is_err() {
+                                            return;
+                                        }
+                                    }
+                                    Ok(None) => {}
+                                    // A change that cannot be read is never
+                                    // skipped: the whole set follows.
+                                    Err(e) => {
+                                        tracing::warn!("registry watch: reading a change: {e}");
+                                        resync_due = true;
                                     }
                                 }
-                                Ok(None) => {}
-                                Err(e) => {
-                                    tracing::warn!("registry watch: reading a change: {e}");
-                                }
+                            }
+                            if let Some(seen) = seen {
+                                revision = revision.max(seen);
+                            }
+                            if resync_due {
+                                break String::new();
                             }
                         }
-                        if let Some(seen) = seen {
-                            revision = revision.max(seen);
-                        }
                     }
-                }
-            },
+                },
+            }
         };
         if !failure.is_empty() {
             tracing::debug!("registry watch: {failure}; resuming from revision {revision}");
