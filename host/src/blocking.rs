@@ -163,6 +163,12 @@ impl Registry {
         block_on(self.inner.serve_lookups_from_notifications_now())
     }
 
+    #[cfg(feature = "etcd")]
+    #[doc(hidden)]
+    pub fn etcd_member_in_use(&self) -> Option<usize> {
+        self.inner.etcd_member_in_use()
+    }
+
     #[doc(hidden)]
     pub fn lookups_served_from_notifications(&self) -> u64 {
         self.inner.lookups_served_from_notifications()

@@ -780,6 +780,14 @@ impl Registry {
         }
     }
 
+    /// Test hook: on etcd, the member requests go to now (its index among
+    /// the endpoints); `None` for a directory.
+    #[cfg(feature = "etcd")]
+    #[doc(hidden)]
+    pub fn etcd_member_in_use(&self) -> Option<usize> {
+        self.inner.kv.as_ref().map(|kv| kv.member_in_use())
+    }
+
     /// How many lookups found their entry among those read from
     /// notifications (for tests: a lookup read from the directory cannot
     /// show that the notifications kept the entries current).

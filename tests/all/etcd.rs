@@ -472,3 +472,64 @@ fn listings_and_sweeps_page_through_big_values_and_keys_that_are_not_text() {
         seen += 1;
     }
 }
+
+/// Requests that time out together on a stopped member all move on to the
+/// next member, and stay there: each fails over from the member it went to,
+/// never from where another request moved them meanwhile (three timing out
+/// at once could otherwise send requests round to the stopped member, or
+/// past the next one). Five registries, each starting on the stopped member.
+#[test]
+fn requests_timing_out_together_on_a_stopped_member_move_on_once() {
+    let Some(cluster) = Cluster::start(3) else {
+        return;
+    };
+    open(&cluster, "/failover/").write(fields("a", 1)).unwrap();
+    cluster.signal(0, "STOP");
+    let in_use: Vec<Option<usize>> = (0..5)
+        .map(|_| {
+            let registry = open(&cluster, "/failover/");
+            std::thread::scope(|s| {
+                for _ in 0..3 {
+                    s.spawn(|| assert!(registry.lookup("a").unwrap().is_some()));
+                }
+            });
+            registry.etcd_member_in_use()
+        })
+        .collect();
+    cluster.signal(0, "CONT");
+    assert_eq!(in_use, [Some(1); 5]);
+}
+
+/// No lease of this process outlives what lives on it: a registration's
+/// write that is refused revokes the lease granted for it, and an
+/// unregistration revokes its lease even when its entry was removed by hand.
+#[test]
+fn no_lease_outlives_the_entries_on_it() {
+    let Some(cluster) = Cluster::start(1) else {
+        return;
+    };
+    let registry = open(&cluster, "/leases/");
+    let leases = || {
+        etcdctl(&cluster, &["lease", "list"])
+            .lines()
+            .skip(1)
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
+    let refused = EntryFields {
+        block_id: "b".repeat(300),
+        beat_interval_ms: Some(1000),
+        ..fields("x", 7)
+    };
+    assert!(matches!(
+        registry.write(refused),
+        Err(Error::InvalidField(_))
+    ));
+    assert_eq!(leases(), 0, "the refused write's lease");
+    // A beat far off: nothing renews (and restores) the entry meanwhile.
+    let registration = register(&registry, fields("b", 0), Duration::from_secs(60));
+    assert_eq!(leases(), 1);
+    etcdctl(&cluster, &["del", "/leases/agents/b.json"]);
+    assert!(!runtime().block_on(registration.unregister()).unwrap());
+    assert_eq!(leases(), 0, "the unregistered registration's lease");
+}

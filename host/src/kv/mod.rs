@@ -325,6 +325,11 @@ const MAX_IDLE_INSTANCES: usize = 16;
 const MAX_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl Backend {
+    /// The member requests go to now: its index among the endpoints.
+    pub(crate) fn member_in_use(&self) -> usize {
+        self.store.current()
+    }
+
     pub(crate) fn open(
         etcd: &Etcd,
         shared: bool,
@@ -454,13 +459,14 @@ impl Backend {
 
     /// The lease a registration's entry lives on: its own, kept alive, or a
     /// new one when it has none or its lease lapsed. `None` for entries of
-    /// no registration or no beat interval: they stay until removed.
-    async fn lease_for(&self, fields: &EntryFields) -> Result<Option<u64>, Error> {
+    /// no registration or no beat interval: they stay until removed. True
+    /// when the lease was granted by this call.
+    async fn lease_for(&self, fields: &EntryFields) -> Result<(Option<u64>, bool), Error> {
         let (nonce, Some(beat_ms)) = (fields.registration_nonce, fields.beat_interval_ms) else {
-            return Ok(None);
+            return Ok((None, false));
         };
         if nonce == 0 {
-            return Ok(None);
+            return Ok((None, false));
         }
         let known = self.lock_leases().get(&nonce).copied();
         let ttl = lease_ttl(beat_ms);
@@ -474,14 +480,18 @@ impl Backend {
                         .await
                         .map_err(Error::Unavailable)?
                     {
-                        return Ok(id);
+                        return Ok((id, false));
                     }
                 }
-                store.grant(ttl, deadline).await.map_err(Error::Unavailable)
+                let id = store
+                    .grant(ttl, deadline)
+                    .await
+                    .map_err(Error::Unavailable)?;
+                Ok((id, true))
             })
             .await?;
-        self.lock_leases().insert(nonce, id);
-        Ok(Some(id as u64))
+        self.lock_leases().insert(nonce, id.0);
+        Ok((Some(id.0 as u64), id.1))
     }
 
     fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, i64>> {
@@ -503,11 +513,16 @@ impl Backend {
     }
 
     pub(crate) async fn write(&self, fields: EntryFields) -> Result<AgentEntry, Error> {
-        let lease = self.lease_for(&fields).await?;
+        let nonce = fields.registration_nonce;
+        let (lease, granted) = self.lease_for(&fields).await?;
         let layout = self.layout.into();
         let fields = component::WitFields::from(fields);
-        let entry = guest_call!(self, None, call_kv_write(layout, &fields, lease)).await?;
-        Ok(entry.into())
+        let written = guest_call!(self, None, call_kv_write(layout, &fields, lease)).await;
+        if written.is_err() && granted {
+            // Refused (invalid fields, say): no entry lives on it.
+            self.release(nonce).await;
+        }
+        Ok(written?.into())
     }
 
     pub(crate) async fn renew(&self, fields: EntryFields) -> Result<Renewal, Error> {
@@ -515,7 +530,7 @@ impl Backend {
         let lease = if nonce == 0 {
             None
         } else {
-            self.lease_for(&fields).await?
+            self.lease_for(&fields).await?.0
         };
         let layout = self.layout.into();
         let fields = component::WitFields::from(fields);
@@ -552,9 +567,9 @@ impl Backend {
         );
         let removed =
             guest_call!(self, None, call_kv_remove_owned(layout, &agent_id, &owner)).await?;
-        if removed {
-            self.release(nonce).await;
-        }
+        // Removed, or not the owner's entry (gone, or a successor's): none
+        // of the owner's lives on its lease any more.
+        self.release(nonce).await;
         Ok(removed)
     }
 

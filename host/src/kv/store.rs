@@ -171,7 +171,7 @@ impl EtcdStore {
     }
 
     /// The member requests go to now.
-    fn current(&self) -> usize {
+    pub(crate) fn current(&self) -> usize {
         self.current.load(std::sync::atomic::Ordering::Relaxed) % self.clients.len()
     }
 
