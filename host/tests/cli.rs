@@ -1125,12 +1125,12 @@ fn wait_for_entry(registry: &agentmux_registry::blocking::Registry, id: &str) {
 #[cfg(target_os = "linux")]
 #[test]
 fn register_removes_its_entry_on_a_signal_that_comes_before_its_line_is_out() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("data");
     let d = d.to_str().unwrap();
     let registry = agentmux_registry::blocking::Registry::open(d).unwrap();
-    let (mut reader, mut writer) = std::io::pipe().unwrap();
+    let (reader, mut writer) = std::io::pipe().unwrap();
     let size = rustix::pipe::fcntl_getpipe_size(&writer).unwrap();
     writer.write_all(&vec![b'.'; size]).unwrap();
     let mut child = register_command(tmp.path(), d, "r1", "100000")
@@ -1139,16 +1139,9 @@ fn register_removes_its_entry_on_a_signal_that_comes_before_its_line_is_out() {
         .unwrap();
     wait_for_entry(&registry, "r1");
     signal(&child, rustix::process::Signal::TERM);
-    let mut out = String::new();
-    reader.read_to_string(&mut out).unwrap();
+    let out = std::io::read_to_string(reader).unwrap();
     let status = exit_after(&mut child, "SIGTERM");
-    let mut errors = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut errors)
-        .unwrap();
+    let errors = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
     assert!(status.success(), "{status:?}: {errors}");
     assert!(
         errors.contains("stopped by SIGTERM: removed the entry"),
@@ -1163,7 +1156,7 @@ fn register_removes_its_entry_on_a_signal_that_comes_before_its_line_is_out() {
 #[cfg(unix)]
 #[test]
 fn register_fails_when_another_registration_takes_its_id_over() {
-    use std::io::{BufRead, Read};
+    use std::io::BufRead;
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path().join("data");
     let d = d.to_str().unwrap();
@@ -1193,13 +1186,7 @@ fn register_fails_when_another_registration_takes_its_id_over() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     let status = exit_after(&mut child, "its id was taken over");
-    let mut errors = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut errors)
-        .unwrap();
+    let errors = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
     assert_eq!(status.code(), Some(3), "{errors}");
     assert!(errors.contains("\"r2\" was taken over"), "{errors}");
     let out = cli(tmp.path(), &["--data-dir", d, "--json", "lookup", "r2"]);

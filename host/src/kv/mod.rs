@@ -472,7 +472,7 @@ impl Backend {
         let ttl = lease_ttl(beat_ms);
         let store = self.store.clone();
         let deadline = self.deadline();
-        let id = self
+        let (id, granted) = self
             .spawn(async move {
                 if let Some(id) = known {
                     if store
@@ -490,8 +490,8 @@ impl Backend {
                 Ok((id, true))
             })
             .await?;
-        self.lock_leases().insert(nonce, id.0);
-        Ok((Some(id.0 as u64), id.1))
+        self.lock_leases().insert(nonce, id);
+        Ok((Some(id as u64), granted))
     }
 
     fn lock_leases(&self) -> std::sync::MutexGuard<'_, HashMap<u64, i64>> {
