@@ -433,9 +433,14 @@ async fn concurrent_and_abandoned_lookups_stay_current() {
     };
     write(&registry, 0).await;
     let written = Arc::new(AtomicU64::new(0));
+    // Lookups made, and readers done: the writer lets some lookups run
+    // between its writes, while no write holds the entry's claim (lookups
+    // then read the directory), so that notifications serve lookups too.
+    let (looked, done) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let readers: Vec<_> = (0..3)
         .map(|_| {
             let (registry, written) = (registry.clone(), written.clone());
+            let (looked, done) = (looked.clone(), done.clone());
             tokio::spawn(async move {
                 let (mut stale, mut abandoned) = (0u64, 0u64);
                 for i in 0..2_000u64 {
@@ -448,7 +453,9 @@ async fn concurrent_and_abandoned_lookups_stay_current() {
                     }
                     let found = registry.lookup("hot").await.unwrap().unwrap();
                     stale += u64::from(found.block_id.parse::<u64>().unwrap() < k);
+                    looked.fetch_add(1, Ordering::SeqCst);
                 }
+                done.fetch_add(1, Ordering::SeqCst);
                 (stale, abandoned)
             })
         })
@@ -456,7 +463,10 @@ async fn concurrent_and_abandoned_lookups_stay_current() {
     for k in 1..=500 {
         write(&registry, k).await;
         written.store(k, Ordering::SeqCst);
-        tokio::task::yield_now().await;
+        let since = looked.load(Ordering::SeqCst);
+        while looked.load(Ordering::SeqCst) < since + 6 && done.load(Ordering::SeqCst) < 3 {
+            tokio::task::yield_now().await;
+        }
     }
     let (mut stale, mut abandoned) = (0, 0);
     for reader in readers {
